@@ -1,0 +1,236 @@
+"""Whisper's encoder-decoder transformer in MLX.
+
+Parameter names follow openai-whisper and mlx-whisper (`encoder.blocks.0.attn.query`, `mlp1`,
+`cross_attn_ln`, ...) so weights, adapters and diffs line up with those projects.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import List, Optional, Tuple
+
+import mlx.core as mx
+import mlx.nn as nn
+
+KVCache = Tuple[mx.array, mx.array]
+
+
+@dataclass(frozen=True)
+class ModelDimensions:
+    n_mels: int
+    n_audio_ctx: int
+    n_audio_state: int
+    n_audio_head: int
+    n_audio_layer: int
+    n_vocab: int
+    n_text_ctx: int
+    n_text_state: int
+    n_text_head: int
+    n_text_layer: int
+
+    @classmethod
+    def from_dict(cls, config: dict) -> "ModelDimensions":
+        names = {f.name for f in fields(cls)}
+        missing = names - set(config)
+        if missing:
+            raise ValueError(f"model config lacks {sorted(missing)}")
+        return cls(**{k: int(config[k]) for k in names})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def is_multilingual(self) -> bool:
+        return self.n_vocab >= 51865
+
+    @property
+    def num_languages(self) -> int:
+        return self.n_vocab - 51765 - int(self.is_multilingual)
+
+
+def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> mx.array:
+    """The encoder's fixed positional table (computed, never stored)."""
+    assert channels % 2 == 0
+    log_increment = math.log(max_timescale) / (channels // 2 - 1)
+    inv = mx.exp(-log_increment * mx.arange(channels // 2, dtype=mx.float32))
+    scaled = mx.arange(length, dtype=mx.float32)[:, None] * inv[None, :]
+    return mx.concatenate([mx.sin(scaled), mx.cos(scaled)], axis=1)
+
+
+class MultiHeadAttention(nn.Module):
+    def __init__(self, n_state: int, n_head: int):
+        super().__init__()
+        self.n_head = n_head
+        self.query = nn.Linear(n_state, n_state)
+        self.key = nn.Linear(n_state, n_state, bias=False)
+        self.value = nn.Linear(n_state, n_state)
+        self.out = nn.Linear(n_state, n_state)
+
+    def __call__(
+        self,
+        x: mx.array,
+        xa: Optional[mx.array] = None,
+        mask: Optional[mx.array] = None,
+        kv_cache: Optional[KVCache] = None,
+    ) -> Tuple[mx.array, KVCache, mx.array]:
+        q = self.query(x)
+        if xa is None:  # self-attention: append this step's keys/values to the cache
+            k, v = self.key(x), self.value(x)
+            if kv_cache is not None:
+                k = mx.concatenate([kv_cache[0], k], axis=1)
+                v = mx.concatenate([kv_cache[1], v], axis=1)
+        elif kv_cache is None:  # cross-attention, first call for this audio
+            k, v = self.key(xa), self.value(xa)
+        else:  # cross-attention: keys/values of the audio were computed once
+            k, v = kv_cache
+        out, qk = self._attend(q, k, v, mask)
+        return self.out(out), (k, v), qk
+
+    def _attend(self, q, k, v, mask):
+        b, n_q, d = q.shape
+        n_k = k.shape[1]
+        h = self.n_head
+        scale = (d // h) ** -0.25
+        q = q.reshape(b, n_q, h, -1).transpose(0, 2, 1, 3) * scale
+        k = k.reshape(b, n_k, h, -1).transpose(0, 2, 3, 1) * scale
+        v = v.reshape(b, n_k, h, -1).transpose(0, 2, 1, 3)
+        qk = q @ k
+        if mask is not None:
+            qk = qk + mask[:n_q, :n_k] if mask.ndim == 2 else qk + mask
+        w = mx.softmax(qk.astype(mx.float32), axis=-1).astype(q.dtype)
+        out = (w @ v).transpose(0, 2, 1, 3).reshape(b, n_q, d)
+        return out, qk
+
+
+class ResidualAttentionBlock(nn.Module):
+    def __init__(self, n_state: int, n_head: int, cross_attention: bool = False):
+        super().__init__()
+        self.attn = MultiHeadAttention(n_state, n_head)
+        self.attn_ln = nn.LayerNorm(n_state)
+        self.cross_attn = MultiHeadAttention(n_state, n_head) if cross_attention else None
+        self.cross_attn_ln = nn.LayerNorm(n_state) if cross_attention else None
+        n_mlp = n_state * 4
+        self.mlp1 = nn.Linear(n_state, n_mlp)
+        self.mlp2 = nn.Linear(n_mlp, n_state)
+        self.mlp_ln = nn.LayerNorm(n_state)
+
+    def __call__(self, x, xa=None, mask=None, kv_cache=None):
+        self_kv, cross_kv = kv_cache if kv_cache is not None else (None, None)
+        y, self_kv, _ = self.attn(self.attn_ln(x), mask=mask, kv_cache=self_kv)
+        x = x + y
+        cross_qk = None
+        if self.cross_attn is not None:
+            y, cross_kv, cross_qk = self.cross_attn(self.cross_attn_ln(x), xa, kv_cache=cross_kv)
+            x = x + y
+        x = x + self.mlp2(nn.gelu(self.mlp1(self.mlp_ln(x))))
+        return x, (self_kv, cross_kv), cross_qk
+
+
+class AudioEncoder(nn.Module):
+    def __init__(self, n_mels: int, n_ctx: int, n_state: int, n_head: int, n_layer: int):
+        super().__init__()
+        self.conv1 = nn.Conv1d(n_mels, n_state, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv1d(n_state, n_state, kernel_size=3, stride=2, padding=1)
+        self._positional_embedding = sinusoids(n_ctx, n_state)
+        self.blocks = [ResidualAttentionBlock(n_state, n_head) for _ in range(n_layer)]
+        self.ln_post = nn.LayerNorm(n_state)
+
+    def __call__(self, mel: mx.array) -> mx.array:
+        """mel: (batch, frames, n_mels) -> audio states (batch, frames // 2, n_state)."""
+        x = nn.gelu(self.conv1(mel))
+        x = nn.gelu(self.conv2(x))
+        n = x.shape[1]
+        if n > self._positional_embedding.shape[0]:
+            raise ValueError(f"audio features have {n} frames, more than the encoder's {self._positional_embedding.shape[0]}")
+        x = x + self._positional_embedding[:n].astype(x.dtype)
+        for block in self.blocks:
+            x, _, _ = block(x)
+        return self.ln_post(x)
+
+
+class TextDecoder(nn.Module):
+    def __init__(self, n_vocab: int, n_ctx: int, n_state: int, n_head: int, n_layer: int):
+        super().__init__()
+        self.token_embedding = nn.Embedding(n_vocab, n_state)
+        self.positional_embedding = mx.zeros((n_ctx, n_state))
+        self.blocks = [ResidualAttentionBlock(n_state, n_head, cross_attention=True) for _ in range(n_layer)]
+        self.ln = nn.LayerNorm(n_state)
+        self._mask = nn.MultiHeadAttention.create_additive_causal_mask(n_ctx)
+
+    def __call__(
+        self, tokens: mx.array, xa: mx.array, kv_cache: Optional[List] = None
+    ) -> Tuple[mx.array, List, List[mx.array]]:
+        """tokens: (batch, n) -> logits (batch, n, n_vocab), the updated cache, cross-attention scores."""
+        offset = kv_cache[0][0][0].shape[1] if kv_cache and kv_cache[0][0] is not None else 0
+        n = tokens.shape[-1]
+        x = self.token_embedding(tokens) + self.positional_embedding[offset : offset + n]
+        x = x.astype(xa.dtype)
+        mask = None
+        if n > 1:
+            mask = self._mask[:n, :n].astype(x.dtype)
+            if offset:
+                mask = mx.concatenate([mx.zeros((n, offset), dtype=x.dtype), mask], axis=1)
+        if kv_cache is None:
+            kv_cache = [None] * len(self.blocks)
+        cross_qk = []
+        new_cache = []
+        for block, cache in zip(self.blocks, kv_cache):
+            x, cache, qk = block(x, xa, mask=mask, kv_cache=cache)
+            new_cache.append(cache)
+            cross_qk.append(qk)
+        x = self.ln(x)
+        return self.token_embedding.as_linear(x), new_cache, cross_qk
+
+
+class Whisper(nn.Module):
+    def __init__(self, dims: ModelDimensions, dtype: mx.Dtype = mx.float32):
+        super().__init__()
+        self.dims = dims
+        self.encoder = AudioEncoder(
+            dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer
+        )
+        self.decoder = TextDecoder(
+            dims.n_vocab, dims.n_text_ctx, dims.n_text_state, dims.n_text_head, dims.n_text_layer
+        )
+        # Cross-attention heads that follow the alignment between text and audio (word timing).
+        # Default as openai-whisper: every head of the second half of the decoder.
+        heads = [
+            (layer, head)
+            for layer in range(dims.n_text_layer // 2, dims.n_text_layer)
+            for head in range(dims.n_text_head)
+        ]
+        self.alignment_heads = mx.array(heads, dtype=mx.int32)
+        self.set_dtype(dtype)
+
+    def set_alignment_heads(self, heads) -> None:
+        self.alignment_heads = mx.array([[int(a), int(b)] for a, b in heads], dtype=mx.int32)
+
+    def set_dtype(self, dtype: mx.Dtype) -> None:
+        """Cast floating parameters to dtype (layer norms too: MLX computes them in fp32 inside)."""
+        self.update(
+            nn.utils.tree_map(
+                lambda p: p.astype(dtype) if mx.issubdtype(p.dtype, mx.floating) else p, self.parameters()
+            )
+        )
+
+    @property
+    def dtype(self) -> mx.Dtype:
+        return self.decoder.token_embedding.weight.dtype
+
+    def embed_audio(self, mel: mx.array) -> mx.array:
+        return self.encoder(mel.astype(self.dtype))
+
+    def logits(self, tokens: mx.array, audio_features: mx.array) -> mx.array:
+        return self.decoder(tokens, audio_features)[0]
+
+    def __call__(self, mel: mx.array, tokens: mx.array) -> mx.array:
+        return self.decoder(tokens, self.embed_audio(mel))[0]
+
+    @property
+    def is_multilingual(self) -> bool:
+        return self.dims.is_multilingual
+
+    @property
+    def num_languages(self) -> int:
+        return self.dims.num_languages
