@@ -331,7 +331,7 @@ def save_model(model: Whisper, path: Union[str, Path], dtype: Union[str, mx.Dtyp
     quant = getattr(model, "quantization", None)
     if quant:
         config["quantization"] = quant
-    tmp = path / "weights.safetensors.tmp"
+    tmp = path / "weights.tmp.safetensors"  # mx.save_safetensors wants the suffix
     mx.save_safetensors(str(tmp), weights, metadata={"format": "mlx"})
     os.replace(tmp, path / "weights.safetensors")
     (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")

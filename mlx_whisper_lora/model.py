@@ -216,7 +216,7 @@ class Whisper(nn.Module):
 
     @property
     def dtype(self) -> mx.Dtype:
-        return self.decoder.token_embedding.weight.dtype
+        return self.decoder.ln.weight.dtype  # layer norms are never quantized
 
     def embed_audio(self, mel: mx.array) -> mx.array:
         return self.encoder(mel.astype(self.dtype))

@@ -1,0 +1,169 @@
+"""The same weights from every format give the same model; bad files give one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlx_whisper_lora.audio import load_audio, log_mel_spectrogram, pad_or_trim
+from mlx_whisper_lora.hf_export import save_hf_folder
+from mlx_whisper_lora.load import ModelLoadError, load_model, quantize_model, resolve, save_model
+from mlx_whisper_lora.offline_models import OFFLINE_MODELS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def inputs(jfk):
+    mel = pad_or_trim(log_mel_spectrogram(load_audio(jfk)), 3000, axis=0)[None]
+    tokens = mx.array([[50257, 50362, 843, 523, 616, 5891, 3399, 1265, 407, 644]])
+    return mel, tokens
+
+
+def _logits(model, inputs):
+    mel, tokens = inputs
+    return np.array(model(mel, tokens).astype(mx.float32))
+
+
+@pytest.fixture(scope="module")
+def reference_logits(tiny_en, inputs):
+    return _logits(tiny_en, inputs)
+
+
+def test_ctranslate2_hf_and_mlx_folders_give_identical_logits(tiny_en, inputs, reference_logits, tmp_path):
+    hf_dir = save_hf_folder(tiny_en, tmp_path / "hf")
+    from_hf = load_model(hf_dir)
+    assert np.abs(_logits(from_hf, inputs) - reference_logits).max() <= 1e-4
+    mlx_dir = save_model(tiny_en, tmp_path / "mlx")
+    from_mlx = load_model(mlx_dir)
+    assert np.abs(_logits(from_mlx, inputs) - reference_logits).max() <= 1e-4
+    assert from_hf.alignment_heads.tolist() == tiny_en.alignment_heads.tolist() == from_mlx.alignment_heads.tolist()
+
+
+def test_save_then_load_round_trips_exactly(tiny_en, tmp_path):
+    from mlx.utils import tree_flatten
+
+    folder = save_model(tiny_en, tmp_path / "m")
+    again = load_model(folder)
+    a, b = dict(tree_flatten(tiny_en.parameters())), dict(tree_flatten(again.parameters()))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert mx.array_equal(a[k], b[k]), k
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "whisper"
+
+
+def test_transformers_reproduces_our_logits(tiny_en, inputs, reference_logits, tmp_path):
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    hf_dir = save_hf_folder(tiny_en, tmp_path / "hf")
+    model = transformers.WhisperForConditionalGeneration.from_pretrained(hf_dir).eval()
+    mel, tokens = inputs
+    with torch.no_grad():
+        out = model(
+            input_features=torch.from_numpy(np.array(mel)).transpose(1, 2),
+            decoder_input_ids=torch.from_numpy(np.array(tokens)).long(),
+        ).logits.numpy()
+    assert np.abs(out - reference_logits).max() <= 1e-3
+
+
+def test_saved_folder_loads_in_pypi_mlx_whisper(tiny_en, inputs, reference_logits, tmp_path):
+    mlx_whisper_load = pytest.importorskip("mlx_whisper.load_models", reason="mlx-whisper is not installed")
+    folder = save_model(tiny_en, tmp_path / "for-mlx-whisper")
+    theirs = mlx_whisper_load.load_model(str(folder), dtype=mx.float32)
+    mel, tokens = inputs
+    logits = np.array(theirs.logits(tokens, theirs.embed_audio(mel)))
+    assert np.abs(logits - reference_logits).max() <= 1e-4
+    assert theirs.alignment_heads.tolist() == tiny_en.alignment_heads.tolist()
+
+
+def test_openai_pt_checkpoint(tiny_en_checkpoint, tiny_en, inputs, reference_logits, tmp_path):
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    state = {}
+    for k, v in tiny_en_checkpoint.weights.items():
+        if k.endswith(("conv1.weight", "conv2.weight")):
+            v = v.transpose(0, 2, 1)
+        state[k.replace(".mlp1.", ".mlp.0.").replace(".mlp2.", ".mlp.2.")] = torch.from_numpy(np.ascontiguousarray(v))
+    path = tmp_path / "tiny.en.pt"
+    torch.save({"dims": tiny_en_checkpoint.dims.to_dict(), "model_state_dict": state}, path)
+    assert np.abs(_logits(load_model(path), inputs) - reference_logits).max() <= 1e-4
+
+
+def test_quantized_folder_round_trip(tiny_en_checkpoint, inputs, reference_logits, tmp_path):
+    from mlx_whisper_lora.load import build_model
+
+    model = quantize_model(build_model(tiny_en_checkpoint), bits=8, group_size=64)
+    q_logits = _logits(model, inputs)
+    folder = save_model(model, tmp_path / "q8")
+    again = load_model(folder)
+    assert json.loads((folder / "config.json").read_text())["quantization"] == {"group_size": 64, "bits": 8}
+    assert np.array_equal(_logits(again, inputs), q_logits)
+    # 8-bit stays close to the float model and keeps the argmax of every position
+    assert (q_logits.argmax(-1) == reference_logits.argmax(-1)).all()
+
+
+def test_hub_layout_cache_is_used_offline(tiny_en, inputs, reference_logits, tmp_path, monkeypatch):
+    """A folder laid out as the Hugging Face cache resolves `tiny.en` and `openai/whisper-tiny.en`."""
+    cache = tmp_path / "hub"
+    snap = cache / "models--openai--whisper-tiny.en" / "snapshots" / "0123456789abcdef"
+    save_hf_folder(tiny_en, snap)
+    (cache / "models--openai--whisper-tiny.en" / "refs").mkdir(parents=True)
+    (cache / "models--openai--whisper-tiny.en" / "refs" / "main").write_text("0123456789abcdef")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    for name in ("tiny.en", "openai/whisper-tiny.en"):
+        ckpt = resolve(name)
+        assert Path(ckpt.source).resolve() == snap.resolve()
+    assert np.abs(_logits(load_model("openai/whisper-tiny.en"), inputs) - reference_logits).max() <= 1e-4
+
+
+def test_short_name_falls_back_to_offline_package_when_hub_is_off(monkeypatch, tmp_path):
+    if OFFLINE_MODELS["base"].locate() is None:
+        pytest.skip("offline base weights are not installed")
+    import huggingface_hub.constants as c
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    ckpt = resolve("base")
+    assert ckpt.source == "base" and ckpt.dims.n_vocab == 51865 and ckpt.dims.n_text_layer == 6
+
+
+@pytest.mark.parametrize("name", ["./no/such/folder", "definitely-not-a-model"])
+def test_unknown_model_path_is_named(name):
+    with pytest.raises(ModelLoadError, match="not found"):
+        resolve(name)
+
+
+def test_truncated_ctranslate2_file(tmp_path):
+    location = OFFLINE_MODELS["tiny.en"].locate()
+    if location is None:
+        pytest.skip("offline tiny.en is not installed")
+    folder = tmp_path / "ct2"
+    folder.mkdir()
+    data = location.model_parts[0].read_bytes()
+    (folder / "model.bin").write_bytes(data[: len(data) // 3])
+    (folder / "config.json").write_bytes((location.folder / "config.json").read_bytes())
+    with pytest.raises(ModelLoadError, match="truncated"):
+        load_model(folder)
+
+
+def test_truncated_safetensors(tiny_en, tmp_path):
+    folder = save_model(tiny_en, tmp_path / "m")
+    weights = folder / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100000])
+    with pytest.raises(ModelLoadError, match="weights.safetensors"):
+        load_model(folder)
+
+
+def test_folder_without_model(tmp_path):
+    with pytest.raises(ModelLoadError, match="holds no Whisper model"):
+        load_model(tmp_path)
