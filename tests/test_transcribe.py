@@ -1,0 +1,118 @@
+"""Long-form transcription, output files, and the CLI's handling of bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mlx_whisper_lora.errors import UserError
+from mlx_whisper_lora.transcribe import _segments_from_tokens, transcribe
+from mlx_whisper_lora.tokenizer import get_tokenizer
+from mlx_whisper_lora.writers import format_timestamp, write_result
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_long_form_german_with_detected_language(base_model, shared_data):
+    path = shared_data / "fleurs_en_de/audio/fleurs-de-009.flac"  # 43 s: two windows
+    duration = sf.info(str(path)).duration
+    result = transcribe(path, base_model, progress=False)
+    assert result["language"] == "de"
+    segments = result["segments"]
+    assert len(segments) >= 3
+    starts = [s["start"] for s in segments]
+    assert starts == sorted(starts)
+    assert all(s["end"] > s["start"] for s in segments)
+    assert segments[-1]["end"] <= duration + 0.5
+    assert any(s["start"] >= 30 for s in segments), "the second window was transcribed"
+    assert "Schülerinnen" in result["text"]
+    assert result["text"].strip() == "".join(s["text"] for s in segments).strip()
+
+
+def test_clip_timestamps_restrict_the_range(tiny_en, jfk):
+    full = transcribe(jfk, tiny_en, progress=False)
+    part = transcribe(jfk, tiny_en, progress=False, clip_timestamps="0,4")
+    assert len(part["text"]) < len(full["text"])
+    assert all(s["end"] <= 4.0 + 1e-6 for s in part["segments"])
+
+
+def test_silence_gives_no_text(tiny_en):
+    result = transcribe(np.zeros(16000 * 5, dtype=np.float32), tiny_en, progress=False)
+    assert result["text"].strip() == "" and result["segments"] == []
+
+
+def test_english_only_model_rejects_other_languages(tiny_en, jfk):
+    with pytest.raises(UserError, match="English-only"):
+        transcribe(jfk, tiny_en, language="de")
+
+
+def test_segments_from_tokens_split_at_timestamp_pairs():
+    tok = get_tokenizer(False)
+    tb = tok.timestamp_begin
+    hello, world = tok.encode(" hello"), tok.encode(" world")
+    tokens = [tb] + hello + [tb + 50, tb + 50] + world + [tb + 120]
+    segments, consumed = _segments_from_tokens(tokens, tok, time_offset=10.0, window_frames=3000, precision=0.02)
+    assert [(s["start"], s["end"], s["text"]) for s in segments] == [(10.0, 11.0, " hello"), (11.0, 12.4, " world")]
+    assert consumed == 3000  # ended on a single timestamp: the whole window is used
+    tokens = [tb] + hello + [tb + 50, tb + 50] + world + [tb + 120, tb + 120]
+    _, consumed = _segments_from_tokens(tokens, tok, 0.0, 3000, 0.02)
+    assert consumed == 240  # resume where the last complete segment ended
+
+
+def test_writers(tmp_path):
+    result = {"text": " a b", "language": "en",
+              "segments": [{"start": 0.0, "end": 1.5, "text": " a"}, {"start": 3661.25, "end": 3662.0, "text": " b"}]}
+    assert format_timestamp(3661.25, decimal_marker=",") == "01:01:01,250"
+    srt = write_result(result, tmp_path, "clip", "srt").read_text()
+    assert srt.startswith("1\n00:00:00,000 --> 00:00:01,500\na\n\n2\n01:01:01,250 --> 01:01:02,000\nb")
+    vtt = write_result(result, tmp_path, "clip", "vtt").read_text()
+    assert vtt.startswith("WEBVTT\n\n00:00.000 --> 00:01.500\na")
+    assert write_result(result, tmp_path, "clip", "tsv").read_text().splitlines()[1] == "0\t1500\ta"
+    assert json.loads(write_result(result, tmp_path, "clip", "json").read_text())["language"] == "en"
+
+
+def _cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "mlx_whisper_lora.transcribe", *args],
+                          capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_cli_writes_every_format_named_after_the_audio(tmp_path, jfk):
+    proc = _cli(str(jfk), "--output-dir", str(tmp_path), "--output-format", "all", "--verbose", "False")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jfk.json", "jfk.srt", "jfk.tsv", "jfk.txt", "jfk.vtt"]
+    data = json.loads((tmp_path / "jfk.json").read_text())
+    assert set(data) == {"text", "segments", "language"}
+    assert "ask not what your country can do for you" in data["text"]
+
+
+def _bad_inputs(tmp_path, tiny_en_checkpoint):
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio, just text\n" * 50)
+    truncated = tmp_path / "truncated-model"
+    truncated.mkdir()
+    data = Path(tiny_en_checkpoint.folder, "model.bin").read_bytes() if Path(tiny_en_checkpoint.folder, "model.bin").exists() else None
+    (truncated / "model.bin").write_bytes(data[: len(data) // 2])
+    return {
+        "missing file": ([str(tmp_path / "nope.wav")], "audio file not found"),
+        "zero-length file": ([str(empty)], "empty"),
+        "non-audio file": ([str(text)], "cannot decode"),
+        "wrong model path": (["--model", str(tmp_path / "no-model")], "not found"),
+        "truncated weights": (["--model", str(truncated)], "truncated"),
+        "word timestamps": (["--word-timestamps"], "not implemented"),
+    }
+
+
+def test_cli_bad_input_gives_one_line_error(tmp_path, tiny_en_checkpoint, monkeypatch):
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # keep ffmpeg out of the non-audio case if present
+    for case, (args, message) in _bad_inputs(tmp_path, tiny_en_checkpoint).items():
+        proc = _cli(*args, "--output-dir", str(tmp_path / "out"))
+        assert proc.returncode == 2, (case, proc.stderr)
+        lines = [l for l in proc.stderr.splitlines() if l.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], (case, proc.stderr)
+        assert "Traceback" not in proc.stderr
