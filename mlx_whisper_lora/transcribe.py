@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -34,37 +34,56 @@ from .tokenizer import get_tokenizer
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
+@dataclass(frozen=True)
+class FallbackRules:
+    """When a window's decoding is rejected and retried at the next temperature."""
+
+    temperatures: Tuple[float, ...] = DEFAULT_TEMPERATURES
+    compression_ratio_threshold: Optional[float] = 2.4
+    logprob_threshold: Optional[float] = -1.0
+    no_speech_threshold: Optional[float] = 0.6
+
+    def is_silence(self, r: DecodingResult) -> bool:
+        return (self.no_speech_threshold is not None and r.no_speech_prob > self.no_speech_threshold
+                and (self.logprob_threshold is None or r.avg_logprob < self.logprob_threshold))
+
+    def too_repetitive(self, r: DecodingResult) -> bool:
+        return self.compression_ratio_threshold is not None and r.compression_ratio > self.compression_ratio_threshold
+
+    def acceptable(self, r: DecodingResult) -> bool:
+        too_unlikely = self.logprob_threshold is not None and r.avg_logprob < self.logprob_threshold
+        return self.is_silence(r) or not (self.too_repetitive(r) or too_unlikely)
+
+
+def _options_at(options: DecodingOptions, t: float) -> DecodingOptions:
+    if t > 0:
+        return replace(options, temperature=t, beam_size=None, patience=None)
+    return replace(options, temperature=t, best_of=None)
+
+
 def decode_with_fallback(
     model: Whisper,
-    mel_window: mx.array,
+    audio_features: mx.array,
     options: DecodingOptions,
-    temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
-    compression_ratio_threshold: Optional[float] = 2.4,
-    logprob_threshold: Optional[float] = -1.0,
-    no_speech_threshold: Optional[float] = 0.6,
-    audio_features: Optional[mx.array] = None,
+    rules: FallbackRules = FallbackRules(),
+    first: Optional[DecodingResult] = None,
 ) -> DecodingResult:
     """Decode at the first temperature, and retry hotter while the output looks like a loop
-    (high compression ratio) or is unlikely (low average log-prob) — unless it is silence."""
-    if audio_features is None:
-        audio_features = model.embed_audio(mel_window[None])
+    (high compression ratio) or is unlikely (low average log-prob) — unless it is silence.
+
+    audio_features: (1, n_audio_ctx, n_state). `first`: a result already decoded at the first
+    temperature (from a batch), so only the retries run here.
+    """
     attempts = []
-    for t in temperatures:
-        opts = replace(options, temperature=t)
-        if t > 0:
-            opts = replace(opts, beam_size=None, patience=None)
-        else:
-            opts = replace(opts, best_of=None)
-        result = decode(model, None, opts, audio_features=audio_features)[0]
-        too_repetitive = compression_ratio_threshold is not None and result.compression_ratio > compression_ratio_threshold
-        too_unlikely = logprob_threshold is not None and result.avg_logprob < logprob_threshold
-        silence = no_speech_threshold is not None and result.no_speech_prob > no_speech_threshold and too_unlikely
-        if silence or not (too_repetitive or too_unlikely):
+    for i, t in enumerate(rules.temperatures):
+        result = first if (i == 0 and first is not None) else decode(
+            model, None, _options_at(options, t), audio_features=audio_features)[0]
+        if rules.acceptable(result):
             return result
-        attempts.append((too_repetitive, result))
+        attempts.append(result)
     # Every temperature failed: keep the likeliest attempt that is not a loop (as faster-whisper
     # does) rather than the hottest one.
-    pool = [r for rep, r in attempts if not rep] or [r for _, r in attempts]
+    pool = [r for r in attempts if not rules.too_repetitive(r)] or attempts
     return max(pool, key=lambda r: r.avg_logprob)
 
 
@@ -121,6 +140,124 @@ def _segments_from_tokens(tokens: List[int], tokenizer, time_offset: float, wind
     return segments, consumed
 
 
+class _FileTranscription:
+    """The sliding-window state of one audio file: where the next window starts, the segments so
+    far, and the tokens that condition the next window."""
+
+    def __init__(self, model: Whisper, mel: mx.array, options: DecodingOptions, tokenizer, clips,
+                 initial_prompt: Optional[str], rules: FallbackRules, condition_on_previous_text: bool,
+                 verbose: Optional[bool]):
+        self.model, self.mel, self.options, self.tokenizer = model, mel, options, tokenizer
+        self.rules, self.condition, self.verbose = rules, condition_on_previous_text, verbose
+        self.clips = list(clips)
+        self.clip_index = 0
+        self.seek = self.clips[0][0] if self.clips else 0
+        self.precision = 30.0 / model.dims.n_audio_ctx  # seconds per timestamp token (0.02)
+        self.tokens: List[int] = tokenizer.encode(" " + initial_prompt.strip()) if initial_prompt else []
+        self.prompt_reset_since = 0
+        self.segments: List[dict] = []
+
+    @property
+    def done(self) -> bool:
+        while self.clip_index < len(self.clips) and self.seek >= self.clips[self.clip_index][1]:
+            self.clip_index += 1
+            if self.clip_index < len(self.clips):
+                self.seek = max(self.seek, self.clips[self.clip_index][0])
+        return self.clip_index >= len(self.clips)
+
+    def window(self) -> Tuple[mx.array, int]:
+        frames = min(N_FRAMES, self.clips[self.clip_index][1] - self.seek)
+        return pad_or_trim(self.mel[self.seek : self.seek + frames], N_FRAMES, axis=0), frames
+
+    def window_options(self) -> DecodingOptions:
+        prompt = self.tokens[self.prompt_reset_since :]
+        return replace(self.options, prompt=prompt or None)
+
+    def accept(self, result: DecodingResult, window_frames: int) -> int:
+        """Add the window's segments and move on; returns the frames advanced."""
+        previous = self.seek
+        if self.rules.is_silence(result):
+            self.seek += window_frames
+            return window_frames
+        time_offset = self.seek / FRAMES_PER_SECOND
+        segments, consumed = _segments_from_tokens(result.tokens, self.tokenizer, time_offset, window_frames, self.precision)
+        self.seek += consumed if consumed > 0 else window_frames
+        for s in segments:
+            s.update(id=len(self.segments), seek=previous, temperature=result.temperature,
+                     avg_logprob=result.avg_logprob, compression_ratio=result.compression_ratio,
+                     no_speech_prob=result.no_speech_prob)
+            self.segments.append(s)
+            self.tokens.extend(s["tokens"])
+            if self.verbose:
+                print(f"[{_clock(s['start'])} --> {_clock(s['end'])}] {s['text'].strip()}")
+        if not self.condition or result.temperature > 0.5:
+            self.prompt_reset_since = len(self.tokens)  # a hot fallback: do not feed it forward
+        return self.seek - previous
+
+    def result(self) -> dict:
+        keys = ("id", "seek", "start", "end", "text", "tokens", "temperature", "avg_logprob",
+                "compression_ratio", "no_speech_prob")
+        text = self.tokenizer.decode([t for s in self.segments for t in s["tokens"]])
+        return {"text": text, "segments": [{k: s[k] for k in keys} for s in self.segments],
+                "language": self.options.language}
+
+
+def _check_language_and_task(model: Whisper, language: Optional[str], task: str) -> Optional[str]:
+    if language:
+        try:
+            language = language_code(language)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    if not model.is_multilingual:
+        if language not in (None, "en"):
+            raise UserError(f"this model is English-only; it cannot transcribe language {language!r}")
+        if task == "translate":
+            raise UserError("this model is English-only; --task translate needs a multilingual model")
+        language = "en"
+    return language
+
+
+def _padded_mel(model: Whisper, audio) -> mx.array:
+    """Log-mel of the whole audio followed by a 30 s window of silence (so every window is full)."""
+    if isinstance(audio, (str, Path)):
+        audio = load_audio(audio)
+    return log_mel_spectrogram(audio, model.dims.n_mels, padding=N_SAMPLES)
+
+
+def _prepare(model, mel, language, task, verbose, clip_timestamps, initial_prompt, rules,
+             condition_on_previous_text, decode_options, first_features=None):
+    """Build the file's state; detect the language on its first window when none is given.
+
+    Returns (state, features of the first window or None)."""
+    clips = _parse_clip_timestamps(clip_timestamps, mel.shape[0] - N_FRAMES)
+    folder = getattr(model, "folder", None)
+    if language is None and clips:
+        if first_features is None:
+            start, end = clips[0]
+            first_features = model.embed_audio(pad_or_trim(mel[start : start + min(N_FRAMES, end - start)], N_FRAMES, axis=0)[None])
+        language = detect_language(model, first_features, get_tokenizer(True, model.num_languages, model_dir=folder))[0][0]
+        if verbose:
+            print(f"Detected language: {language}")
+    language = language or "en"
+    tokenizer = get_tokenizer(model.is_multilingual, model.num_languages, language=language, task=task, model_dir=folder)
+    options = DecodingOptions(language=language, task=task, **decode_options)
+    state = _FileTranscription(model, mel, options, tokenizer, clips, initial_prompt, rules,
+                               condition_on_previous_text, verbose)
+    return state, first_features
+
+
+def _model_and_rules(model, temperature, compression_ratio_threshold, logprob_threshold, no_speech_threshold,
+                     word_timestamps):
+    if word_timestamps:
+        raise UserError("word timestamps are not implemented yet; run without --word-timestamps")
+    if model is None or isinstance(model, (str, Path)):
+        from .load import load_model
+
+        model = load_model(model)
+    temperatures = (temperature,) if isinstance(temperature, (int, float)) else tuple(temperature)
+    return model, FallbackRules(temperatures, compression_ratio_threshold, logprob_threshold, no_speech_threshold)
+
+
 def transcribe(
     audio: Union[str, Path, np.ndarray, mx.array],
     model: Union[Whisper, str, None] = None,
@@ -142,99 +279,107 @@ def transcribe(
     `model` is a loaded Whisper or anything `load_model` accepts. Extra keyword arguments are
     DecodingOptions fields (language, task, beam_size, best_of, patience, ...).
     """
-    if word_timestamps:
-        raise UserError("word timestamps are not implemented yet; run without --word-timestamps")
-    if model is None or isinstance(model, (str, Path)):
-        from .load import load_model
-
-        model = load_model(model)
-    if isinstance(audio, (str, Path)):
-        audio = load_audio(audio)
-    mel = log_mel_spectrogram(audio, model.dims.n_mels, padding=N_SAMPLES)
-    content_frames = mel.shape[0] - N_FRAMES
-    temperatures = (temperature,) if isinstance(temperature, (int, float)) else tuple(temperature)
-
+    model, rules = _model_and_rules(model, temperature, compression_ratio_threshold, logprob_threshold,
+                                    no_speech_threshold, word_timestamps)
     language = decode_options.pop("language", None)
     task = decode_options.pop("task", "transcribe")
-    if language:
-        try:
-            language = language_code(language)
-        except ValueError as e:
-            raise UserError(str(e)) from None
-    if not model.is_multilingual:
-        if language not in (None, "en"):
-            raise UserError(f"this model is English-only; it cannot transcribe language {language!r}")
-        if task == "translate":
-            raise UserError("this model is English-only; --task translate needs a multilingual model")
-        language = "en"
-    folder = getattr(model, "folder", None)
-    if language is None:
-        feats = model.embed_audio(pad_or_trim(mel, N_FRAMES, axis=0)[None])
-        tok = get_tokenizer(True, model.num_languages, model_dir=folder)
-        language = detect_language(model, feats, tok)[0][0]
-        if verbose:
-            print(f"Detected language: {language}")
-    tokenizer = get_tokenizer(model.is_multilingual, model.num_languages, language=language, task=task, model_dir=folder)
+    language = _check_language_and_task(model, language, task)
     decode_options.setdefault("best_of", 5)
-    options = DecodingOptions(language=language, task=task, **decode_options)
-
-    clips = _parse_clip_timestamps(clip_timestamps, content_frames)
-    precision = 30.0 / model.dims.n_audio_ctx  # seconds per timestamp token (0.02)
-    all_tokens: List[int] = []
-    all_segments: List[dict] = []
-    prompt_reset_since = 0
-    if initial_prompt:
-        all_tokens.extend(tokenizer.encode(" " + initial_prompt.strip()))
-
-    show = progress if progress is not None else (verbose is not False and content_frames > N_FRAMES)
+    state, feats = _prepare(model, _padded_mel(model, audio), language, task, verbose, clip_timestamps, initial_prompt,
+                            rules, condition_on_previous_text, decode_options)
+    total = state.mel.shape[0] - N_FRAMES
+    show = progress if progress is not None else (verbose is not False and total > N_FRAMES)
     bar = None
     if show:
         from tqdm import tqdm
 
-        bar = tqdm(total=content_frames, unit="frames", disable=False, file=sys.stderr)
+        bar = tqdm(total=total, unit="frames", file=sys.stderr)
     try:
-        for clip_start, clip_end in clips:
-            seek = clip_start
-            while seek < clip_end:
-                window_frames = min(N_FRAMES, clip_end - seek)
-                window = pad_or_trim(mel[seek : seek + window_frames], N_FRAMES, axis=0)
-                time_offset = seek / FRAMES_PER_SECOND
-                prompt = all_tokens[prompt_reset_since:]
-                result = decode_with_fallback(
-                    model, window, replace(options, prompt=prompt or None), temperatures,
-                    compression_ratio_threshold, logprob_threshold, no_speech_threshold,
-                )
-                previous = seek
-                if no_speech_threshold is not None and result.no_speech_prob > no_speech_threshold:
-                    if logprob_threshold is None or result.avg_logprob < logprob_threshold:
-                        seek += window_frames  # silence: skip the window
-                        if bar:
-                            bar.update(min(content_frames, seek) - previous)
-                        continue
-                segments, consumed = _segments_from_tokens(result.tokens, tokenizer, time_offset, window_frames, precision)
-                seek += consumed if consumed > 0 else window_frames
-                for s in segments:
-                    s.update(
-                        id=len(all_segments), seek=previous, temperature=result.temperature,
-                        avg_logprob=result.avg_logprob, compression_ratio=result.compression_ratio,
-                        no_speech_prob=result.no_speech_prob,
-                    )
-                    all_segments.append(s)
-                    all_tokens.extend(s["tokens"])
-                    if verbose:
-                        print(f"[{_clock(s['start'])} --> {_clock(s['end'])}] {s['text'].strip()}")
-                if not condition_on_previous_text or result.temperature > 0.5:
-                    prompt_reset_since = len(all_tokens)  # a hot fallback: do not feed it forward
-                if bar:
-                    bar.update(min(content_frames, seek) - previous)
+        while not state.done:
+            window, frames = state.window()
+            if feats is None:
+                feats = model.embed_audio(window[None])
+            result = decode_with_fallback(model, feats, state.window_options(), rules)
+            feats = None
+            advanced = state.accept(result, frames)
+            if bar:
+                bar.update(min(advanced, total - bar.n))
     finally:
         if bar:
             bar.close()
+    return state.result()
 
-    ordered = [{k: s[k] for k in ("id", "seek", "start", "end", "text", "tokens", "temperature", "avg_logprob",
-                                  "compression_ratio", "no_speech_prob")} for s in all_segments]
-    text = tokenizer.decode([t for s in all_segments for t in s["tokens"]])
-    return {"text": text, "segments": ordered, "language": language}
+
+def transcribe_many(
+    audios: Sequence[Union[str, Path, np.ndarray]],
+    model: Union[Whisper, str, None] = None,
+    *,
+    batch_size: int = 8,
+    verbose: Optional[bool] = None,
+    temperature: Union[float, Sequence[float]] = DEFAULT_TEMPERATURES,
+    compression_ratio_threshold: Optional[float] = 2.4,
+    logprob_threshold: Optional[float] = -1.0,
+    no_speech_threshold: Optional[float] = 0.6,
+    condition_on_previous_text: bool = True,
+    initial_prompt: Optional[str] = None,
+    progress: Optional[bool] = None,
+    **decode_options,
+) -> List[dict]:
+    """Transcribe several files, decoding their first windows `batch_size` at a time.
+
+    Gives the same results as `transcribe` on each file: the first window of every file is
+    decoded in a batch at the first temperature (one encoder and decoder pass for the batch); windows
+    that need a fallback, and the later windows of long files, are decoded one at a time.
+    """
+    model, rules = _model_and_rules(model, temperature, compression_ratio_threshold, logprob_threshold,
+                                    no_speech_threshold, False)
+    language = decode_options.pop("language", None)
+    task = decode_options.pop("task", "transcribe")
+    language = _check_language_and_task(model, language, task)
+    decode_options.setdefault("best_of", 5)
+    results: List[Optional[dict]] = [None] * len(audios)
+    bar = None
+    if progress or (progress is None and verbose is not False and len(audios) > 1):
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(audios), unit="file", file=sys.stderr)
+    try:
+        for start in range(0, len(audios), batch_size):
+            chunk = list(range(start, min(start + batch_size, len(audios))))
+            mels = [_padded_mel(model, audios[i]) for i in chunk]
+            # One encoder pass for the first window of every file in the batch.
+            firsts = [pad_or_trim(m[: min(N_FRAMES, m.shape[0] - N_FRAMES)], N_FRAMES, axis=0) for m in mels]
+            feats = model.embed_audio(mx.stack(firsts))
+            states = [
+                _prepare(model, m, language, task, verbose, "0", initial_prompt, rules,
+                         condition_on_previous_text, dict(decode_options), feats[j : j + 1])[0]
+                for j, m in enumerate(mels)
+            ]
+            batchable = [j for j, s in enumerate(states) if not s.done]
+            first_results = {}
+            for lang in sorted({states[j].options.language for j in batchable}):
+                rows = [j for j in batchable if states[j].options.language == lang]
+                opts = _options_at(states[rows[0]].window_options(), rules.temperatures[0])
+                decoded = decode(model, None, opts, audio_features=feats[mx.array(rows)])
+                first_results.update(zip(rows, decoded))
+            for j, state in enumerate(states):
+                first = first_results.get(j)
+                while not state.done:
+                    window, frames = state.window()
+                    if first is not None:
+                        window_feats = feats[j : j + 1]
+                    else:
+                        window_feats = model.embed_audio(window[None])
+                    result = decode_with_fallback(model, window_feats, state.window_options(), rules, first=first)
+                    first = None
+                    state.accept(result, frames)
+                results[chunk[j]] = state.result()
+                if bar:
+                    bar.update(1)
+    finally:
+        if bar:
+            bar.close()
+    return results  # type: ignore[return-value]
 
 
 def _clock(seconds: float) -> str:

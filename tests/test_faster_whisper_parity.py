@@ -1,0 +1,30 @@
+"""Greedy long-form transcripts agree with faster-whisper run on the same CTranslate2 weights.
+
+The full comparison over every English set is scripts/compare_faster_whisper.py; this test covers
+the short sets so that it runs in the default suite.
+"""
+
+import pytest
+
+from mlx_whisper_lora.offline_models import OFFLINE_MODELS
+from mlx_whisper_lora.transcribe import transcribe_many
+
+from conftest import read_manifest
+
+SETS = ["whisper_mlx_classics", "librispeech_test_clean_4", "pocketsphinx_librivox"]
+
+
+def test_tiny_en_matches_faster_whisper_on_short_sets(tiny_en, shared_data):
+    faster_whisper = pytest.importorskip("faster_whisper", reason="faster-whisper is not installed")
+    normalizers = pytest.importorskip("whisper.normalizers", reason="openai-whisper (English normalizer) is not installed")
+    normalize = normalizers.EnglishTextNormalizer()
+    reference = faster_whisper.WhisperModel(str(OFFLINE_MODELS["tiny.en"].locate().folder), device="cpu",
+                                            compute_type="float32", cpu_threads=2)
+    paths = [shared_data / name / item["audio"] for name in SETS for item in read_manifest(shared_data / name)]
+    ours = transcribe_many(paths, tiny_en, progress=False, language="en")
+    same = 0
+    for path, result in zip(paths, ours):
+        segments, _ = reference.transcribe(str(path), beam_size=1, language="en")
+        theirs = "".join(s.text for s in segments)
+        same += normalize(result["text"]) == normalize(theirs)
+    assert same / len(paths) >= 0.95, f"{same}/{len(paths)} identical after normalization"
