@@ -49,6 +49,10 @@ def preload() -> Optional[str]:
                 RuntimeWarning, stacklevel=3,
             )
         return None
+    # Intel OpenMP threads spin for 200 ms after each call by default, taking the cores from
+    # numpy and our own threads between matrix products (measured: 13.8 s -> 11.9 s of encoder
+    # time on 20 clips with 0). A user's own setting wins.
+    os.environ.setdefault("KMP_BLOCKTIME", "0")
     paths = [choice] if choice.lower() != "auto" else _candidates()
     for path in paths:
         if not Path(path).exists():

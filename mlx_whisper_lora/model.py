@@ -76,12 +76,20 @@ class MultiHeadAttention(nn.Module):
         mask: Optional[mx.array] = None,
         kv_cache: Optional[KVCache] = None,
         fast_kernels: bool = False,
+        numpy_attention: bool = False,
     ) -> Tuple[mx.array, KVCache, mx.array]:
         """Returns the output, the keys/values to cache and the attention scores.
+
+        numpy_attention: the encoder's unmasked self-attention in numpy (inference only); no
+        scores or cache are returned then.
 
         Cached keys and values are kept split into heads, (batch, heads, positions, head_dim), with
         the key already scaled, so a decoding step reuses them without reshaping 1500 audio positions.
         """
+        if numpy_attention:
+            scale = self._scale(x) ** 2
+            out = cpu_kernels.attention(self.query(x), self.key(x), self.value(x), self.n_head, scale)
+            return self.out(out), (None, None), None
         q = self._heads(self.query(x)) * self._scale(x)
         if xa is None:  # self-attention: append this step's keys/values to the cache
             k, v = self._heads(self.key(x)) * self._scale(x), self._heads(self.value(x))
@@ -95,9 +103,6 @@ class MultiHeadAttention(nn.Module):
         else:  # cross-attention: keys/values of the audio were computed once
             k, v = kv_cache
         b, _, n_q, _ = q.shape
-        if fast_kernels and xa is None and kv_cache is None and mask is None:  # encoder, inference
-            out = cpu_kernels.attention(q, k, v).transpose(0, 2, 1, 3).reshape(b, n_q, -1)
-            return self.out(out), (k, v), None
         qk = q @ k.swapaxes(-1, -2)
         if mask is not None:
             qk = qk + mask
@@ -131,7 +136,9 @@ class ResidualAttentionBlock(nn.Module):
 
     def __call__(self, x, xa=None, mask=None, kv_cache=None, fast_kernels=False):
         self_kv, cross_kv = kv_cache if kv_cache is not None else (None, None)
-        y, self_kv, _ = self.attn(self.attn_ln(x), mask=mask, kv_cache=self_kv, fast_kernels=fast_kernels)
+        encoder_fast = fast_kernels and self.cross_attn is None
+        y, self_kv, _ = self.attn(self.attn_ln(x), mask=mask, kv_cache=self_kv, fast_kernels=fast_kernels,
+                                  numpy_attention=encoder_fast)
         x = x + y
         cross_qk = None
         if self.cross_attn is not None:

@@ -270,6 +270,11 @@ def get_tokenizer(
         task = task or "transcribe"
     else:
         language, task = "en", None
-    ranks = _cached_ranks(str(model_dir) if model_dir else None, multilingual)
-    return Tokenizer(ranks, num_languages, language=language, task=task,
+    return _cached_tokenizer(multilingual, num_languages, language, task, str(model_dir) if model_dir else None)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_tokenizer(multilingual: bool, num_languages: int, language, task, model_dir) -> Tokenizer:
+    """Building tiktoken's Encoding takes ~0.1 s: reuse tokenizers across windows and files."""
+    return Tokenizer(_cached_ranks(model_dir, multilingual), num_languages, language=language, task=task,
                      name="multilingual" if multilingual else "gpt2")
