@@ -60,7 +60,9 @@ else:
     import tempfile
     folder = tempfile.mkdtemp()
     save_model(load_model(model_name), folder)  # the same weights, as an MLX folder
-    run = lambda p: mlx_whisper.transcribe(p, path_or_hf_repo=folder, language="en", fp16=False, verbose=None)["text"]
+    from mlx_whisper_lora.audio import load_audio  # mlx-whisper reads files only through ffmpeg
+    run = lambda p: mlx_whisper.transcribe(load_audio(p), path_or_hf_repo=folder, language="en", fp16=False,
+                                           verbose=None)["text"]
 run(items[0]["path"])
 start = time.perf_counter()
 texts = [run(i["path"]) for i in items]
