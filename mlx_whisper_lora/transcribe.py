@@ -415,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suppress-tokens", default="-1")
     p.add_argument("--clip-timestamps", default="0", help="comma-separated start,end,... seconds to transcribe")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--batch-size", type=int, default=8, help="files whose first windows are decoded together")
     p.add_argument("--output-dir", "-o", default=".")
     p.add_argument("--output-format", "-f", default="txt", choices=sorted(FORMATS) + ["all"])
     p.add_argument("--word-timestamps", type=_str2bool, nargs="?", const=True, default=False)
@@ -453,16 +454,19 @@ def main(argv=None):
         temperatures = (args.temperature,)
     formats = sorted(FORMATS) if args.output_format == "all" else [args.output_format]
     out_dir = Path(args.output_dir)
-    for path in audio_paths:
-        result = transcribe(
-            path, model, verbose=args.verbose, temperature=temperatures,
-            compression_ratio_threshold=args.compression_ratio_threshold,
-            logprob_threshold=args.logprob_threshold, no_speech_threshold=args.no_speech_threshold,
-            condition_on_previous_text=args.condition_on_previous_text, initial_prompt=args.initial_prompt,
-            clip_timestamps=args.clip_timestamps, language=args.language, task=args.task,
-            beam_size=args.beam_size, best_of=args.best_of, patience=args.patience,
-            length_penalty=args.length_penalty, suppress_tokens=args.suppress_tokens,
-        )
+    common = dict(
+        verbose=args.verbose, temperature=temperatures,
+        compression_ratio_threshold=args.compression_ratio_threshold,
+        logprob_threshold=args.logprob_threshold, no_speech_threshold=args.no_speech_threshold,
+        condition_on_previous_text=args.condition_on_previous_text, initial_prompt=args.initial_prompt,
+        language=args.language, task=args.task, beam_size=args.beam_size, best_of=args.best_of,
+        patience=args.patience, length_penalty=args.length_penalty, suppress_tokens=args.suppress_tokens,
+    )
+    if len(audio_paths) > 1 and args.clip_timestamps.strip() in ("", "0"):
+        results = transcribe_many(audio_paths, model, batch_size=max(1, args.batch_size), **common)
+    else:
+        results = [transcribe(path, model, clip_timestamps=args.clip_timestamps, **common) for path in audio_paths]
+    for path, result in zip(audio_paths, results):
         for fmt in formats:
             written = write_result(result, out_dir, Path(path).stem, fmt)
             if args.verbose:

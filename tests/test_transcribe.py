@@ -116,3 +116,29 @@ def test_cli_bad_input_gives_one_line_error(tmp_path, tiny_en_checkpoint, monkey
         lines = [l for l in proc.stderr.splitlines() if l.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], (case, proc.stderr)
         assert "Traceback" not in proc.stderr
+
+
+def test_transcribe_many_equals_transcribe_file_by_file(tiny_en, shared_data):
+    from mlx_whisper_lora.transcribe import transcribe_many
+
+    paths = [shared_data / "whisper_mlx_classics/audio/jfk.flac",
+             shared_data / "librispeech_test_clean_4/audio/1089-134691-0000.flac",
+             shared_data / "pocketsphinx_librivox/audio/sense_and_sensibility_01_austen_64kb-0880.flac"]
+    batched = transcribe_many(paths, tiny_en, batch_size=2, progress=False)
+    for path, result in zip(paths, batched):
+        single = transcribe(path, tiny_en, progress=False)
+        assert result["text"] == single["text"]
+        assert [s["tokens"] for s in result["segments"]] == [s["tokens"] for s in single["segments"]]
+        assert [s["avg_logprob"] for s in result["segments"]] == pytest.approx(
+            [s["avg_logprob"] for s in single["segments"]], abs=1e-3)
+
+
+def test_half_precision_model_transcribes(tiny_en_checkpoint, jfk):
+    import mlx.core as mx
+
+    from mlx_whisper_lora.load import build_model
+
+    model = build_model(tiny_en_checkpoint, dtype="float16")
+    assert model.dtype == mx.float16
+    text = transcribe(jfk, model, progress=False, temperature=0.0)["text"]
+    assert "ask not what your country can do for you" in text.lower().replace(",", "")
