@@ -467,6 +467,8 @@ def main(argv=None):
     else:
         results = [transcribe(path, model, clip_timestamps=args.clip_timestamps, **common) for path in audio_paths]
     for path, result in zip(audio_paths, results):
+        if not result["text"].strip():
+            print(f"warning: no speech found in {path}; its outputs are empty", file=sys.stderr)
         for fmt in formats:
             written = write_result(result, out_dir, Path(path).stem, fmt)
             if args.verbose:

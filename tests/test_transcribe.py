@@ -89,6 +89,16 @@ def test_cli_writes_every_format_named_after_the_audio(tmp_path, jfk):
     assert "ask not what your country can do for you" in data["text"]
 
 
+def test_cli_silence_warns_in_one_line_and_writes_empty_outputs(tmp_path):
+    silent = tmp_path / "silence.wav"
+    sf.write(silent, np.zeros(16000 * 3, dtype=np.float32), 16000)
+    proc = _cli(str(silent), "--output-dir", str(tmp_path / "out"), "--verbose", "False")
+    assert proc.returncode == 0, proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert lines == [f"warning: no speech found in {silent}; its outputs are empty"]
+    assert (tmp_path / "out" / "silence.txt").read_text() == ""
+
+
 def _bad_inputs(tmp_path, tiny_en_checkpoint):
     empty = tmp_path / "empty.wav"
     empty.write_bytes(b"")
