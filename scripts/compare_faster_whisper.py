@@ -68,7 +68,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         fw = WhisperModel(str(ct2_folder(args.model, Path(tmp))), device="cpu", compute_type="float32", cpu_threads=2)
         rows = []
-        print(f"model {args.model}, greedy, language {'detected' if args.detect or not multilingual else 'given'}")
+        print(f"model {args.model}, greedy, language {'English-only model' if not multilingual else ('detected' if args.detect else 'given')}")
         print(f"{'set':28s} {'utts':>5s} {'identical':>9s} {'WER ours':>9s} {'WER fw':>8s}")
         totals = {"n": 0, "same": 0, "refs": [], "ours": [], "fw": []}
         for name in args.sets.split(","):
