@@ -246,8 +246,10 @@ def _prepare(model, mel, language, task, verbose, clip_timestamps, initial_promp
     return state, first_features
 
 
-def _model_and_rules(model, temperature, compression_ratio_threshold, logprob_threshold, no_speech_threshold,
-                     word_timestamps):
+def _setup(model, temperature, compression_ratio_threshold, logprob_threshold, no_speech_threshold,
+           word_timestamps, decode_options: dict):
+    """Load the model if given by name, build the fallback rules, and take language and task out of
+    decode_options (validated against the model). Returns (model, rules, language, task)."""
     if word_timestamps:
         raise UserError("word timestamps are not implemented yet; run without --word-timestamps")
     if model is None or isinstance(model, (str, Path)):
@@ -255,7 +257,11 @@ def _model_and_rules(model, temperature, compression_ratio_threshold, logprob_th
 
         model = load_model(model)
     temperatures = (temperature,) if isinstance(temperature, (int, float)) else tuple(temperature)
-    return model, FallbackRules(temperatures, compression_ratio_threshold, logprob_threshold, no_speech_threshold)
+    rules = FallbackRules(temperatures, compression_ratio_threshold, logprob_threshold, no_speech_threshold)
+    task = decode_options.pop("task", "transcribe")
+    language = _check_language_and_task(model, decode_options.pop("language", None), task)
+    decode_options.setdefault("best_of", 5)
+    return model, rules, language, task
 
 
 def transcribe(
@@ -279,12 +285,8 @@ def transcribe(
     `model` is a loaded Whisper or anything `load_model` accepts. Extra keyword arguments are
     DecodingOptions fields (language, task, beam_size, best_of, patience, ...).
     """
-    model, rules = _model_and_rules(model, temperature, compression_ratio_threshold, logprob_threshold,
-                                    no_speech_threshold, word_timestamps)
-    language = decode_options.pop("language", None)
-    task = decode_options.pop("task", "transcribe")
-    language = _check_language_and_task(model, language, task)
-    decode_options.setdefault("best_of", 5)
+    model, rules, language, task = _setup(model, temperature, compression_ratio_threshold, logprob_threshold,
+                                          no_speech_threshold, word_timestamps, decode_options)
     state, feats = _prepare(model, _padded_mel(model, audio), language, task, verbose, clip_timestamps, initial_prompt,
                             rules, condition_on_previous_text, decode_options)
     total = state.mel.shape[0] - N_FRAMES
@@ -331,12 +333,8 @@ def transcribe_many(
     decoded in a batch at the first temperature (one encoder and decoder pass for the batch); windows
     that need a fallback, and the later windows of long files, are decoded one at a time.
     """
-    model, rules = _model_and_rules(model, temperature, compression_ratio_threshold, logprob_threshold,
-                                    no_speech_threshold, False)
-    language = decode_options.pop("language", None)
-    task = decode_options.pop("task", "transcribe")
-    language = _check_language_and_task(model, language, task)
-    decode_options.setdefault("best_of", 5)
+    model, rules, language, task = _setup(model, temperature, compression_ratio_threshold, logprob_threshold,
+                                          no_speech_threshold, False, decode_options)
     results: List[Optional[dict]] = [None] * len(audios)
     bar = None
     if progress or (progress is None and verbose is not False and len(audios) > 1):
