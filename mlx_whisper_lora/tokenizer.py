@@ -18,24 +18,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import tiktoken
 
 from .languages import LANGUAGES, language_code
+from .tokenizer_bytes import byte_decoder as _byte_decoder
 
 from .assets_dir import ASSETS
 UNREACHABLE_TOKEN = b"\xff\xfe"
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-
-
-@functools.lru_cache()
-def _byte_decoder() -> Dict[str, int]:
-    """GPT-2's printable stand-ins for bytes, reversed (e.g. 'Ġ' -> 0x20)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
 
 
 def ranks_from_vocab(vocab: Dict[str, int]) -> Dict[bytes, int]:
@@ -88,7 +75,11 @@ class Tokenizer:
         language: Optional[str] = None,
         task: Optional[str] = None,
         name: str = "whisper",
+        merges_bpe=None,
     ):
+        """merges_bpe: a MergesBPE to encode text exactly as transformers does (see merges_bpe.py);
+        None encodes with tiktoken, as openai-whisper and mlx-whisper do."""
+        self.merges_bpe = merges_bpe
         self.num_languages = num_languages
         self.language = language_code(language) if language else None
         if task not in (None, "transcribe", "translate"):
@@ -192,6 +183,8 @@ class Tokenizer:
 
     # ---- text
     def encode(self, text: str) -> List[int]:
+        if self.merges_bpe is not None:
+            return self.merges_bpe.encode(text)
         return self.encoding.encode(text, disallowed_special=())
 
     def decode(self, tokens: Sequence[int]) -> str:
@@ -263,18 +256,31 @@ def get_tokenizer(
     language: Optional[str] = None,
     task: Optional[str] = None,
     model_dir: Optional[str] = None,
+    bpe: str = "tiktoken",
 ) -> Tokenizer:
-    """A tokenizer for a model; multilingual ones default to English transcription, as openai-whisper."""
+    """A tokenizer for a model; multilingual ones default to English transcription, as openai-whisper.
+
+    bpe: "tiktoken" (openai-whisper's ids) or "merges" (transformers' ids; needs the model folder's
+    tokenizer.json or vocab.json + merges.txt). They differ on some multilingual-vocabulary words."""
+    if bpe not in ("tiktoken", "merges"):
+        raise ValueError(f"bpe must be 'tiktoken' or 'merges', not {bpe!r}")
     if multilingual:
         language = language or "en"
         task = task or "transcribe"
     else:
         language, task = "en", None
-    return _cached_tokenizer(multilingual, num_languages, language, task, str(model_dir) if model_dir else None)
+    return _cached_tokenizer(multilingual, num_languages, language, task, str(model_dir) if model_dir else None, bpe)
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_tokenizer(multilingual: bool, num_languages: int, language, task, model_dir) -> Tokenizer:
+def _cached_tokenizer(multilingual: bool, num_languages: int, language, task, model_dir, bpe) -> Tokenizer:
     """Building tiktoken's Encoding takes ~0.1 s: reuse tokenizers across windows and files."""
+    merges_bpe = None
+    if bpe == "merges":
+        from .merges_bpe import MergesBPE
+
+        if model_dir is None:
+            raise ValueError("bpe='merges' needs the model folder's tokenizer.json or vocab.json + merges.txt")
+        merges_bpe = MergesBPE.from_folder(Path(model_dir), GPT2_PATTERN)
     return Tokenizer(_cached_ranks(model_dir, multilingual), num_languages, language=language, task=task,
-                     name="multilingual" if multilingual else "gpt2")
+                     name="multilingual" if multilingual else "gpt2", merges_bpe=merges_bpe)
