@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from .errors import UserError, cli_entry
+from .errors import cli_entry
 
 
 def convert(src: str, save_path: str, dtype: str = "float16", quantize: bool = False,

@@ -7,7 +7,7 @@ bookkeeping) runs in numpy on the last position's logits, which is cheap and eas
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import mlx.core as mx

@@ -17,10 +17,8 @@ import numpy as np
 
 from .audio import (
     FRAMES_PER_SECOND,
-    HOP_LENGTH,
     N_FRAMES,
     N_SAMPLES,
-    SAMPLE_RATE,
     load_audio,
     log_mel_spectrogram,
     pad_or_trim,

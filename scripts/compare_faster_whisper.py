@@ -16,7 +16,6 @@ import json
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import mlx_whisper_lora  # noqa: F401  (fast BLAS before mlx)

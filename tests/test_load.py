@@ -1,9 +1,6 @@
 """The same weights from every format give the same model; bad files give one-line errors."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import mlx.core as mx
