@@ -9,6 +9,7 @@ they leave MLX's graph, so they have no gradients.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -71,8 +72,6 @@ def _single_threaded_numpy_blas():
         except Exception:  # threadpoolctl missing or unable to inspect: run as is
             _NUMPY_BLAS = False
     if not _NUMPY_BLAS:
-        import contextlib
-
         return contextlib.nullcontext()
     return _NUMPY_BLAS.limit(limits=1)
 

@@ -221,12 +221,13 @@ def _no_speech_probs(logits: mx.array, run: _Run) -> np.ndarray:
     return np.exp(_log_softmax(sot_logits))[:, run.tokenizer.no_speech]
 
 
-def _sample_or_greedy(run: _Run, n_audio: int, n_group: int, temperature: float, rng) -> Tuple[np.ndarray, List[List[List[int]]], np.ndarray, np.ndarray]:
+def _sample_or_greedy(run: _Run, n_audio: int, n_group: int, temperature: float, rng) -> Tuple[List[List[List[int]]], np.ndarray, np.ndarray]:
+    """Returns per audio the n_group sampled sequences, their summed log-probs, and no-speech probs."""
     eot = run.tokenizer.eot
     rows = n_audio * n_group
     tokens = np.tile(np.array(run.initial, dtype=np.int64), (rows, 1))
     logits = run.step(tokens)
-    no_speech = _no_speech_probs(logits, run)[:: n_group] if n_group > 1 else _no_speech_probs(logits, run)
+    no_speech = _no_speech_probs(logits, run)[::n_group]
     sum_logprobs = np.zeros(rows)
     finished = np.zeros(rows, dtype=bool)
     last = np.array(logits[:, -1].astype(mx.float32))
@@ -253,7 +254,7 @@ def _sample_or_greedy(run: _Run, n_audio: int, n_group: int, temperature: float,
             row = tokens[a * n_group + g, run.sample_begin :].tolist()
             group.append(row[: row.index(eot)] if eot in row else row)
         seqs.append(group)
-    return tokens, seqs, sum_logprobs.reshape(n_audio, n_group), no_speech
+    return seqs, sum_logprobs.reshape(n_audio, n_group), no_speech
 
 
 def _beam_search(run: _Run, n_audio: int, beam_size: int, patience: float):
@@ -401,7 +402,7 @@ def _decode_same_language(model, tokenizer, options, audio_features, language) -
         seqs, scores, no_speech = _beam_search(run, n_audio, options.beam_size, options.patience or 1.0)
     else:
         rng = np.random.default_rng(options.seed)
-        _, seqs, sum_lp, no_speech = _sample_or_greedy(run, n_audio, n_group, options.temperature, rng)
+        seqs, sum_lp, no_speech = _sample_or_greedy(run, n_audio, n_group, options.temperature, rng)
         scores = sum_lp.tolist()
     results = []
     for a in range(n_audio):

@@ -27,10 +27,9 @@ from .offline_models import DEFAULT_MODEL, OFFLINE_MODELS
 SHORT_NAMES = {
     name: f"openai/whisper-{name}"
     for name in ["tiny.en", "tiny", "base.en", "base", "small.en", "small", "medium.en", "medium",
-                 "large-v1", "large-v2", "large-v3", "large-v3-turbo", "large", "turbo"]
+                 "large-v1", "large-v2", "large-v3", "large-v3-turbo"]
 }
-SHORT_NAMES["large"] = "openai/whisper-large-v3"
-SHORT_NAMES["turbo"] = "openai/whisper-large-v3-turbo"
+SHORT_NAMES.update({"large": "openai/whisper-large-v3", "turbo": "openai/whisper-large-v3-turbo"})
 
 MLX_WEIGHT_FILES = ("weights.safetensors", "model.safetensors", "weights.npz")
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
