@@ -134,7 +134,25 @@ class ResidualAttentionBlock(nn.Module):
         self.mlp2 = nn.Linear(n_mlp, n_state)
         self.mlp_ln = nn.LayerNorm(n_state)
 
+    # Set by training with --grad-checkpoint: recompute this block's activations in the backward pass.
+    grad_checkpoint = False
+
     def __call__(self, x, xa=None, mask=None, kv_cache=None, fast_kernels=False):
+        if self.grad_checkpoint and kv_cache is None and not fast_kernels:
+            return self._checkpointed(x, xa, mask), (None, None), None
+        return self._forward(x, xa, mask, kv_cache, fast_kernels)
+
+    def _checkpointed(self, x, xa, mask):
+        extra = [a for a in (xa, mask) if a is not None]
+
+        def inner(params, x, *extra):
+            self.update(params)
+            it = iter(extra)
+            return self._forward(x, next(it) if xa is not None else None, next(it) if mask is not None else None)[0]
+
+        return mx.checkpoint(inner)(self.trainable_parameters(), x, *extra)
+
+    def _forward(self, x, xa=None, mask=None, kv_cache=None, fast_kernels=False):
         self_kv, cross_kv = kv_cache if kv_cache is not None else (None, None)
         encoder_fast = fast_kernels and self.cross_attn is None
         y, self_kv, _ = self.attn(self.attn_ln(x), mask=mask, kv_cache=self_kv, fast_kernels=fast_kernels,

@@ -1,0 +1,293 @@
+"""Training data: manifests in a folder (jsonl or csv) or Hugging Face datasets, checked up front.
+
+A manifest line is `{"audio": path relative to the manifest, "text": ..., "language": optional}`.
+Problems that would stop a run hours in are found before training: missing or unreadable files,
+empty transcripts and audio over the duration limit are skipped, counted and listed; an unknown
+language code stops with a message naming the line.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Union
+
+import numpy as np
+
+from .audio import SAMPLE_RATE, AudioError, _resample, load_audio
+from .errors import UserError
+from .languages import language_code
+
+SPLITS = ("train", "valid", "test")
+MANIFEST_SUFFIXES = (".jsonl", ".csv")
+
+
+class DataError(UserError):
+    """The training data cannot be read or has no usable utterance."""
+
+
+@dataclass
+class Utterance:
+    """One example. audio: a file path, encoded bytes (from a Hugging Face dataset) or samples."""
+
+    audio: Union[str, bytes, np.ndarray]
+    text: str
+    language: Optional[str] = None
+    duration: Optional[float] = None
+    id: str = ""
+    sampling_rate: int = SAMPLE_RATE  # for samples given as an array
+
+    def load(self) -> np.ndarray:
+        """Mono float32 samples at 16 kHz."""
+        if isinstance(self.audio, np.ndarray):
+            return _resample(np.asarray(self.audio, dtype=np.float32), self.sampling_rate, SAMPLE_RATE)
+        if isinstance(self.audio, bytes):
+            import soundfile as sf
+
+            try:
+                data, sr = sf.read(io.BytesIO(self.audio), dtype="float32", always_2d=True)
+            except Exception as e:  # noqa: BLE001 - any decoder failure
+                raise AudioError(f"cannot decode the audio of {self.id or 'an example'}: {e}") from None
+            return _resample(data.mean(axis=1), sr, SAMPLE_RATE)
+        return load_audio(self.audio)
+
+
+@dataclass
+class SkipReport:
+    """Utterances left out of a split, by reason, with a few examples of each."""
+
+    split: str
+    kept: int = 0
+    reasons: Dict[str, List[str]] = field(default_factory=dict)
+
+    def add(self, reason: str, example: str) -> None:
+        self.reasons.setdefault(reason, []).append(example)
+
+    @property
+    def skipped(self) -> int:
+        return sum(len(v) for v in self.reasons.values())
+
+    def lines(self) -> List[str]:
+        out = []
+        for reason, examples in self.reasons.items():
+            shown = ", ".join(examples[:3]) + (", ..." if len(examples) > 3 else "")
+            out.append(f"{self.split}: skipped {len(examples)} ({reason}): {shown}")
+        return out
+
+    def to_json(self) -> dict:
+        return {"split": self.split, "kept": self.kept, "skipped": {k: len(v) for k, v in self.reasons.items()}}
+
+
+# ---------------------------------------------------------------- manifests
+def _manifest_rows(path: Path) -> Iterable[tuple]:
+    """(line number, row dict) of a jsonl or csv manifest."""
+    if path.suffix == ".jsonl":
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path} line {number} is not valid JSON ({e.msg}); each line must be an object "
+                                    'like {"audio": "clip.wav", "text": "..."}') from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
+                yield number, row
+    else:
+        with open(path, encoding="utf-8", newline="") as f:
+            for number, row in enumerate(csv.DictReader(f), 2):
+                yield number, row
+
+
+def read_manifest(path: Union[str, Path], audio_column: str = "audio", text_column: str = "text",
+                  language_column: str = "language") -> List[Utterance]:
+    """Utterances of a jsonl or csv manifest; audio paths are relative to the manifest's folder."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"manifest not found: {path}")
+    folder = path.parent
+    out = []
+    for number, row in _manifest_rows(path):
+        if audio_column not in row:
+            raise DataError(f"{path} line {number} has no {audio_column!r} field (fields: {', '.join(row) or 'none'})")
+        text_key = text_column if text_column in row else next((k for k in ("text", "sentence", "transcript") if k in row), None)
+        if text_key is None:
+            raise DataError(f"{path} line {number} has no {text_column!r} field (fields: {', '.join(row)})")
+        audio = str(row[audio_column])
+        audio_path = Path(audio) if Path(audio).is_absolute() else folder / audio
+        duration = row.get("duration")
+        out.append(Utterance(
+            audio=str(audio_path), text=str(row[text_key] or ""), language=(row.get(language_column) or None),
+            duration=float(duration) if duration not in (None, "") else None, id=f"{path.name}:{number}",
+        ))
+    return out
+
+
+def find_manifest(folder: Union[str, Path], split: str) -> Optional[Path]:
+    folder = Path(folder)
+    for suffix in MANIFEST_SUFFIXES:
+        candidate = folder / f"{split}{suffix}"
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def load_folder_split(folder: Union[str, Path], split: str, required: bool = True) -> Optional[List[Utterance]]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"--data {folder} is not a folder; it should hold train.jsonl, valid.jsonl and test.jsonl (or .csv)")
+    path = find_manifest(folder, split)
+    if path is None:
+        if required:
+            raise DataError(f"{folder} has no {split}.jsonl or {split}.csv")
+        return None
+    return read_manifest(path)
+
+
+# ---------------------------------------------------------------- Hugging Face datasets
+def load_hf_split(name: str, split: str, config: Optional[str] = None, audio_column: str = "audio",
+                  text_column: Optional[str] = None, language_column: str = "language",
+                  streaming: bool = False, limit: Optional[int] = None) -> List[Utterance]:
+    """A split of a Hugging Face dataset (a hub id, or a folder written by `save_to_disk`).
+
+    Audio is read undecoded (bytes or path) and decoded here with libsndfile, so no extra audio
+    back end is needed. With streaming, rows are read one by one (nothing else is downloaded)."""
+    import datasets
+
+    try:
+        if Path(name).is_dir() and ((Path(name) / "dataset_dict.json").exists() or (Path(name) / "state.json").exists()):
+            loaded = datasets.load_from_disk(name)
+            if isinstance(loaded, datasets.DatasetDict):
+                if split not in loaded:
+                    raise DataError(f"dataset {name} has no split {split!r} (splits: {', '.join(loaded)})")
+                ds = loaded[split]
+            else:
+                ds = loaded
+        else:
+            ds = datasets.load_dataset(name, config, split=split, streaming=streaming)
+    except DataError:
+        raise
+    except (ValueError, FileNotFoundError, ConnectionError, OSError) as e:
+        raise DataError(f"cannot load split {split!r} of dataset {name!r}: {str(e).splitlines()[0]}") from None
+    columns = list(ds.column_names or []) if ds.column_names else None
+    if columns is not None and audio_column not in columns:
+        raise DataError(f"dataset {name} has no audio column {audio_column!r} (columns: {', '.join(columns)}); "
+                        "pass --audio-column")
+    if text_column is None:
+        text_column = next((c for c in ("sentence", "text", "transcription", "transcript") if columns and c in columns), "text")
+    if columns is not None and text_column not in columns:
+        raise DataError(f"dataset {name} has no text column {text_column!r} (columns: {', '.join(columns)}); "
+                        "pass --text-column")
+    if isinstance(ds.features.get(audio_column) if ds.features else None, datasets.Audio):
+        ds = ds.cast_column(audio_column, datasets.Audio(decode=False))
+    out = []
+    for i, row in enumerate(ds):
+        if limit is not None and i >= limit:
+            break
+        audio = row[audio_column]
+        if isinstance(audio, dict):
+            if audio.get("bytes"):
+                value = audio["bytes"]
+            elif audio.get("array") is not None:
+                value = np.asarray(audio["array"], dtype=np.float32)
+            else:
+                value = audio.get("path") or ""
+            sr = int(audio.get("sampling_rate") or SAMPLE_RATE)
+        else:
+            value, sr = audio, SAMPLE_RATE
+        out.append(Utterance(audio=value, text=str(row.get(text_column) or ""),
+                             language=row.get(language_column) or None, id=f"{split}[{i}]", sampling_rate=sr))
+    return out
+
+
+# ---------------------------------------------------------------- checks
+def audio_duration(utt: Utterance) -> float:
+    """Seconds of audio, from the file header when possible; raises AudioError when unreadable."""
+    if isinstance(utt.audio, np.ndarray):
+        return len(utt.audio) / utt.sampling_rate
+    import soundfile as sf
+
+    if isinstance(utt.audio, bytes):
+        try:
+            info = sf.info(io.BytesIO(utt.audio))
+            return info.frames / info.samplerate
+        except Exception:  # noqa: BLE001
+            return len(utt.load()) / SAMPLE_RATE
+    path = Path(utt.audio)
+    if not path.exists():
+        raise AudioError(f"audio file not found: {path}")
+    try:
+        info = sf.info(str(path))
+        if info.frames <= 0:
+            raise AudioError(f"audio file holds no samples: {path}")
+        return info.frames / info.samplerate
+    except AudioError:
+        raise
+    except Exception:  # noqa: BLE001 - not a libsndfile format: decode it (ffmpeg) to know
+        return len(load_audio(path)) / SAMPLE_RATE
+
+
+def check_utterances(utterances: List[Utterance], split: str, max_duration: float = 30.0,
+                     default_language: Optional[str] = None, multilingual: bool = True,
+                     progress: Optional[Callable[[Iterable], Iterable]] = None) -> tuple:
+    """Keep the usable utterances; returns (kept, SkipReport). Unknown languages raise DataError."""
+    report = SkipReport(split)
+    kept = []
+    items = progress(utterances) if progress else utterances
+    for utt in items:
+        lang = utt.language or default_language
+        if lang:
+            try:
+                lang = language_code(str(lang))
+            except ValueError:
+                raise DataError(f"{utt.id}: unknown language {utt.language or default_language!r}; "
+                                "use a code such as en, de, fr (or a name such as german)") from None
+            if not multilingual and lang != "en":
+                raise DataError(f"{utt.id}: language {lang!r} but the model is English-only; "
+                                "use a multilingual model (for example base) or drop the language field")
+        utt.language = lang
+        if not utt.text.strip():
+            report.add("empty transcript", utt.id)
+            continue
+        try:
+            duration = audio_duration(utt)
+        except AudioError as e:
+            report.add("missing or unreadable audio", f"{utt.id} ({e})")
+            continue
+        if duration <= 0:
+            report.add("empty audio", utt.id)
+            continue
+        if duration > max_duration:
+            report.add(f"longer than {max_duration:g} s", f"{utt.id} ({duration:.1f} s)")
+            continue
+        utt.duration = duration
+        kept.append(utt)
+    report.kept = len(kept)
+    return kept, report
+
+
+# ---------------------------------------------------------------- batching
+def epoch_batches(lengths: List[int], batch_size: int, seed: int, epoch: int, bucket: bool = True) -> List[List[int]]:
+    """Batches of indices for one epoch, the same for the same (seed, epoch): shuffled, then grouped
+    by label length in windows of 16 batches so batches need little padding, then batch order shuffled."""
+    n = len(lengths)
+    rng = np.random.default_rng([int(seed), int(epoch)])
+    order = rng.permutation(n)
+    if bucket:
+        window = batch_size * 16
+        chunks = [order[i:i + window] for i in range(0, n, window)]
+        order = np.concatenate([c[np.argsort([lengths[j] for j in c], kind="stable")] for c in chunks]) if chunks else order
+    batches = [order[i:i + batch_size].tolist() for i in range(0, n, batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def batch_at(step: int, lengths: List[int], batch_size: int, seed: int, bucket: bool = True) -> tuple:
+    """(epoch, indices) of the `step`-th batch (0-based) of a run, so a resumed run continues the order."""
+    per_epoch = (len(lengths) + batch_size - 1) // batch_size
+    epoch, index = divmod(step, per_epoch)
+    return epoch, epoch_batches(lengths, batch_size, seed, epoch, bucket)[index]

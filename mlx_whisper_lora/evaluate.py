@@ -1,0 +1,74 @@
+"""Score a model on a test split: loss, and WER/CER of greedy transcripts.
+
+Transcripts are decoded as users will decode them, with the language and task forced (as in
+training) and no timestamps, so the scores match what `transcribe --language L` gives.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Dict, List, Optional
+
+import mlx.core as mx
+
+from .decoding import DecodingOptions, decode
+from .examples import ExampleSet
+from .metrics import score
+from .tokenizer import get_tokenizer
+from .trainer import evaluate_loss
+
+
+def transcribe_examples(model, examples: ExampleSet, task: str = "transcribe", batch_size: int = 8,
+                        progress: bool = True, num_batches: int = -1) -> tuple:
+    """(indices, transcripts) of greedy decoding, language and task forced, in dataset order."""
+    model.eval()
+    indices = examples.usable(list(range(len(examples))))
+    if num_batches >= 0:
+        indices = indices[: num_batches * batch_size]
+    groups: Dict[Optional[str], List[int]] = {}
+    for i in indices:
+        groups.setdefault(examples.utterances[i].language, []).append(i)
+    texts: Dict[int, str] = {}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(indices), desc="decode", unit="utt", dynamic_ncols=True, file=sys.stderr)
+    folder = getattr(model, "folder", None)
+    for language, members in groups.items():
+        lang = language or "en"
+        tokenizer = get_tokenizer(model.is_multilingual, model.num_languages, language=lang, task=task, model_dir=folder)
+        options = DecodingOptions(task=task, language=lang, without_timestamps=True, temperature=0.0)
+        for start in range(0, len(members), batch_size):
+            chunk = members[start:start + batch_size]
+            features = model.embed_audio(examples.mels(chunk))
+            for i, result in zip(chunk, decode(model, None, options, tokenizer, audio_features=features)):
+                texts[i] = result.text
+            if bar is not None:
+                bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    return indices, [texts[i] for i in indices]
+
+
+def test_report(model, examples: ExampleSet, task: str = "transcribe", batch_size: int = 8,
+                num_batches: int = -1, progress: bool = True) -> dict:
+    """Test loss, and raw and normalized WER and CER (percent), with the transcripts."""
+    tic = time.perf_counter()
+    loss = evaluate_loss(model, examples, batch_size, num_batches)
+    indices, hyps = transcribe_examples(model, examples, task, batch_size, progress, num_batches)
+    refs = [examples.utterances[i].text for i in indices]
+    langs = [examples.utterances[i].language for i in indices]
+    scores = score(refs, hyps, langs)
+    mx.clear_cache()
+    return {
+        "test_loss": round(loss, 5),
+        "test_ppl": round(float(mx.exp(mx.array(loss)).item()), 4),
+        **{k: round(100 * v, 3) for k, v in scores.items()},
+        "utterances": len(indices),
+        "audio_seconds": round(examples.seconds(indices), 2),
+        "seconds": round(time.perf_counter() - tic, 2),
+        "transcripts": [{"id": examples.utterances[i].id, "reference": r, "hypothesis": h}
+                        for i, r, h in zip(indices, refs, hyps)],
+    }
