@@ -85,6 +85,7 @@ class AdapterConfig:
     modules: List[str] = field(default_factory=lambda: list(DEFAULT_MODULES))
     num_layers: int = -1  # last N blocks of the encoder and of the decoder; -1: all
     freeze_encoder: bool = False
+    layers: Optional[dict] = None  # explicit block indices {"encoder": [...], "decoder": [...]} (imported adapters)
     base_model: Optional[str] = None
     dims: Optional[dict] = None
     language: Optional[str] = None
@@ -130,23 +131,30 @@ def _stacks(model: Whisper, config: AdapterConfig):
     return stacks + [model.decoder]
 
 
+def _blocks(model: Whisper, stack, config: AdapterConfig) -> list:
+    if config.layers is not None:
+        wanted = config.layers.get("encoder" if stack is model.encoder else "decoder", [])
+        return [stack.blocks[i] for i in wanted if i < len(stack.blocks)]
+    return _target_blocks(stack.blocks, config.num_layers)
+
+
 def apply_adapters(model: Whisper, config: AdapterConfig) -> Whisper:
     """Freeze the model and add trainable adapters (or unfreeze blocks for full fine-tuning) in place."""
     if config.dims is None:
         config.dims = model.dims.to_dict()
     model.freeze()
     if config.fine_tune_type == "full":
-        if config.num_layers is None or config.num_layers < 0:
+        if config.layers is None and (config.num_layers is None or config.num_layers < 0):
             for stack in _stacks(model, config):
                 stack.unfreeze()
         else:
             for stack in _stacks(model, config):
-                for block in _target_blocks(stack.blocks, config.num_layers):
+                for block in _blocks(model, stack, config):
                     block.unfreeze()
         return model
     layer_cls = DoRALinear if config.fine_tune_type == "dora" else LoRALinear
     for stack in _stacks(model, config):
-        for block in _target_blocks(stack.blocks, config.num_layers):
+        for block in _blocks(model, stack, config):
             for name in config.modules:
                 parent_name, _, attr = name.rpartition(".")
                 parent = getattr(block, parent_name) if parent_name else block

@@ -284,10 +284,3 @@ def epoch_batches(lengths: List[int], batch_size: int, seed: int, epoch: int, bu
     batches = [order[i:i + batch_size].tolist() for i in range(0, n, batch_size)]
     rng.shuffle(batches)
     return batches
-
-
-def batch_at(step: int, lengths: List[int], batch_size: int, seed: int, bucket: bool = True) -> tuple:
-    """(epoch, indices) of the `step`-th batch (0-based) of a run, so a resumed run continues the order."""
-    per_epoch = (len(lengths) + batch_size - 1) // batch_size
-    epoch, index = divmod(step, per_epoch)
-    return epoch, epoch_batches(lengths, batch_size, seed, epoch, bucket)[index]

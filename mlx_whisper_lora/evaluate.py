@@ -42,7 +42,7 @@ def transcribe_examples(model, examples: ExampleSet, task: str = "transcribe", b
         options = DecodingOptions(task=task, language=lang, without_timestamps=True, temperature=0.0)
         for start in range(0, len(members), batch_size):
             chunk = members[start:start + batch_size]
-            features = model.embed_audio(examples.mels(chunk))
+            features = examples.encoder_states(chunk) if examples.caches_encoder else model.embed_audio(examples.mels(chunk))
             for i, result in zip(chunk, decode(model, None, options, tokenizer, audio_features=features)):
                 texts[i] = result.text
             if bar is not None:
@@ -56,6 +56,8 @@ def test_report(model, examples: ExampleSet, task: str = "transcribe", batch_siz
                 num_batches: int = -1, progress: bool = True) -> dict:
     """Test loss, and raw and normalized WER and CER (percent), with the transcripts."""
     tic = time.perf_counter()
+    if not examples.caches_encoder:  # nothing trains here: encode each utterance once for loss and decoding
+        examples.use_encoder_cache(model, batch_size=batch_size)
     loss = evaluate_loss(model, examples, batch_size, num_batches)
     indices, hyps = transcribe_examples(model, examples, task, batch_size, progress, num_batches)
     refs = [examples.utterances[i].text for i in indices]

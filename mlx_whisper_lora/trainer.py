@@ -24,7 +24,7 @@ import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from .adapters import ADAPTER_FILE, AdapterConfig, save_adapter_config, trainable_weights
-from .data import batch_at, epoch_batches
+from .data import epoch_batches
 from .examples import ExampleSet
 from .objective import collate, masked_cross_entropy
 
@@ -89,13 +89,13 @@ def set_grad_checkpoint(model, enabled: bool) -> None:
         block.grad_checkpoint = enabled
 
 
-def batch_inputs(model, examples: ExampleSet, indices: List[int]) -> mx.array:
-    """What the loss needs for the audio: encoder states (frozen encoder) or log-mels."""
+def batch_inputs(model, examples: ExampleSet, indices: List[int]) -> tuple:
+    """(audio, is_states): encoder states (cached, or from a frozen encoder) or log-mels."""
     if examples.caches_encoder:
-        return examples.encoder_states(indices)
+        return examples.encoder_states(indices), True
     if encoder_is_trained(model):
-        return examples.mels(indices)
-    return mx.stop_gradient(model.embed_audio(examples.mels(indices)))
+        return examples.mels(indices), False
+    return mx.stop_gradient(model.embed_audio(examples.mels(indices))), True
 
 
 def loss_fn(model, audio: mx.array, inputs: mx.array, targets: mx.array, mask: mx.array, states: bool):
@@ -120,9 +120,9 @@ def evaluate_loss(model, examples: ExampleSet, batch_size: int, num_batches: int
         indices = examples.usable(indices)
         if not indices:
             continue
-        audio = batch_inputs(model, examples, indices)
+        audio, states = batch_inputs(model, examples, indices)
         inputs, targets, mask = collate([examples.labels[i] for i in indices], pad_token=0)
-        loss, n = loss_fn(model, audio, inputs, targets, mask, not encoder_is_trained(model))
+        loss, n = loss_fn(model, audio, inputs, targets, mask, states)
         mx.eval(loss, n)
         total += loss.item() * n.item()
         count += n.item()
@@ -291,7 +291,7 @@ def train(
                     indices = train_set.usable(next_batch(step * args.grad_accumulation_steps + k))
                     if not indices:
                         continue
-                    audio = batch_inputs(model, train_set, indices)
+                    audio, _ = batch_inputs(model, train_set, indices)
                     inputs, targets, mask = collate([train_set.labels[i] for i in indices], pad_token=0)
                     (loss, ntok), g = loss_and_grad(model, audio, inputs, targets, mask)
                     grads = g if grads is None else tree_map(lambda a, b: a + b, grads, g)

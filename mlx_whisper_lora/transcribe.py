@@ -437,13 +437,18 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.word_timestamps:
         raise UserError("--word-timestamps is not implemented yet (word alignment comes in a later release)")
-    if args.adapter_path:
-        raise UserError("--adapter-path: LoRA adapters are not supported by this version yet")
     audio_paths = args.audio or [str(ASSETS / "demo.flac")]
     for path in audio_paths:  # fail before loading the model when a path is wrong
         if not Path(path).exists():
             raise UserError(f"audio file not found: {path}")
-    model = load_model(args.model, dtype=args.dtype)
+    if args.adapter_path:
+        from .adapters import load_adapters, read_adapter_config
+
+        base = args.model or read_adapter_config(args.adapter_path).base_model
+        model = load_model(base, dtype=args.dtype)
+        load_adapters(model, args.adapter_path)  # unfused: the base weights stay as they are
+    else:
+        model = load_model(args.model, dtype=args.dtype)
     if args.temperature_increment_on_fallback > 0:
         temperatures = tuple(np.arange(args.temperature, 1.0 + 1e-6, args.temperature_increment_on_fallback))
     else:

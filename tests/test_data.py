@@ -1,0 +1,101 @@
+"""Data: manifests, Hugging Face datasets, up-front checks, batch order."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mlx_whisper_lora.data import (
+    DataError, check_utterances, epoch_batches, load_folder_split, load_hf_split, read_manifest,
+)
+
+
+def _tone(path, seconds, sr=16000):
+    t = np.arange(int(seconds * sr)) / sr
+    sf.write(path, (0.1 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), sr)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    (tmp_path / "clips").mkdir()
+    _tone(tmp_path / "clips" / "a.wav", 1.0)
+    _tone(tmp_path / "clips" / "b.wav", 2.0, sr=22050)  # resampled when loaded
+    _tone(tmp_path / "clips" / "long.wav", 31.0)
+    (tmp_path / "clips" / "bad.wav").write_bytes(b"not audio at all")
+    rows = [
+        {"audio": "clips/a.wav", "text": "one"},
+        {"audio": "clips/b.wav", "text": "two", "language": "english"},
+        {"audio": "clips/missing.wav", "text": "three"},
+        {"audio": "clips/a.wav", "text": "   "},
+        {"audio": "clips/long.wav", "text": "long"},
+        {"audio": "clips/bad.wav", "text": "bad"},
+    ]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "test.csv").write_text("audio,text\nclips/a.wav,\"hello, world\"\n")
+    return tmp_path
+
+
+def test_jsonl_and_csv_manifests_resolve_paths(folder):
+    utts = load_folder_split(folder, "train")
+    assert len(utts) == 6 and utts[0].audio == str(folder / "clips" / "a.wav")
+    test = load_folder_split(folder, "test")
+    assert test[0].text == "hello, world"
+    assert load_folder_split(folder, "valid", required=False) is None
+    assert len(utts[1].load()) == 32000  # 2 s at 22.05 kHz -> 16 kHz
+
+
+def test_bad_lines_are_skipped_counted_and_named(folder):
+    kept, report = check_utterances(read_manifest(folder / "train.jsonl"), "train", multilingual=False)
+    assert [u.text for u in kept] == ["one", "two"]
+    assert kept[1].language == "en" and kept[0].duration == pytest.approx(1.0)
+    assert report.skipped == 4 and report.kept == 2
+    text = "\n".join(report.lines())
+    assert "missing.wav" in text and "bad.wav" in text and "empty transcript" in text and "longer than 30 s" in text
+
+
+def test_unknown_language_and_english_only_mismatch_stop_before_training(folder):
+    utts = read_manifest(folder / "train.jsonl")[:1]
+    utts[0].language = "klingon"
+    with pytest.raises(DataError, match="unknown language 'klingon'"):
+        check_utterances(utts, "train")
+    utts[0].language = "de"
+    with pytest.raises(DataError, match="English-only"):
+        check_utterances(utts, "train", multilingual=False)
+
+
+def test_broken_manifest_line_is_named(tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"audio": "a.wav", "text": "x"}\n{oops\n')
+    with pytest.raises(DataError, match="line 2 is not valid JSON"):
+        read_manifest(tmp_path / "train.jsonl")
+
+
+def test_batches_are_deterministic_bucketed_and_reshuffled():
+    lengths = list(np.random.default_rng(0).integers(5, 100, size=200))
+    a = epoch_batches(lengths, 8, seed=3, epoch=0)
+    assert a == epoch_batches(lengths, 8, seed=3, epoch=0)
+    assert a != epoch_batches(lengths, 8, seed=3, epoch=1)
+    assert sorted(i for b in a for i in b) == list(range(200))
+    spread = np.mean([np.ptp([lengths[i] for i in b]) for b in a])
+    unbucketed = np.mean([np.ptp([lengths[i] for i in b]) for b in epoch_batches(lengths, 8, 3, 0, bucket=False)])
+    assert spread < unbucketed / 3
+
+
+def test_hugging_face_dataset_saved_to_disk(tmp_path, folder):
+    datasets = pytest.importorskip("datasets")
+    audio = datasets.Audio(sampling_rate=None)
+    ds = datasets.Dataset.from_dict(
+        {"audio": [str(folder / "clips" / "a.wav"), str(folder / "clips" / "b.wav")], "sentence": ["one", "two"]}
+    ).cast_column("audio", audio)
+    datasets.DatasetDict({"train": ds, "test": ds.select([0])}).save_to_disk(str(tmp_path / "hf"))
+    utts = load_hf_split(str(tmp_path / "hf"), "train")
+    assert [u.text for u in utts] == ["one", "two"]
+    assert len(utts[1].load()) == 32000
+    kept, _ = check_utterances(utts, "train", multilingual=False)
+    assert len(kept) == 2
+    with pytest.raises(DataError, match="no split 'validation'"):
+        load_hf_split(str(tmp_path / "hf"), "validation")
+    with pytest.raises(DataError, match="no text column 'words'"):
+        load_hf_split(str(tmp_path / "hf"), "train", text_column="words")

@@ -1,0 +1,163 @@
+"""Training on real tiny.en weights: the objective teaches a transcript; resume, Ctrl-C, full disk."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+
+import mlx.core as mx
+import pytest
+
+from mlx_whisper_lora.adapters import AdapterConfig, apply_adapters, load_adapters, trainable_weights
+from mlx_whisper_lora.assets_dir import ASSETS
+from mlx_whisper_lora.data import Utterance, check_utterances
+from mlx_whisper_lora.decoding import DecodingOptions, decode
+from mlx_whisper_lora.examples import ExampleSet
+from mlx_whisper_lora.tokenizer import get_tokenizer
+from mlx_whisper_lora.trainer import TrainingArgs, evaluate_loss, train
+
+TARGET = ("WHISPER CAN BE ADAPTED TO YOUR OWN VOICE WITH LOW RANK ADAPTERS "
+          "THIS SHORT CLIP WAS SPOKEN BY A SPEECH SYNTHESIZER")
+
+
+def _examples(model, utterances, cache=True, timestamp_fraction=0.0):
+    kept, _ = check_utterances(utterances, "train", multilingual=model.is_multilingual, default_language="en")
+    tok = get_tokenizer(model.is_multilingual, model.num_languages)
+    examples, _ = ExampleSet.build(kept, tok, "transcribe", model.dims.n_mels, model.dims.n_text_ctx, timestamp_fraction)
+    if cache:
+        examples.use_encoder_cache(model)
+    return examples
+
+
+def _greedy(model, examples):
+    feats = model.embed_audio(examples.mels([0]))
+    opts = DecodingOptions(language="en", without_timestamps=True)
+    return decode(model, None, opts, get_tokenizer(False), audio_features=feats)[0].text
+
+
+def test_single_utterance_converges_to_its_transcript(fresh_tiny_en, tmp_path):
+    model = fresh_tiny_en
+    examples = _examples(model, [Utterance(str(ASSETS / "demo.flac"), TARGET)])
+    assert _greedy(model, examples) != TARGET  # the base model writes case and punctuation
+    mx.random.seed(0)
+    apply_adapters(model, AdapterConfig(freeze_encoder=True, rank=8, alpha=16))
+    args = TrainingArgs(iters=60, batch_size=1, learning_rate=1e-3, lr_schedule="cosine", steps_per_report=10,
+                        steps_per_eval=1000, save_every=0)
+    summary = train(model, AdapterConfig(freeze_encoder=True), args, examples, None, tmp_path, log=lambda m: None,
+                    progress=False)
+    assert summary["status"] == "done" and summary["steps"] == 60
+    model.eval()
+    assert _greedy(model, examples) == TARGET
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [e["train_loss"] for e in lines if "train_loss" in e]
+    assert losses[-1] < 0.25 * losses[0]
+    assert {"learning_rate", "iterations_per_second", "audio_seconds_per_second", "peak_memory_gb"} <= set(lines[0])
+
+
+def _demo_utterances(n=4):
+    return [Utterance(str(ASSETS / "demo.flac"), TARGET if i % 2 else TARGET.lower()) for i in range(n)]
+
+
+def _run(model, folder, iters, resume=None, cache=True, **kw):
+    config = AdapterConfig(freeze_encoder=True, rank=4, alpha=8)
+    args = TrainingArgs(iters=iters, batch_size=2, learning_rate=1e-3, save_every=2, steps_per_report=1,
+                        steps_per_eval=1000, lr_schedule="cosine", warmup=1, **kw)
+    return train(model, config, args, _examples(model, _demo_utterances(), cache), None, folder, resume_file=resume,
+                 log=lambda m: None, progress=False)
+
+
+def _adapted(checkpoint):
+    from mlx_whisper_lora.load import build_model
+
+    mx.random.seed(0)
+    model = build_model(checkpoint)
+    apply_adapters(model, AdapterConfig(freeze_encoder=True, rank=4, alpha=8))
+    return model
+
+
+def test_resume_continues_step_optimizer_and_batch_order(tiny_en_checkpoint, tmp_path):
+    straight = _adapted(tiny_en_checkpoint)
+    _run(straight, tmp_path / "a", iters=4)
+    interrupted = _adapted(tiny_en_checkpoint)
+    _run(interrupted, tmp_path / "b", iters=2)
+    resumed = _adapted(tiny_en_checkpoint)
+    resume_file = tmp_path / "b" / "adapters.safetensors"
+    from mlx_whisper_lora.adapters import load_weights_into, read_adapter_weights
+
+    load_weights_into(resumed, read_adapter_weights(resume_file), resume_file)
+    summary = _run(resumed, tmp_path / "b", iters=4, resume=resume_file)
+    assert summary["start_step"] == 2 and summary["steps"] == 4
+    a, b = trainable_weights(straight), trainable_weights(resumed)
+    assert max(float(mx.abs(a[k] - b[k]).max()) for k in a) < 1e-6
+    assert (tmp_path / "a" / "0000002_adapters.safetensors").exists()
+
+
+def test_encoder_cache_gives_the_same_losses(tiny_en_checkpoint, tmp_path):
+    cached, uncached = _adapted(tiny_en_checkpoint), _adapted(tiny_en_checkpoint)
+    _run(cached, tmp_path / "c", iters=3, cache=True)
+    _run(uncached, tmp_path / "u", iters=3, cache=False)
+    read = lambda p: [e["train_loss"] for e in map(json.loads, (p / "metrics.jsonl").read_text().splitlines()) if "train_loss" in e]  # noqa: E731
+    assert read(tmp_path / "c") == pytest.approx(read(tmp_path / "u"), rel=1e-5)
+
+
+def test_ctrl_c_saves_and_stops_cleanly(tiny_en_checkpoint, tmp_path):
+    model = _adapted(tiny_en_checkpoint)
+    messages = []
+
+    def log(message):
+        messages.append(message)
+
+    config = AdapterConfig(freeze_encoder=True, rank=4, alpha=8)
+    args = TrainingArgs(iters=50, batch_size=2, save_every=0, steps_per_report=1, steps_per_eval=1000)
+    examples = _examples(model, _demo_utterances())
+    original = examples.encoder_states
+    calls = {"n": 0}
+
+    def states_then_interrupt(indices):
+        calls["n"] += 1
+        if calls["n"] == 3:  # during the third step, as a user pressing Ctrl-C
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(indices)
+
+    examples.encoder_states = states_then_interrupt
+    summary = train(model, config, args, examples, None, tmp_path, log=log, progress=False)
+    assert summary["status"] == "interrupted" and summary["steps"] == 3 and summary["saved"]
+    meta = mx.load(str(tmp_path / "adapters.safetensors"), return_metadata=True)[1]
+    assert meta["step"] == "3"
+    assert any("--resume-adapter-file" in m for m in messages)
+    from mlx_whisper_lora.load import build_model
+
+    reloaded = build_model(tiny_en_checkpoint)
+    load_adapters(reloaded, tmp_path)
+    assert all(mx.array_equal(v, trainable_weights(model)[k]) for k, v in trainable_weights(reloaded).items())
+
+
+def test_full_disk_at_a_checkpoint_keeps_training(tiny_en_checkpoint, tmp_path, monkeypatch):
+    model = _adapted(tiny_en_checkpoint)
+    real_save = mx.save_safetensors
+    calls = {"n": 0}
+
+    def flaky_save(path, arrays, metadata=None):
+        calls["n"] += 1
+        if calls["n"] == 1:  # the step-2 checkpoint hits a full disk; space is freed before the end
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(path, arrays, metadata=metadata)
+
+    monkeypatch.setattr(mx, "save_safetensors", flaky_save)
+    messages = []
+    config = AdapterConfig(freeze_encoder=True, rank=4, alpha=8)
+    args = TrainingArgs(iters=4, batch_size=2, save_every=2, steps_per_report=1, steps_per_eval=1000)
+    summary = train(model, config, args, _examples(model, _demo_utterances()), None, tmp_path, log=messages.append,
+                    progress=False)
+    assert summary["status"] == "done" and summary["steps"] == 4 and summary["saved"]
+    assert any("No space left" in m and "training goes on" in m for m in messages)
+    assert not list(tmp_path.glob("*.tmp.safetensors"))
+    assert mx.load(str(tmp_path / "adapters.safetensors"), return_metadata=True)[1]["step"] == "4"
+
+
+def test_validation_loss_matches_training_objective(fresh_tiny_en):
+    examples = _examples(fresh_tiny_en, _demo_utterances(2), cache=False)
+    loss = evaluate_loss(fresh_tiny_en, examples, batch_size=2)
+    assert 0.0 < loss < 5.0
