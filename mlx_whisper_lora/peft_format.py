@@ -81,7 +81,6 @@ def export_peft(model, config: AdapterConfig, folder: Union[str, Path], base_mod
         "layers_pattern": None,
         "rank_pattern": {},
         "alpha_pattern": {},
-        "mlx_whisper_lora": {"dims": config.dims, "modules": config.modules, "num_layers": config.num_layers},
     }
     _atomic_write_bytes(folder / PEFT_CONFIG, (json.dumps(peft_config, indent=2) + "\n").encode())
     return folder
@@ -133,12 +132,11 @@ def _convert(folder: Path) -> tuple:
         (enc_layers if stack == "encoder" else dec_layers).add(int(layer))
         modules.add(inner)
         weights[f"{module}.{leaf}"] = mx.array(np.ascontiguousarray(value))
-    extra = data.get("mlx_whisper_lora") or {}
     config = AdapterConfig(
         fine_tune_type="dora" if data.get("use_dora") else "lora",
         rank=int(data["r"]), alpha=float(data.get("lora_alpha", data["r"])), dropout=float(data.get("lora_dropout") or 0.0),
         modules=sorted(modules), num_layers=-1, freeze_encoder=not enc_layers,
-        base_model=data.get("base_model_name_or_path"), dims=extra.get("dims"),
+        base_model=data.get("base_model_name_or_path"), dims=None,  # shapes are checked tensor by tensor
         layers={"encoder": sorted(enc_layers), "decoder": sorted(dec_layers)},
     )
     return config, weights

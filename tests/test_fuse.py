@@ -1,0 +1,127 @@
+"""Fused, unfused, transformers, PEFT and mlx-whisper all compute the same model."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlx_whisper_lora.adapters import AdapterConfig, apply_adapters, fuse_adapters, load_adapters, save_adapters
+from mlx_whisper_lora.assets_dir import ASSETS
+from mlx_whisper_lora.audio import N_SAMPLES, load_audio, log_mel_spectrogram, pad_or_trim
+from mlx_whisper_lora.decoding import DecodingOptions, decode
+from mlx_whisper_lora.fuse import fuse
+from mlx_whisper_lora.load import build_model, load_model
+from mlx_whisper_lora.lora_layers import LoRALinear
+
+TOKENS = [50257, 50362, 770, 1402, 10651, 373, 13]  # <|startoftranscript|><|notimestamps|> + some text
+
+
+@pytest.fixture(scope="module")
+def adapted(tiny_en_checkpoint, tmp_path_factory):
+    """tiny.en with LoRA on every module and non-zero adapter weights, saved to a folder."""
+    folder = tmp_path_factory.mktemp("adapters")
+    model = build_model(tiny_en_checkpoint)
+    mx.random.seed(0)
+    config = AdapterConfig(modules=["all"], rank=4, alpha=8, base_model="tiny.en", dims=model.dims.to_dict())
+    apply_adapters(model, config)
+    for _, m in model.named_modules():
+        if isinstance(m, LoRALinear):
+            m.lora_b = mx.random.normal(m.lora_b.shape) * 0.02
+    save_adapters(model, config, folder)
+    model.eval()
+    return model, folder
+
+
+@pytest.fixture(scope="module")
+def mel():
+    return pad_or_trim(log_mel_spectrogram(load_audio(ASSETS / "demo.flac"), 80), 3000, axis=0)[None]
+
+
+def _greedy(model, mel):
+    return decode(model, mel, DecodingOptions(language="en", without_timestamps=True))[0].text
+
+
+def test_fused_equals_unfused(adapted, mel, tiny_en_checkpoint, tmp_path):
+    model, folder = adapted
+    tokens = mx.array([TOKENS])
+    unfused = model(mel, tokens)
+    out = fuse(None, folder, tmp_path / "fused")
+    fused = load_model(out)
+    assert not any(isinstance(m, LoRALinear) for _, m in fused.named_modules())
+    assert float(mx.abs(fused(mel, tokens) - unfused).max()) <= 1e-4
+    base = build_model(tiny_en_checkpoint)
+    assert float(mx.abs(base(mel, tokens) - unfused).max()) > 1e-2  # the adapters do change the model
+    assert _greedy(fused, mel) == _greedy(model, mel)
+    assert mx.array_equal(fused.alignment_heads, base.alignment_heads)
+
+
+def test_fused_folder_loads_in_mlx_whisper(adapted, mel, tmp_path):
+    mlx_whisper = pytest.importorskip("mlx_whisper", reason="PyPI mlx-whisper (reference) not installed")
+    from mlx_whisper.load_models import load_model as mw_load
+
+    model, folder = adapted
+    out = fuse(None, folder, tmp_path / "fused")
+    theirs = mw_load(str(out), dtype=mx.float32)
+    tokens = mx.array([TOKENS])
+    ours = model(mel, tokens)
+    assert mlx_whisper is not None
+    assert float(mx.abs(theirs(mel, tokens) - ours).max()) <= 1e-3
+
+
+def test_transformers_export_gives_the_same_greedy_transcripts(adapted, mel, tmp_path, shared_data):
+    transformers = pytest.importorskip("transformers", reason="transformers not installed")
+    torch = pytest.importorskip("torch", reason="PyTorch not installed")
+    model, folder = adapted
+    out = fuse(None, folder, tmp_path / "hf", export_format="hf")
+    hf = transformers.WhisperForConditionalGeneration.from_pretrained(str(out)).eval()
+    from mlx_whisper_lora.tokenizer import get_tokenizer
+
+    tok = get_tokenizer(False)
+    clips = [ASSETS / "demo.flac", shared_data / "whisper_mlx_classics" / "audio" / "jfk.flac"]
+    for clip in clips:
+        m = pad_or_trim(log_mel_spectrogram(load_audio(clip), 80), 3000, axis=0)[None]
+        ours = _greedy(model, m)
+        features = torch.from_numpy(np.array(m).transpose(0, 2, 1).copy())
+        with torch.no_grad():
+            ids = hf.generate(features, decoder_input_ids=torch.tensor([[50257, 50362]]), max_new_tokens=200,
+                              do_sample=False, num_beams=1)
+        theirs = tok.decode([t for t in ids[0].tolist() if t < tok.eot]).strip()
+        assert theirs == ours
+
+
+def test_peft_export_matches_in_transformers_and_imports_back(adapted, mel, tiny_en_checkpoint, tmp_path):
+    transformers = pytest.importorskip("transformers", reason="transformers not installed")
+    peft = pytest.importorskip("peft", reason="peft not installed")
+    torch = pytest.importorskip("torch", reason="PyTorch not installed")
+    from mlx_whisper_lora.hf_export import save_hf_folder
+
+    model, folder = adapted
+    tokens = mx.array([TOKENS])
+    ours = np.array(model(mel, tokens))
+    base_dir = save_hf_folder(build_model(tiny_en_checkpoint), tmp_path / "base_hf")
+    peft_dir = fuse(None, folder, tmp_path / "peft", export_format="peft")
+    assert (peft_dir / "adapter_model.safetensors").exists()
+    base = transformers.WhisperForConditionalGeneration.from_pretrained(str(base_dir))
+    with_adapter = peft.PeftModel.from_pretrained(base, str(peft_dir)).eval()
+    features = torch.from_numpy(np.array(mel).transpose(0, 2, 1).copy())
+    with torch.no_grad():
+        theirs = with_adapter(input_features=features, decoder_input_ids=torch.tensor([TOKENS])).logits.numpy()
+    assert np.abs(theirs - ours).max() <= 1e-3
+
+    imported = build_model(tiny_en_checkpoint)
+    load_adapters(imported, peft_dir)  # a PEFT folder reads as adapters too
+    assert float(mx.abs(imported(mel, tokens) - mx.array(ours)).max()) <= 1e-4
+
+
+def test_transcribe_cli_uses_adapters_unfused(adapted, tmp_path, capsys):
+    from mlx_whisper_lora.transcribe import main
+
+    model, folder = adapted
+    main([str(ASSETS / "demo.flac"), "--adapter-path", str(folder), "--language", "en", "--output-dir", str(tmp_path),
+          "--verbose", "false", "--temperature-increment-on-fallback", "0"])
+    written = " ".join((tmp_path / "demo.txt").read_text().split())
+    from mlx_whisper_lora.transcribe import transcribe
+
+    expected = transcribe(str(ASSETS / "demo.flac"), model, language="en", verbose=False, temperature=(0.0,))["text"]
+    assert written == " ".join(expected.split())
