@@ -1,9 +1,11 @@
 """Generate a synthetic-voice speech set with espeak-ng: train/valid/test manifests + FLAC files.
 
     python scripts/make_synthetic_speech.py OUT_DIR [--train 320 --valid 24 --test 60] [--seed 0]
+                                            [--text-file sentences.txt]
 
-The text comes from a small random grammar (names, places, numbers, times, everyday words), so each
-split has different sentences. Voices vary in accent (en-us, en, en-gb-scotland, en-029, ...),
+The text comes from a small random grammar (names, places, numbers, times, everyday words), or from
+`--text-file` (one sentence a line, for example your own domain's jargon); each split gets different
+sentences. Voices vary in accent (en-us, en, en-gb-scotland, en-029, ...),
 variant (male/female), rate and pitch. espeak-ng comes from the PyPI package `espeakng-loader`
 (library and voice data, no system install), or from an `espeak-ng` program on PATH.
 
@@ -118,12 +120,18 @@ class Espeak:
         return soxr.resample(audio, sr, SAMPLE_RATE).astype(np.float32)
 
 
-def make_split(espeak: Espeak, out: Path, name: str, count: int, rng: np.random.Generator, seen: set) -> None:
+def make_split(espeak: Espeak, out: Path, name: str, count: int, rng: np.random.Generator, seen: set,
+               texts=None) -> None:
     audio_dir = out / "audio"
     audio_dir.mkdir(parents=True, exist_ok=True)
     lines = []
     while len(lines) < count:
-        text = sentence(rng)
+        if texts is not None:
+            if not texts:
+                sys.exit(f"--text-file has too few distinct sentences for the {name} split")
+            text = texts.pop()
+        else:
+            text = sentence(rng)
         if text in seen:
             continue
         seen.add(text)
@@ -146,12 +154,17 @@ def main(argv=None):
     p.add_argument("--valid", type=int, default=24)
     p.add_argument("--test", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--text-file", type=Path, default=None, help="sentences to speak, one a line (default: a grammar)")
     args = p.parse_args(argv)
     rng = np.random.default_rng(args.seed)
+    texts = None
+    if args.text_file:
+        texts = list(dict.fromkeys(t.strip() for t in args.text_file.read_text(encoding="utf-8").splitlines() if t.strip()))
+        rng.shuffle(texts)
     espeak = Espeak()
     seen: set = set()
     for name, count in (("train", args.train), ("valid", args.valid), ("test", args.test)):
-        make_split(espeak, args.out, name, count, rng, seen)
+        make_split(espeak, args.out, name, count, rng, seen, texts)
         print(f"{name}: {count} utterances", file=sys.stderr)
     print(f"wrote {args.out}")
 

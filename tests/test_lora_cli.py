@@ -1,0 +1,70 @@
+"""The lora CLI: options from YAML, and user mistakes as one-line errors before any training."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mlx_whisper_lora.lora import main, merge_options
+
+
+def _error(capsys, argv, everything=False) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ")
+    assert "Traceback" not in "\n".join(err)
+    return "\n".join(err) if everything else err[-1]
+
+
+def test_yaml_config_is_overridden_by_flags(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("rank: 32\nalpha: 64\nlora_layers: 2\nlora_parameters: {dropout: 0.05, keys: [q_proj, v_proj]}\n")
+    options = merge_options({"rank": 16}, str(cfg))
+    assert options["rank"] == 16 and options["alpha"] == 64 and options["num_layers"] == 2
+    assert options["dropout"] == 0.05 and options["lora_modules"] == ["q_proj", "v_proj"]
+    cfg.write_text("rnak: 3\n")
+    with pytest.raises(Exception, match="unknown option 'rnak'"):
+        merge_options({}, str(cfg))
+
+
+def test_nothing_to_do(capsys):
+    assert "pass --train, --test or both" in _error(capsys, [])
+
+
+def test_missing_data_folder(capsys, tmp_path):
+    assert "is not a folder" in _error(capsys, ["--train", "--data", str(tmp_path / "nope"), "--no-progress"])
+
+
+def test_unknown_language_in_manifest_stops_before_training(capsys, tmp_path):
+    from mlx_whisper_lora.assets_dir import ASSETS
+
+    (tmp_path / "train.jsonl").write_text(json.dumps({"audio": str(ASSETS / "demo.flac"), "text": "hi", "language": "xx"}) + "\n")
+    message = _error(capsys, ["--train", "--data", str(tmp_path), "--adapter-path", str(tmp_path / "a"), "--no-progress"])
+    assert "unknown language 'xx'" in message and "train.jsonl:1" in message
+    assert not (tmp_path / "a" / "adapters.safetensors").exists()
+
+
+def test_all_audio_unusable(capsys, tmp_path):
+    (tmp_path / "train.jsonl").write_text(json.dumps({"audio": "missing.wav", "text": "hi"}) + "\n")
+    output = _error(capsys, ["--train", "--data", str(tmp_path), "--adapter-path", str(tmp_path / "a"), "--no-progress"],
+                    everything=True)
+    assert "no usable utterance in the train split" in output.splitlines()[-1]
+    assert "skipped 1 (missing or unreadable audio)" in output and "missing.wav" in output
+
+
+def test_adapter_of_another_model_is_refused(capsys, tmp_path):
+    from mlx_whisper_lora.adapters import AdapterConfig, save_adapter_config
+
+    dims = {"n_mels": 80, "n_audio_ctx": 1500, "n_audio_state": 512, "n_audio_head": 8, "n_audio_layer": 6,
+            "n_vocab": 51865, "n_text_ctx": 448, "n_text_state": 512, "n_text_head": 8, "n_text_layer": 6}
+    save_adapter_config(AdapterConfig(base_model="base", dims=dims), tmp_path)
+    (tmp_path / "adapters.safetensors").write_bytes(b"")
+    message = _error(capsys, ["--test", "--model", "tiny.en", "--adapter-path", str(tmp_path), "--no-progress"])
+    assert "trained on base" in message and "--model base" in message
+
+
+def test_bad_numbers(capsys):
+    assert "--iters must be at least 1" in _error(capsys, ["--train", "--iters", "0", "--no-progress"])
