@@ -313,8 +313,11 @@ def run_test(model, options: dict, log: Callable) -> dict:
         log("testing the base model")
     splits = read_splits(options, ["test"])
     test_set, _ = prepare_split(model, splits["test"], "test", options, log, timestamps=False)
-    report = test_report(model, test_set, options["task"], int(options["batch_size"]), int(options["test_batches"]),
-                         options["progress"])
+    try:
+        report = test_report(model, test_set, options["task"], int(options["batch_size"]),
+                             int(options["test_batches"]), options["progress"])
+    finally:
+        test_set.close()
     log(f"test loss {report['test_loss']:.3f}, ppl {report['test_ppl']:.3f}")
     log(f"WER {report['wer']:.2f}%  CER {report['cer']:.2f}%  (raw)")
     log(f"WER {report['normalized_wer']:.2f}%  CER {report['normalized_cer']:.2f}%  (normalized)")

@@ -3,7 +3,9 @@
     python scripts/make_synthetic_speech.py OUT_DIR [--train 320 --valid 24 --test 60] [--seed 0]
                                             [--text-file sentences.txt]
 
-The text comes from a small random grammar (names, places, numbers, times, everyday words), or from
+The text comes from a small random grammar (names, places, numbers, times, everyday words) mixed with
+random runs of frequent English words (`--word-salad`, so that adapters learn the voice, not the
+grammar), or from
 `--text-file` (one sentence a line, for example your own domain's jargon); each split gets different
 sentences. Voices vary in accent (en-us, en, en-gb-scotland, en-029, ...),
 variant (male/female), rate and pitch. espeak-ng comes from the PyPI package `espeakng-loader`
@@ -48,6 +50,30 @@ TIMES = "seven eight nine ten eleven noon".split()
 WEATHER = "rain,snow,strong wind,fog,sunshine,a storm,light showers,clear skies".split(",")
 VOICES = ("en-us", "en", "en-gb-scotland", "en-029", "en-gb-x-rp", "en-us+f3", "en+m3", "en-us+m5", "en+f2",
           "en-gb-x-gbclan", "en+f4", "en-us+m2")
+
+
+def common_words(limit: int = 20000) -> list:
+    """Real English words: those written at least twice in Python's own documentation (shipped with
+    every Python as pydoc_data) that are also single whole-word tokens among the first `limit` BPE ranks."""
+    import collections
+    import re
+
+    from pydoc_data.topics import topics
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from mlx_whisper_lora.assets_dir import ASSETS
+    from mlx_whisper_lora.tokenizer import read_tiktoken_file
+
+    counts = collections.Counter(re.findall(r"(?<![\w.])[a-z]{3,}(?![\w(])", " ".join(topics.values())))
+    ranks = read_tiktoken_file(ASSETS / "gpt2.tiktoken")
+    return sorted(w for w, n in counts.items() if n >= 2 and ranks.get(b" " + w.encode(), limit) < limit)
+
+
+def word_salad(rng: np.random.Generator, words: list) -> str:
+    """A random run of frequent words: no grammar to lean on, so a model must listen."""
+    n = int(rng.integers(5, 12))
+    text = " ".join(words[i] for i in rng.integers(len(words), size=n))
+    return text[0].upper() + text[1:] + "."
 
 
 def sentence(rng: np.random.Generator) -> str:
@@ -121,7 +147,7 @@ class Espeak:
 
 
 def make_split(espeak: Espeak, out: Path, name: str, count: int, rng: np.random.Generator, seen: set,
-               texts=None) -> None:
+               texts=None, salad_fraction: float = 0.0, words=None) -> None:
     audio_dir = out / "audio"
     audio_dir.mkdir(parents=True, exist_ok=True)
     lines = []
@@ -130,6 +156,8 @@ def make_split(espeak: Espeak, out: Path, name: str, count: int, rng: np.random.
             if not texts:
                 sys.exit(f"--text-file has too few distinct sentences for the {name} split")
             text = texts.pop()
+        elif words and rng.random() < salad_fraction:
+            text = word_salad(rng, words)
         else:
             text = sentence(rng)
         if text in seen:
@@ -155,6 +183,8 @@ def main(argv=None):
     p.add_argument("--test", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--text-file", type=Path, default=None, help="sentences to speak, one a line (default: a grammar)")
+    p.add_argument("--word-salad", type=float, default=0.5,
+                   help="share of utterances that are random runs of frequent words instead of grammar sentences")
     args = p.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     texts = None
@@ -162,9 +192,10 @@ def main(argv=None):
         texts = list(dict.fromkeys(t.strip() for t in args.text_file.read_text(encoding="utf-8").splitlines() if t.strip()))
         rng.shuffle(texts)
     espeak = Espeak()
+    words = common_words() if args.word_salad > 0 and texts is None else None
     seen: set = set()
     for name, count in (("train", args.train), ("valid", args.valid), ("test", args.test)):
-        make_split(espeak, args.out, name, count, rng, seen, texts)
+        make_split(espeak, args.out, name, count, rng, seen, texts, args.word_salad, words)
         print(f"{name}: {count} utterances", file=sys.stderr)
     print(f"wrote {args.out}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import mlx.core as mx
+from mlx.utils import tree_flatten
 import pytest
 
 from mlx_whisper_lora.adapters import (
@@ -101,3 +102,56 @@ def test_missing_adapter_files_are_clear_errors(tmp_path):
     (tmp_path / "adapters.safetensors").write_bytes(b"garbage")
     with pytest.raises(AdapterError, match="adapter_config.json is missing"):
         load_adapters(small_model(), tmp_path)
+
+
+def _loss_and_grads(model):
+    import mlx.nn as nn
+
+    from mlx_whisper_lora.objective import masked_cross_entropy
+
+    mel = mx.random.normal((2, 60, 80), key=mx.random.key(1))
+    tokens = mx.array([[50257, 220, 400, 500], [50257, 300, 301, 50256]])
+    mask = mx.ones(tokens[:, 1:].shape)
+
+    def loss(m):
+        total, count = masked_cross_entropy(m(mel, tokens[:, :-1]), tokens[:, 1:], mask)
+        return total / count
+
+    return nn.value_and_grad(model, loss)(model)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    from mlx_whisper_lora.trainer import set_grad_checkpoint
+
+    plain, checkpointed = small_model(), small_model()
+    for m in (plain, checkpointed):
+        mx.random.seed(3)
+        apply_adapters(m, AdapterConfig(modules=["all"]))
+        for _, layer in m.named_modules():
+            if isinstance(layer, LoRALinear):
+                layer.lora_b = mx.full(layer.lora_b.shape, 0.01)
+    set_grad_checkpoint(checkpointed, True)
+    loss_a, grads_a = _loss_and_grads(plain)
+    loss_b, grads_b = _loss_and_grads(checkpointed)
+    assert abs(loss_a.item() - loss_b.item()) < 1e-6
+    flat_a, flat_b = dict(tree_flatten(grads_a)), dict(tree_flatten(grads_b))
+    assert flat_a.keys() == flat_b.keys() and len(flat_a) > 10
+    assert all(mx.allclose(flat_a[k], flat_b[k], atol=1e-6) for k in flat_a)
+
+
+def test_qlora_trains_adapters_over_a_quantized_base():
+    from mlx_whisper_lora.load import quantize_model
+
+    model = small_model()
+    quantize_model(model, bits=4, group_size=32)
+    apply_adapters(model, AdapterConfig(rank=4))
+    for _, layer in model.named_modules():
+        if isinstance(layer, LoRALinear):
+            layer.lora_b = mx.full(layer.lora_b.shape, 0.01)
+    _, grads = _loss_and_grads(model)
+    flat = dict(tree_flatten(grads))
+    assert flat and all(k.endswith(("lora_a", "lora_b")) for k in flat)
+    assert all(float(mx.abs(v).sum()) > 0 for v in flat.values())
+    fuse_adapters(model, dequantize=True)
+    assert model.quantization is None
+    assert not any(type(m).__name__.startswith("Quantized") for _, m in model.named_modules())
