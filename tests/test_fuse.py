@@ -6,9 +6,9 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_whisper_lora.adapters import AdapterConfig, apply_adapters, fuse_adapters, load_adapters, save_adapters
+from mlx_whisper_lora.adapters import AdapterConfig, apply_adapters, load_adapters, save_adapters
 from mlx_whisper_lora.assets_dir import ASSETS
-from mlx_whisper_lora.audio import N_SAMPLES, load_audio, log_mel_spectrogram, pad_or_trim
+from mlx_whisper_lora.audio import load_audio, log_mel_spectrogram, pad_or_trim
 from mlx_whisper_lora.decoding import DecodingOptions, decode
 from mlx_whisper_lora.fuse import fuse
 from mlx_whisper_lora.load import build_model, load_model

@@ -1,0 +1,129 @@
+"""The PyTorch back end against the MLX model: logits, a training step, adapters both ways."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="PyTorch not installed (the torch back end is optional)")
+
+from mlx_whisper_lora.adapters import AdapterConfig, apply_adapters, load_adapters, trainable_weights  # noqa: E402
+from mlx_whisper_lora.assets_dir import ASSETS  # noqa: E402
+from mlx_whisper_lora.audio import load_audio, log_mel_spectrogram, pad_or_trim  # noqa: E402
+from mlx_whisper_lora.decoding import DecodingOptions, decode  # noqa: E402
+from mlx_whisper_lora.load import build_model  # noqa: E402
+from mlx_whisper_lora.objective import collate, make_label, masked_cross_entropy  # noqa: E402
+from mlx_whisper_lora.tokenizer import get_tokenizer  # noqa: E402
+from mlx_whisper_lora.torch_backend import lora as tlora  # noqa: E402
+from mlx_whisper_lora.torch_backend import model as tmodel  # noqa: E402
+from mlx_whisper_lora.torch_backend.decoding import greedy_decode  # noqa: E402
+from mlx_whisper_lora.torch_backend.training import loss_fn, to_torch, train_steps  # noqa: E402
+
+TEXTS = ["Whisper can be adapted to your own voice.", "THIS SHORT CLIP WAS SPOKEN BY A SPEECH SYNTHESIZER"]
+
+
+@pytest.fixture(scope="module")
+def mel():
+    return pad_or_trim(log_mel_spectrogram(load_audio(ASSETS / "demo.flac"), 80), 3000, axis=0)[None]
+
+
+@pytest.fixture(scope="module")
+def batch(mel):
+    tok = get_tokenizer(False)
+    inputs, targets, mask = collate([make_label(tok, t, "en") for t in TEXTS], pad_token=0)
+    return mx.concatenate([mel, mel * 0.9]), inputs, targets, mask
+
+
+def _torch_twin(tiny_en_checkpoint):
+    model = tmodel.Whisper(tiny_en_checkpoint.dims)
+    tmodel.load_mlx_weights(model, tiny_en_checkpoint.weights)
+    return model.eval()
+
+
+def test_logits_match_mlx(tiny_en_checkpoint, mel):
+    ours = build_model(tiny_en_checkpoint)
+    tokens = [[50257, 50362, 770, 1402, 10651, 373, 13]]
+    expected = np.array(ours(mel, mx.array(tokens)))
+    with torch.no_grad():
+        got = _torch_twin(tiny_en_checkpoint)(*to_torch(mel, tokens)).numpy()
+    assert np.abs(got - expected).max() <= 1e-3
+
+
+def _adapted_pair(checkpoint, config):
+    mlx_model = build_model(checkpoint)
+    mx.random.seed(0)
+    apply_adapters(mlx_model, config)
+    for name, m in mlx_model.named_modules():
+        if hasattr(m, "lora_b"):
+            m.lora_b = mx.random.normal(m.lora_b.shape) * 0.02
+    torch_model = tlora.apply_adapters(_torch_twin(checkpoint), config)
+    weights = {k: torch.from_numpy(np.array(v)) for k, v in trainable_weights(mlx_model).items()}
+    with torch.no_grad():
+        for name, p in tlora.trainable_weights(torch_model).items():
+            p.copy_(weights[name])
+    return mlx_model, torch_model
+
+
+def test_one_training_step_same_loss_and_lora_gradients(tiny_en_checkpoint, batch):
+    config = AdapterConfig(rank=4, alpha=8)
+    mlx_model, torch_model = _adapted_pair(tiny_en_checkpoint, config)
+    mel, inputs, targets, mask = batch
+
+    def mlx_loss(m):
+        total, count = masked_cross_entropy(m(mel, inputs), targets, mask)
+        return total / count
+
+    loss, grads = nn.value_and_grad(mlx_model, mlx_loss)(mlx_model)
+    torch_model.train()
+    t_loss = loss_fn(torch_model, *to_torch(mel, inputs, targets, mask))
+    t_loss.backward()
+    assert abs(t_loss.item() - loss.item()) <= 1e-4 * abs(loss.item())
+    flat = dict(nn.utils.tree_flatten(grads))
+    for name, p in tlora.trainable_weights(torch_model).items():
+        g = np.array(flat[name])
+        rel = np.abs(p.grad.numpy() - g).max() / (np.abs(g).max() + 1e-12)
+        assert rel <= 1e-3, name
+
+
+def _mlx_greedy(model, mel):
+    return decode(model, mel, DecodingOptions(language="en", without_timestamps=True))[0].text
+
+
+def test_adapters_trained_in_either_back_end_transcribe_the_same_in_the_other(tiny_en_checkpoint, batch, tmp_path):
+    from mlx_whisper_lora.examples import ExampleSet  # noqa: F401  (imported for its side-effect free check)
+    from mlx_whisper_lora.trainer import TrainingArgs, train
+    from mlx_whisper_lora.data import Utterance, check_utterances
+
+    mel, inputs, targets, mask = batch
+    config = AdapterConfig(rank=4, alpha=8, freeze_encoder=True, base_model="tiny.en")
+    # MLX -> torch: 20 steps of MLX training on the demo clip
+    mlx_model = build_model(tiny_en_checkpoint)
+    mx.random.seed(0)
+    apply_adapters(mlx_model, config)
+    kept, _ = check_utterances([Utterance(str(ASSETS / "demo.flac"), TEXTS[1])], "train", multilingual=False)
+    examples, _ = ExampleSet.build(kept, get_tokenizer(False), "transcribe", 80, 448)
+    train(mlx_model, config, TrainingArgs(iters=20, batch_size=1, learning_rate=1e-3, save_every=0,
+                                          steps_per_eval=1000), examples, None, tmp_path / "mlx", log=lambda m: None,
+          progress=False)
+    mlx_model.eval()
+    torch_model = _torch_twin(tiny_en_checkpoint)
+    tlora.load_adapters(torch_model, tmp_path / "mlx")
+    expected = _mlx_greedy(mlx_model, mel)
+    assert expected != _mlx_greedy(build_model(tiny_en_checkpoint), mel)
+    assert greedy_decode(torch_model, torch.from_numpy(np.array(mel)))[0] == expected
+
+    # torch -> MLX: 20 steps of torch training, saved in the shared adapter format
+    torch_model = tlora.apply_adapters(_torch_twin(tiny_en_checkpoint), config)
+    one = to_torch(mel[:1], inputs[1:], targets[1:], mask[1:])
+    train_steps(torch_model, [one] * 20, learning_rate=1e-3)
+    folder = tmp_path / "torch"
+    folder.mkdir()
+    from mlx_whisper_lora.adapters import save_adapter_config
+
+    save_adapter_config(config, folder)
+    tlora.save_adapter_weights(torch_model, folder / "adapters.safetensors")
+    mlx_model = build_model(tiny_en_checkpoint)
+    load_adapters(mlx_model, folder)
+    assert _mlx_greedy(mlx_model, mel) == greedy_decode(torch_model, torch.from_numpy(np.array(mel)))[0]
