@@ -63,6 +63,8 @@ DEFAULTS: Dict[str, object] = {
     "cache_memory_gb": 4.0,
     "dtype": "float32",
     "progress": True,
+    "backend": "mlx",
+    "device": None,
 }
 
 
@@ -126,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cache-memory-gb", type=float, default=S, help="memory for cached encoder states before spilling to disk")
     g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=S)
     g.add_argument("--no-progress", dest="progress", action="store_false", default=S)
+    g.add_argument("--backend", choices=["mlx", "torch"], default=S, help="training back end (default: mlx)")
+    g.add_argument("--device", choices=["cpu", "cuda"], default=S, help="torch back end device")
     return p
 
 
@@ -337,6 +341,9 @@ def main(argv=None):
     options = merge_options(cli, config_path)
     if not options["train"] and not options["test"]:
         raise UserError("nothing to do: pass --train, --test or both")
+    if options["backend"] != "mlx":
+        raise UserError("--backend torch: training and testing through the CLI are not in this version yet; "
+                        "the torch model, LoRA and adapter files are in mlx_whisper_lora.torch_backend")
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)

@@ -411,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suppress-tokens", default="-1")
     p.add_argument("--clip-timestamps", default="0", help="comma-separated start,end,... seconds to transcribe")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--backend", default="mlx", choices=["mlx", "torch"], help="inference back end (default: mlx)")
     p.add_argument("--batch-size", type=int, default=8, help="files whose first windows are decoded together")
     p.add_argument("--output-dir", "-o", default=".")
     p.add_argument("--output-format", "-f", default="txt", choices=sorted(FORMATS) + ["all"])
@@ -437,6 +438,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.word_timestamps:
         raise UserError("--word-timestamps is not implemented yet (word alignment comes in a later release)")
+    if args.backend != "mlx":
+        raise UserError("--backend torch: long-form transcription is not in the torch back end yet; "
+                        "mlx_whisper_lora.torch_backend.decoding.greedy_decode decodes 30 s windows")
     audio_paths = args.audio or [str(ASSETS / "demo.flac")]
     for path in audio_paths:  # fail before loading the model when a path is wrong
         if not Path(path).exists():
