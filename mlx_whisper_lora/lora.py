@@ -341,24 +341,25 @@ def main(argv=None):
     options = merge_options(cli, config_path)
     if not options["train"] and not options["test"]:
         raise UserError("nothing to do: pass --train, --test or both")
-    if options["backend"] != "mlx":
-        raise UserError("--backend torch: training and testing through the CLI are not in this version yet; "
-                        "the torch model, LoRA and adapter files are in mlx_whisper_lora.torch_backend")
+    if options["backend"] == "torch":
+        from .torch_backend import cli as backend  # raises a UserError when torch is missing
+    else:
+        backend = sys.modules[__name__]
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    model = load_base(options, log)
+    model = backend.load_base(options, log)
     result = {}
     if options["train"]:
-        summary = run_training(model, options, log)
+        summary = backend.run_training(model, options, log)
         result["train"] = summary
         if summary["status"] == "interrupted":
             raise SystemExit(130)
         if not summary.get("saved"):
             raise UserError(f"training finished but the adapters could not be written to {options['adapter_path']}")
     if options["test"]:
-        result["test"] = run_test(model, options, log)
+        result["test"] = backend.run_test(model, options, log)
     return 0
 
 

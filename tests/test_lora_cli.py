@@ -68,7 +68,3 @@ def test_adapter_of_another_model_is_refused(capsys, tmp_path):
 
 def test_bad_numbers(capsys):
     assert "--iters must be at least 1" in _error(capsys, ["--train", "--iters", "0", "--no-progress"])
-
-
-def test_torch_backend_cli_says_what_is_missing(capsys):
-    assert "--backend torch" in _error(capsys, ["--train", "--backend", "torch"])

@@ -127,3 +127,24 @@ def test_adapters_trained_in_either_back_end_transcribe_the_same_in_the_other(ti
     mlx_model = build_model(tiny_en_checkpoint)
     load_adapters(mlx_model, folder)
     assert _mlx_greedy(mlx_model, mel) == greedy_decode(torch_model, torch.from_numpy(np.array(mel)))[0]
+
+
+def test_lora_cli_trains_and_tests_with_the_torch_back_end(tmp_path, capsys, tiny_en_checkpoint):
+    from mlx_whisper_lora.lora import main
+
+    out = tmp_path / "adapters"
+    main(["--train", "--test", "--backend", "torch", "--device", "cpu", "--iters", "4", "--batch-size", "4",
+          "--freeze-encoder", "--learning-rate", "1e-3", "--steps-per-report", "2", "--save-every", "2",
+          "--adapter-path", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert "torch back end on cpu" in err and "WER" in err
+    import json
+
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "train_loss" in m] == [2, 4]
+    assert (out / "0000002_adapters.safetensors").exists() and (out / "optimizer_state.pt").exists()
+    report = json.loads((out / "test_results.json").read_text())
+    assert report["utterances"] == 6 and 0 <= report["normalized_wer"] <= 100
+    mlx_model = build_model(tiny_en_checkpoint)
+    load_adapters(mlx_model, out)  # the torch run's adapters load in MLX
+    assert mx.load(str(out / "adapters.safetensors"), return_metadata=True)[1]["step"] == "4"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Dict, Union
+from typing import Dict, Optional, Union
 
 import torch
 from torch import nn
@@ -73,7 +73,8 @@ def trainable_weights(model) -> Dict[str, torch.Tensor]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_adapter_weights(model, path: Union[str, Path]) -> Path:
+def save_adapter_weights(model, path: Union[str, Path], metadata: Optional[dict] = None) -> Path:
+    """The trainable weights in the MLX back end's names and layout, written atomically."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -84,19 +85,32 @@ def save_adapter_weights(model, path: Union[str, Path]) -> Path:
         if name in ("encoder.conv1.weight", "encoder.conv2.weight"):
             value = value.transpose(1, 2)
         tensors[name] = value.contiguous()
-    save_file(tensors, str(tmp), metadata={"format": "mlx"})
-    tmp.replace(path)
+    try:
+        save_file(tensors, str(tmp), metadata={"format": "mlx", **(metadata or {})})
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
 def load_adapters(model, path: Union[str, Path]) -> AdapterConfig:
     """Add the adapters saved at `path` (by either back end) to a torch Whisper."""
-    from safetensors.torch import load_file
-
     config = read_adapter_config(path)
     check_compatible(model, config, path)
     apply_adapters(model, config)
+    load_weights_into(model, path)
+    model.eval()
+    return config
+
+
+def load_weights_into(model, path: Union[str, Path]) -> None:
+    """Copy saved adapter weights into an adapted model after checking names and shapes."""
+    from safetensors.torch import load_file
+
     weights_path = Path(path) / ADAPTER_FILE if Path(path).is_dir() else Path(path)
+    if not weights_path.exists():
+        raise AdapterError(f"adapter weights not found: {weights_path}")
     weights = load_file(str(weights_path))
     expected = trainable_weights(model)
     if set(weights) != set(expected):
@@ -109,5 +123,3 @@ def load_adapters(model, path: Union[str, Path]) -> AdapterConfig:
             if tuple(value.shape) != tuple(expected[name].shape):
                 raise AdapterError(f"adapters in {path}: {name} has shape {tuple(value.shape)}, expected {tuple(expected[name].shape)}")
             expected[name].copy_(value.to(expected[name].dtype))
-    model.eval()
-    return config

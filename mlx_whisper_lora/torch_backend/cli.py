@@ -1,0 +1,111 @@
+"""`lora --backend torch`: the CLI's training and test steps on the PyTorch model.
+
+Data checks, labels, batch order, metrics and adapter files are the MLX path's own code.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+
+
+def pick_device(requested) -> str:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: PyTorch sees no CUDA GPU here; use --device cpu")
+    return requested or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_base(options: dict, log: Callable):
+    from ..adapters import CONFIG_FILE, read_adapter_config
+    from .model import load_model
+
+    name = options["model"]
+    adapter_dir = Path(options["adapter_path"])
+    if name is None and (adapter_dir / CONFIG_FILE).exists():
+        name = read_adapter_config(adapter_dir).base_model
+    device = pick_device(options.get("device"))
+    log(f"torch back end on {device}")
+    torch.manual_seed(int(options["seed"]))
+    model = load_model(name, device=device)
+    model.device_name = device
+    return model
+
+
+def run_training(model, options: dict, log: Callable) -> dict:
+    from ..adapters import check_compatible, read_adapter_config
+    from ..lora import adapter_config_from, prepare_split, read_splits, training_args_from
+    from . import lora as tlora
+    from .trainer import train
+
+    args = training_args_from(options)
+    config = adapter_config_from(options, model)
+    tlora.apply_adapters(model, config)
+    resume = options.get("resume_adapter_file")
+    if resume:
+        resume = Path(resume)
+        if not resume.exists():
+            raise UserError(f"--resume-adapter-file {resume} not found")
+        if (resume.parent / "adapter_config.json").exists():
+            check_compatible(model, read_adapter_config(resume), resume)
+        tlora.load_weights_into(model, resume)
+    trainable = sum(p.numel() for p in tlora.trainable_weights(model).values())
+    total = sum(p.numel() for p in model.parameters())
+    log(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
+    splits = read_splits(options, ["train", "valid"])
+    train_set, report = prepare_split(model, splits["train"], "train", options, log, timestamps=True)
+    valid_set = prepare_split(model, splits["valid"], "valid", options, log, timestamps=True)[0] if splits.get("valid") else None
+    summary = train(model, config, args, train_set, valid_set, Path(options["adapter_path"]), resume, log,
+                    options["progress"], model.device_name, options["dtype"], options["encoder_cache"])
+    summary["data"] = report.to_json()
+    return summary
+
+
+def run_test(model, options: dict, log: Callable) -> dict:
+    import json
+
+    from ..adapters import CONFIG_FILE
+    from ..lora import prepare_split, read_splits
+    from ..metrics import score
+    from . import lora as tlora
+    from .decoding import greedy_decode
+    from .trainer import _Inputs, evaluate_loss
+
+    adapter_dir = Path(options["adapter_path"])
+    if not options["train"] and (adapter_dir / CONFIG_FILE).exists():
+        tlora.load_adapters(model, adapter_dir)
+        log(f"testing with the adapters in {adapter_dir}")
+    test_set, _ = prepare_split(model, read_splits(options, ["test"])["test"], "test", options, log, timestamps=False)
+    tic = time.perf_counter()
+    device = model.device_name
+    batch = int(options["batch_size"])
+    loss = evaluate_loss(model, test_set, _Inputs(model, test_set, device, True), batch, int(options["test_batches"]),
+                         device, None)
+    indices = test_set.usable(list(range(len(test_set))))
+    hyps = []
+    for start in range(0, len(indices), batch):
+        chunk = indices[start:start + batch]
+        language = test_set.utterances[chunk[0]].language or "en"
+        mel = torch.from_numpy(np.array(test_set.mels(chunk)))
+        same = all((test_set.utterances[i].language or "en") == language for i in chunk)
+        hyps += greedy_decode(model, mel, language, options["task"]) if same else [
+            greedy_decode(model, mel[j:j + 1], test_set.utterances[i].language or "en", options["task"])[0]
+            for j, i in enumerate(chunk)]
+    refs = [test_set.utterances[i].text for i in indices]
+    scores = score(refs, hyps, [test_set.utterances[i].language for i in indices])
+    report = {"test_loss": round(loss, 5), "test_ppl": round(float(np.exp(loss)), 4),
+              **{k: round(100 * v, 3) for k, v in scores.items()}, "utterances": len(indices),
+              "audio_seconds": round(test_set.seconds(indices), 2), "seconds": round(time.perf_counter() - tic, 2),
+              "transcripts": [{"id": test_set.utterances[i].id, "reference": r, "hypothesis": h}
+                              for i, r, h in zip(indices, refs, hyps)]}
+    log(f"test loss {report['test_loss']:.3f}, ppl {report['test_ppl']:.3f}")
+    log(f"WER {report['wer']:.2f}%  CER {report['cer']:.2f}%  (raw)")
+    log(f"WER {report['normalized_wer']:.2f}%  CER {report['normalized_cer']:.2f}%  (normalized)")
+    adapter_dir.mkdir(parents=True, exist_ok=True)
+    (adapter_dir / "test_results.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
