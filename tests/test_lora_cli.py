@@ -68,3 +68,16 @@ def test_adapter_of_another_model_is_refused(capsys, tmp_path):
 
 def test_bad_numbers(capsys):
     assert "--iters must be at least 1" in _error(capsys, ["--train", "--iters", "0", "--no-progress"])
+
+
+def test_seed_recipe_config_reads_as_the_peft_recipe():
+    from pathlib import Path
+
+    from mlx_whisper_lora.adapters import AdapterConfig
+
+    options = merge_options({}, str(Path(__file__).resolve().parent.parent / "configs" / "peft_t4_large_v2.yaml"))
+    config = AdapterConfig(rank=options["rank"], alpha=options["alpha"], dropout=options["dropout"],
+                           modules=options["lora_modules"])
+    assert config.scale == 2.0 and config.dropout == 0.05
+    assert config.modules == ["attn.query", "attn.value", "cross_attn.query", "cross_attn.value"]
+    assert options["backend"] == "torch" and options["batch_size"] == 8 and options["warmup"] == 50
