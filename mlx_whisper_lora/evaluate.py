@@ -6,6 +6,7 @@ training) and no timestamps, so the scores match what `transcribe --language L` 
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import Dict, List, Optional
@@ -60,17 +61,27 @@ def test_report(model, examples: ExampleSet, task: str = "transcribe", batch_siz
         examples.use_encoder_cache(model, batch_size=batch_size)
     loss = evaluate_loss(model, examples, batch_size, num_batches)
     indices, hyps = transcribe_examples(model, examples, task, batch_size, progress, num_batches)
-    refs = [examples.utterances[i].text for i in indices]
-    langs = [examples.utterances[i].language for i in indices]
-    scores = score(refs, hyps, langs)
     mx.clear_cache()
+    return build_report(examples, indices, hyps, loss, time.perf_counter() - tic)
+
+
+def build_report(examples: ExampleSet, indices: List[int], hyps: List[str], loss: float, seconds: float) -> dict:
+    """test_results.json: loss, raw and normalized WER/CER (percent), and every transcript."""
+    refs = [examples.utterances[i].text for i in indices]
+    scores = score(refs, hyps, [examples.utterances[i].language for i in indices])
     return {
         "test_loss": round(loss, 5),
-        "test_ppl": round(float(mx.exp(mx.array(loss)).item()), 4),
+        "test_ppl": round(math.exp(loss), 4),
         **{k: round(100 * v, 3) for k, v in scores.items()},
         "utterances": len(indices),
         "audio_seconds": round(examples.seconds(indices), 2),
-        "seconds": round(time.perf_counter() - tic, 2),
+        "seconds": round(seconds, 2),
         "transcripts": [{"id": examples.utterances[i].id, "reference": r, "hypothesis": h}
                         for i, r, h in zip(indices, refs, hyps)],
     }
+
+
+def log_report(report: dict, log) -> None:
+    log(f"test loss {report['test_loss']:.3f}, ppl {report['test_ppl']:.3f}")
+    log(f"WER {report['wer']:.2f}%  CER {report['cer']:.2f}%  (raw)")
+    log(f"WER {report['normalized_wer']:.2f}%  CER {report['normalized_cer']:.2f}%  (normalized)")

@@ -258,6 +258,21 @@ def training_args_from(options: dict):
     return TrainingArgs(**{k: options[k] for k in TrainingArgs.__dataclass_fields__ if k in options})
 
 
+def resume_file(model, options: dict) -> Optional[Path]:
+    """--resume-adapter-file, checked to exist and to fit the model; None when not given."""
+    from .adapters import CONFIG_FILE, check_compatible, read_adapter_config
+
+    resume = options.get("resume_adapter_file")
+    if not resume:
+        return None
+    resume = Path(resume)
+    if not resume.exists():
+        raise UserError(f"--resume-adapter-file {resume} not found")
+    if (resume.parent / CONFIG_FILE).exists():
+        check_compatible(model, read_adapter_config(resume), resume)
+    return resume
+
+
 def run_training(model, options: dict, log: Callable) -> dict:
     from tqdm import tqdm
 
@@ -267,15 +282,8 @@ def run_training(model, options: dict, log: Callable) -> dict:
     args = training_args_from(options)
     config = adapter_config_from(options, model)
     apply_adapters(model, config)
-    resume = options.get("resume_adapter_file")
+    resume = resume_file(model, options)
     if resume:
-        from .adapters import check_compatible, read_adapter_config
-
-        resume = Path(resume)
-        if not resume.exists():
-            raise UserError(f"--resume-adapter-file {resume} not found")
-        if (resume.parent / "adapter_config.json").exists():
-            check_compatible(model, read_adapter_config(resume), resume)
         load_weights_into(model, read_adapter_weights(resume), resume)
     trainable, total = count_parameters(model)
     log(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
@@ -302,19 +310,16 @@ def run_training(model, options: dict, log: Callable) -> dict:
 
 
 def run_test(model, options: dict, log: Callable) -> dict:
-    from .adapters import CONFIG_FILE, LoRALinear, load_adapters
-    from .evaluate import test_report
+    from .adapters import CONFIG_FILE, load_adapters
+    from .evaluate import log_report, test_report
 
     adapter_dir = Path(options["adapter_path"])
-    has_adapters = any(isinstance(m, LoRALinear) for _, m in model.named_modules())
     if not options["train"]:
         if (adapter_dir / CONFIG_FILE).exists():
             load_adapters(model, adapter_dir)
             log(f"testing with the adapters in {adapter_dir}")
         else:
             log(f"no adapters in {adapter_dir}: testing the base model")
-    elif not has_adapters and options["fine_tune_type"] != "full":
-        log("testing the base model")
     splits = read_splits(options, ["test"])
     test_set, _ = prepare_split(model, splits["test"], "test", options, log, timestamps=False)
     try:
@@ -322,9 +327,7 @@ def run_test(model, options: dict, log: Callable) -> dict:
                              int(options["test_batches"]), options["progress"])
     finally:
         test_set.close()
-    log(f"test loss {report['test_loss']:.3f}, ppl {report['test_ppl']:.3f}")
-    log(f"WER {report['wer']:.2f}%  CER {report['cer']:.2f}%  (raw)")
-    log(f"WER {report['normalized_wer']:.2f}%  CER {report['normalized_cer']:.2f}%  (normalized)")
+    log_report(report, log)
     if adapter_dir.exists() or options["train"]:
         adapter_dir.mkdir(parents=True, exist_ok=True)
         out = adapter_dir / "test_results.json"

@@ -14,7 +14,7 @@ import resource
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -140,6 +140,23 @@ def peak_memory_gb() -> float:
     except AttributeError:
         mlx_peak = 0.0
     return round(max(rss, mlx_peak), 3)
+
+
+def report_entry(step: int, window: dict, lr: float, peak_gb: float) -> tuple:
+    """(metrics.jsonl entry, the line shown) for the steps accumulated in `window`."""
+    entry = {
+        "step": step,
+        "train_loss": round(window["loss"] / max(window["tokens"], 1), 5),
+        "learning_rate": float(f"{lr:.6g}"),
+        "iterations_per_second": round(window["steps"] / window["seconds"], 4),
+        "audio_seconds_per_second": round(window["audio"] / window["seconds"], 3),
+        "tokens": int(window["tokens"]),
+        "peak_memory_gb": peak_gb,
+    }
+    line = (f"step {step}: train loss {entry['train_loss']:.3f}, lr {lr:.2e}, "
+            f"{entry['iterations_per_second']:.3f} it/s, {entry['audio_seconds_per_second']:.1f} audio s/s, "
+            f"peak mem {peak_gb:.2f} GB")
+    return entry, line
 
 
 def _checkpoint_name(step: int, kind: str) -> str:
@@ -318,19 +335,8 @@ def train(
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_sum / max(tok_sum, 1):.3f}", lr=f"{lr:.2e}")
                 if step % args.steps_per_report == 0 or step == args.iters:
-                    entry = {
-                        "step": step,
-                        "train_loss": round(window["loss"] / max(window["tokens"], 1), 5),
-                        "learning_rate": float(f"{lr:.6g}"),
-                        "iterations_per_second": round(window["steps"] / window["seconds"], 4),
-                        "audio_seconds_per_second": round(window["audio"] / window["seconds"], 3),
-                        "tokens": int(window["tokens"]),
-                        "peak_memory_gb": peak_memory_gb(),
-                    }
+                    entry, line = report_entry(step, window, lr, peak_memory_gb())
                     record(entry)
-                    line = (f"step {step}: train loss {entry['train_loss']:.3f}, lr {lr:.2e}, "
-                            f"{entry['iterations_per_second']:.3f} it/s, {entry['audio_seconds_per_second']:.1f} audio s/s, "
-                            f"peak mem {entry['peak_memory_gb']:.2f} GB")
                     (bar.write if bar is not None else log)(line)
                     summary["train_loss"] = entry["train_loss"]
                     window = {k: 0.0 for k in window}
@@ -359,6 +365,3 @@ def train(
     summary["skipped_audio"] = dict(train_set.failed)
     return summary
 
-
-def config_from_args(args: TrainingArgs) -> dict:
-    return asdict(args)

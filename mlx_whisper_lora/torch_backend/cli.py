@@ -38,21 +38,15 @@ def load_base(options: dict, log: Callable):
 
 
 def run_training(model, options: dict, log: Callable) -> dict:
-    from ..adapters import check_compatible, read_adapter_config
-    from ..lora import adapter_config_from, prepare_split, read_splits, training_args_from
+    from ..lora import adapter_config_from, prepare_split, read_splits, resume_file, training_args_from
     from . import lora as tlora
     from .trainer import train
 
     args = training_args_from(options)
     config = adapter_config_from(options, model)
     tlora.apply_adapters(model, config)
-    resume = options.get("resume_adapter_file")
+    resume = resume_file(model, options)
     if resume:
-        resume = Path(resume)
-        if not resume.exists():
-            raise UserError(f"--resume-adapter-file {resume} not found")
-        if (resume.parent / "adapter_config.json").exists():
-            check_compatible(model, read_adapter_config(resume), resume)
         tlora.load_weights_into(model, resume)
     trainable = sum(p.numel() for p in tlora.trainable_weights(model).values())
     total = sum(p.numel() for p in model.parameters())
@@ -71,7 +65,7 @@ def run_test(model, options: dict, log: Callable) -> dict:
 
     from ..adapters import CONFIG_FILE
     from ..lora import prepare_split, read_splits
-    from ..metrics import score
+    from ..evaluate import build_report, log_report
     from . import lora as tlora
     from .decoding import greedy_decode
     from .trainer import _Inputs, evaluate_loss
@@ -96,16 +90,8 @@ def run_test(model, options: dict, log: Callable) -> dict:
         hyps += greedy_decode(model, mel, language, options["task"]) if same else [
             greedy_decode(model, mel[j:j + 1], test_set.utterances[i].language or "en", options["task"])[0]
             for j, i in enumerate(chunk)]
-    refs = [test_set.utterances[i].text for i in indices]
-    scores = score(refs, hyps, [test_set.utterances[i].language for i in indices])
-    report = {"test_loss": round(loss, 5), "test_ppl": round(float(np.exp(loss)), 4),
-              **{k: round(100 * v, 3) for k, v in scores.items()}, "utterances": len(indices),
-              "audio_seconds": round(test_set.seconds(indices), 2), "seconds": round(time.perf_counter() - tic, 2),
-              "transcripts": [{"id": test_set.utterances[i].id, "reference": r, "hypothesis": h}
-                              for i, r, h in zip(indices, refs, hyps)]}
-    log(f"test loss {report['test_loss']:.3f}, ppl {report['test_ppl']:.3f}")
-    log(f"WER {report['wer']:.2f}%  CER {report['cer']:.2f}%  (raw)")
-    log(f"WER {report['normalized_wer']:.2f}%  CER {report['normalized_cer']:.2f}%  (normalized)")
+    report = build_report(test_set, indices, hyps, loss, time.perf_counter() - tic)
+    log_report(report, log)
     adapter_dir.mkdir(parents=True, exist_ok=True)
     (adapter_dir / "test_results.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -7,7 +7,6 @@ so adapter files are shared as they are. Only the two conv kernels differ in lay
 
 from __future__ import annotations
 
-import math
 from typing import Dict, Optional
 
 import numpy as np
@@ -15,14 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import model as mlx_model
 from ..model import ModelDimensions
 
 
-def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> torch.Tensor:
-    log_increment = math.log(max_timescale) / (channels // 2 - 1)
-    inv = torch.exp(-log_increment * torch.arange(channels // 2, dtype=torch.float32))
-    scaled = torch.arange(length, dtype=torch.float32)[:, None] * inv[None, :]
-    return torch.cat([torch.sin(scaled), torch.cos(scaled)], dim=1)
+def sinusoids(length: int, channels: int) -> torch.Tensor:
+    """The MLX model's positional table, so both back ends add the same numbers."""
+    return torch.from_numpy(np.array(mlx_model.sinusoids(length, channels)))
 
 
 class MultiHeadAttention(nn.Module):

@@ -22,7 +22,7 @@ from ..adapters import ADAPTER_FILE, AdapterConfig, save_adapter_config
 from ..data import epoch_batches
 from ..examples import ExampleSet
 from ..objective import collate
-from ..trainer import METRICS_FILE, TrainingArgs, _StopFlag, peak_memory_gb
+from ..trainer import METRICS_FILE, TrainingArgs, _StopFlag, peak_memory_gb, report_entry
 from .lora import save_adapter_weights, trainable_weights
 from .training import masked_cross_entropy
 
@@ -210,15 +210,9 @@ def train(model, config: AdapterConfig, args: TrainingArgs, train_set: ExampleSe
                     peak = peak_memory_gb()
                     if device == "cuda":
                         peak = round(torch.cuda.max_memory_allocated() / 1e9, 3)
-                    entry = {"step": step, "train_loss": round(window["loss"] / max(window["tokens"], 1), 5),
-                             "learning_rate": float(f"{lr:.6g}"),
-                             "iterations_per_second": round(window["steps"] / window["seconds"], 4),
-                             "audio_seconds_per_second": round(window["audio"] / window["seconds"], 3),
-                             "tokens": int(window["tokens"]), "peak_memory_gb": peak}
+                    entry, line = report_entry(step, window, lr, peak)
                     record(entry)
-                    say(f"step {step}: train loss {entry['train_loss']:.3f}, lr {lr:.2e}, "
-                        f"{entry['iterations_per_second']:.3f} it/s, {entry['audio_seconds_per_second']:.1f} audio s/s, "
-                        f"peak mem {peak:.2f} GB")
+                    say(line)
                     summary["train_loss"] = entry["train_loss"]
                     window = {k: 0.0 for k in window}
                 if valid_set is not None and len(valid_set) and (step % args.steps_per_eval == 0 or step == args.iters):
