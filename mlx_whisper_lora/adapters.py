@@ -90,6 +90,7 @@ class AdapterConfig:
     dims: Optional[dict] = None
     language: Optional[str] = None
     task: str = "transcribe"
+    case_style: str = "keep"  # "upper"/"lower": trained on lower-case text, transcripts rendered so (case_style.py)
     run: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -308,6 +309,7 @@ def load_adapters(model: Whisper, path: Union[str, Path]) -> AdapterConfig:
     apply_adapters(model, config)
     load_weights_into(model, weights, path)
     model.eval()
+    model.case_style = config.case_style
     return config
 
 

@@ -10,6 +10,10 @@ class UserError(Exception):
     """A mistake in what the user gave us (path, file, option); the message names it and the fix."""
 
 
+class QuantizedBase(UserError):
+    """The torch back end was given an MLX-quantized model (it loads floating-point weights)."""
+
+
 def cli_entry(main):
     """Wrap a CLI `main` so that a UserError (or Ctrl-C) ends with one line and a non-zero status."""
 

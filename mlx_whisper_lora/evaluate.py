@@ -17,6 +17,7 @@ from .decoding import DecodingOptions, decode
 from .examples import ExampleSet
 from .metrics import score
 from .tokenizer import get_tokenizer
+from .case_style import render as render_case
 from .trainer import evaluate_loss
 
 
@@ -62,11 +63,14 @@ def test_report(model, examples: ExampleSet, task: str = "transcribe", batch_siz
     loss = evaluate_loss(model, examples, batch_size, num_batches)
     indices, hyps = transcribe_examples(model, examples, task, batch_size, progress, num_batches)
     mx.clear_cache()
-    return build_report(examples, indices, hyps, loss, time.perf_counter() - tic)
+    return build_report(examples, indices, hyps, loss, time.perf_counter() - tic, getattr(model, "case_style", None))
 
 
-def build_report(examples: ExampleSet, indices: List[int], hyps: List[str], loss: float, seconds: float) -> dict:
-    """test_results.json: loss, raw and normalized WER/CER (percent), and every transcript."""
+def build_report(examples: ExampleSet, indices: List[int], hyps: List[str], loss: float, seconds: float,
+                 case_style: Optional[str] = None) -> dict:
+    """test_results.json: loss, raw and normalized WER/CER (percent), and every transcript
+    (rendered in the adapters' case style, as `transcribe` would write it)."""
+    hyps = [render_case(h, case_style) for h in hyps]
     refs = [examples.utterances[i].text for i in indices]
     scores = score(refs, hyps, [examples.utterances[i].language for i in indices])
     return {

@@ -41,6 +41,10 @@ def fuse(model_name: Optional[str], adapter_path, save_path, export_format: str 
     model = load_model(name)
     load_adapters(model, adapter_path)
     save_path = Path(save_path)
+    if config.case_style in ("upper", "lower") and export_format != "mlx":
+        log(f"note: these adapters were trained on lower-case text and their transcripts are rendered in "
+            f"{config.case_style} case (case style in adapter_config.json); a {export_format} export cannot carry "
+            f"that, so apply str.{config.case_style}() to its transcripts. The mlx export keeps it in config.json.")
     if export_format == "peft":
         return export_peft(model, config, save_path, base_model_name=name)
     fuse_adapters(model, dequantize=dequantize or export_format == "hf")

@@ -49,6 +49,7 @@ class Checkpoint:
     folder: Optional[Path] = None  # where a tokenizer vocabulary may be found
     alignment_heads: Optional[List[Tuple[int, int]]] = None
     quantization: Optional[dict] = None
+    case_style: Optional[str] = None  # set by fuse: transcripts are rendered in this case (case_style.py)
 
 
 def parse_dtype(dtype: Union[str, mx.Dtype, None]) -> mx.Dtype:
@@ -92,6 +93,7 @@ def _read_mlx_weights(path: Path) -> Dict[str, np.ndarray]:
 def read_mlx_folder(folder: Path) -> Checkpoint:
     config = _read_json(folder / "config.json")
     quantization = config.pop("quantization", None)
+    case_style = config.pop("case_style", None)
     weight_file = next((folder / f for f in MLX_WEIGHT_FILES if (folder / f).exists()), None)
     if weight_file is None:
         raise ModelLoadError(f"{folder} has config.json but none of {', '.join(MLX_WEIGHT_FILES)}")
@@ -104,6 +106,7 @@ def read_mlx_folder(folder: Path) -> Checkpoint:
         folder=folder,
         alignment_heads=[tuple(h) for h in heads.tolist()] if heads is not None else None,
         quantization=quantization,
+        case_style=case_style,
     )
 
 
@@ -306,6 +309,7 @@ def build_model(ckpt: Checkpoint, dtype: Union[str, mx.Dtype, None] = mx.float32
     mx.eval(model.parameters())
     model.source = ckpt.source
     model.folder = ckpt.folder
+    model.case_style = ckpt.case_style
     return model
 
 
@@ -330,6 +334,8 @@ def save_model(model: Whisper, path: Union[str, Path], dtype: Union[str, mx.Dtyp
     quant = getattr(model, "quantization", None)
     if quant:
         config["quantization"] = quant
+    if getattr(model, "case_style", None) in ("upper", "lower"):
+        config["case_style"] = model.case_style
     tmp = path / "weights.tmp.safetensors"  # mx.save_safetensors wants the suffix
     mx.save_safetensors(str(tmp), weights, metadata={"format": "mlx"})
     os.replace(tmp, path / "weights.safetensors")

@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from .errors import UserError, cli_entry
+from .backends import choose_backend
+from .errors import QuantizedBase, UserError, cli_entry
 
 DEFAULTS: Dict[str, object] = {
     "model": None,  # default: the adapters' base model, else tiny.en
@@ -63,7 +64,8 @@ DEFAULTS: Dict[str, object] = {
     "cache_memory_gb": 4.0,
     "dtype": "float32",
     "progress": True,
-    "backend": "mlx",
+    "case_style": "auto",
+    "backend": "auto",
     "device": None,
 }
 
@@ -95,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-duration", type=float, default=S, help="skip utterances longer than this (seconds, at most 30)")
     g.add_argument("--timestamp-fraction", type=float, default=S,
                    help="share of utterances trained with timestamp targets, to keep segment timestamps (default 0.5)")
+    g.add_argument("--case-style", choices=["auto", "keep", "upper", "lower"], default=S,
+                   help="auto: all-caps (or all-lowercase) training transcripts are learned in lower case and the "
+                        "adapters' transcripts rendered in that case; keep: train on the text as written")
     g = p.add_argument_group("adapters")
     g.add_argument("--fine-tune-type", choices=["lora", "dora", "full"], default=S)
     g.add_argument("--rank", type=int, default=S)
@@ -128,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cache-memory-gb", type=float, default=S, help="memory for cached encoder states before spilling to disk")
     g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=S)
     g.add_argument("--no-progress", dest="progress", action="store_false", default=S)
-    g.add_argument("--backend", choices=["mlx", "torch"], default=S, help="training back end (default: mlx)")
+    g.add_argument("--backend", choices=["auto", "mlx", "torch"], default=S,
+                   help="training back end (default auto: MLX where it has a GPU, else PyTorch when installed)")
     g.add_argument("--device", choices=["cpu", "cuda"], default=S, help="torch back end device")
     return p
 
@@ -215,6 +221,7 @@ def prepare_split(model, utterances, name: str, options: dict, log: Callable, ti
     from .tokenizer import get_tokenizer
 
     language = options["language"] or (None if model.is_multilingual else "en")
+    style = getattr(model, "case_style", None) or "keep"
     kept, report = check_utterances(utterances, name, min(float(options["max_duration"]), 30.0),
                                     default_language=language, multilingual=model.is_multilingual)
     for line in report.lines():
@@ -229,10 +236,23 @@ def prepare_split(model, utterances, name: str, options: dict, log: Callable, ti
                               model_dir=getattr(model, "folder", None))
     fraction = float(options["timestamp_fraction"]) if timestamps else 0.0
     examples, cut = ExampleSet.build(kept, tokenizer, options["task"], model.dims.n_mels, model.dims.n_text_ctx,
-                                     fraction, int(options["seed"]), name)
+                                     fraction, int(options["seed"]), name, style)
     if cut:
         log(f"{name}: {cut} labels longer than the decoder context ({model.dims.n_text_ctx} tokens) were cut")
     return examples, report
+
+
+def choose_case_style(model, config, options: dict, train_utterances: list, log: Callable) -> str:
+    """Resolve --case-style from the training transcripts; the model and config carry the result."""
+    from . import case_style
+
+    style = case_style.resolve(options.get("case_style"), [u.text for u in train_utterances])
+    if style in ("upper", "lower"):
+        why = "every training transcript is" if options.get("case_style", "auto") == "auto" else "--case-style"
+        log(f"case style: {style} ({why} {style} case): the adapters learn the lower-case text, whose spellings "
+            f"the model knows, and transcripts made with them are rendered in {style} case (--case-style keep to train as written)")
+    model.case_style = config.case_style = style
+    return style
 
 
 def adapter_config_from(options: dict, model):
@@ -288,6 +308,7 @@ def run_training(model, options: dict, log: Callable) -> dict:
     trainable, total = count_parameters(model)
     log(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
     splits = read_splits(options, ["train", "valid"])
+    choose_case_style(model, config, options, splits["train"], log)
     train_set, train_report = prepare_split(model, splits["train"], "train", options, log, timestamps=True)
     valid_set = None
     if splits.get("valid"):
@@ -344,15 +365,25 @@ def main(argv=None):
     options = merge_options(cli, config_path)
     if not options["train"] and not options["test"]:
         raise UserError("nothing to do: pass --train, --test or both")
-    if options["backend"] == "torch":
-        from .torch_backend import cli as backend  # raises a UserError when torch is missing
-    else:
-        backend = sys.modules[__name__]
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    model = backend.load_base(options, log)
+    requested = options["backend"]
+    options["backend"], why = choose_backend(requested, options["fine_tune_type"], options.get("device"))
+    log(f"back end: {options['backend']} ({why})")
+    if options["backend"] == "torch":
+        from .torch_backend import cli as backend  # raises a UserError when torch is missing
+    else:
+        backend = sys.modules[__name__]
+    try:
+        model = backend.load_base(options, log)
+    except QuantizedBase:
+        if requested != "auto":
+            raise
+        log("back end: mlx (the base model is MLX-quantized; the torch back end loads floating-point weights)")
+        options["backend"], backend = "mlx", sys.modules[__name__]
+        model = backend.load_base(options, log)
     result = {}
     if options["train"]:
         summary = backend.run_training(model, options, log)

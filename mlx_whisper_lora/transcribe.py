@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import mlx.core as mx
 import numpy as np
 
+from .case_style import render as render_case
 from .audio import (
     FRAMES_PER_SECOND,
     N_FRAMES,
@@ -196,8 +197,13 @@ class _FileTranscription:
         keys = ("id", "seek", "start", "end", "text", "tokens", "temperature", "avg_logprob",
                 "compression_ratio", "no_speech_prob")
         text = self.tokenizer.decode([t for s in self.segments for t in s["tokens"]])
-        return {"text": text, "segments": [{k: s[k] for k in keys} for s in self.segments],
-                "language": self.options.language}
+        segments = [{k: s[k] for k in keys} for s in self.segments]
+        style = getattr(self.model, "case_style", None)  # adapters trained on all-caps data: case_style.py
+        if style in ("upper", "lower"):
+            text = render_case(text, style)
+            for seg in segments:
+                seg["text"] = render_case(seg["text"], style)
+        return {"text": text, "segments": segments, "language": self.options.language}
 
 
 def _check_language_and_task(model: Whisper, language: Optional[str], task: str) -> Optional[str]:

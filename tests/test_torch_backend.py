@@ -148,3 +148,44 @@ def test_lora_cli_trains_and_tests_with_the_torch_back_end(tmp_path, capsys, tin
     mlx_model = build_model(tiny_en_checkpoint)
     load_adapters(mlx_model, out)  # the torch run's adapters load in MLX
     assert mx.load(str(out / "adapters.safetensors"), return_metadata=True)[1]["step"] == "4"
+
+
+def test_cached_cross_attention_keys_values_give_the_same_loss_and_gradients(tiny_en_checkpoint, batch):
+    """Frozen encoder: the step from cached encoder states and cached base keys/values equals the
+    step that runs the encoder and every projection (the issue's 'identical losses' check)."""
+    from mlx_whisper_lora.examples import ExampleSet
+    from mlx_whisper_lora.data import Utterance
+    from mlx_whisper_lora.torch_backend.trainer import _Inputs, _loss
+
+    config = AdapterConfig(rank=4, alpha=8, freeze_encoder=True)
+    _, torch_model = _adapted_pair(tiny_en_checkpoint, config)  # lora_b non-zero: the adapters' terms count
+    utterances = [Utterance(str(ASSETS / "demo.flac"), t, language="en") for t in TEXTS]
+    examples, _ = ExampleSet.build(utterances, get_tokenizer(False), "transcribe", 80, 448)
+    toks = [torch.from_numpy(np.array(a)) for a in collate(examples.labels, 0)]
+    cached = _Inputs(torch_model, examples, "cpu", cache=True)
+    assert cached.kv_caching
+    cached([0, 1])  # the first epoch fills the cache
+    audio, is_states, kv = cached([0, 1])
+    assert is_states and kv is not None and len(kv) == tiny_en_checkpoint.dims.n_text_layer
+
+    def loss_and_grads(inputs):
+        torch_model.zero_grad(set_to_none=True)
+        loss, _ = _loss(torch_model, *inputs, *toks, None)
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in tlora.trainable_weights(torch_model).items()}
+
+    mels = torch.from_numpy(np.array(examples.mels([0, 1])))
+    loss_c, grads_c = loss_and_grads((audio, True, kv))
+    loss_u, grads_u = loss_and_grads((mels, False, None))
+    assert abs(loss_c - loss_u) <= 1e-5 * abs(loss_u)
+    for name, g in grads_u.items():
+        assert torch.allclose(grads_c[name], g, rtol=1e-3, atol=1e-6), name
+    small = _Inputs(torch_model, examples, "cpu", cache=True, memory_limit_bytes=1)  # no memory: states on disk, no K/V
+    small([0, 1])
+    audio_d, _, kv_d = small([0, 1])
+    assert kv_d is None and small.on_disk.all() and torch.allclose(audio_d, audio)
+    path = small.disk_path
+    small.close()
+    import os
+
+    assert not os.path.exists(path)

@@ -38,7 +38,7 @@ def load_base(options: dict, log: Callable):
 
 
 def run_training(model, options: dict, log: Callable) -> dict:
-    from ..lora import adapter_config_from, prepare_split, read_splits, resume_file, training_args_from
+    from ..lora import adapter_config_from, choose_case_style, prepare_split, read_splits, resume_file, training_args_from
     from . import lora as tlora
     from .trainer import train
 
@@ -52,10 +52,12 @@ def run_training(model, options: dict, log: Callable) -> dict:
     total = sum(p.numel() for p in model.parameters())
     log(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
     splits = read_splits(options, ["train", "valid"])
+    choose_case_style(model, config, options, splits["train"], log)
     train_set, report = prepare_split(model, splits["train"], "train", options, log, timestamps=True)
     valid_set = prepare_split(model, splits["valid"], "valid", options, log, timestamps=True)[0] if splits.get("valid") else None
     summary = train(model, config, args, train_set, valid_set, Path(options["adapter_path"]), resume, log,
-                    options["progress"], model.device_name, options["dtype"], options["encoder_cache"])
+                    options["progress"], model.device_name, options["dtype"], options["encoder_cache"],
+                    float(options["cache_memory_gb"]))
     summary["data"] = report.to_json()
     return summary
 
@@ -78,7 +80,7 @@ def run_test(model, options: dict, log: Callable) -> dict:
     tic = time.perf_counter()
     device = model.device_name
     batch = int(options["batch_size"])
-    loss = evaluate_loss(model, test_set, _Inputs(model, test_set, device, True), batch, int(options["test_batches"]),
+    loss = evaluate_loss(model, test_set, _Inputs(model, test_set, device, cache=False), batch, int(options["test_batches"]),
                          device, None)
     indices = test_set.usable(list(range(len(test_set))))
     hyps = []
@@ -90,7 +92,7 @@ def run_test(model, options: dict, log: Callable) -> dict:
         hyps += greedy_decode(model, mel, language, options["task"]) if same else [
             greedy_decode(model, mel[j:j + 1], test_set.utterances[i].language or "en", options["task"])[0]
             for j, i in enumerate(chunk)]
-    report = build_report(test_set, indices, hyps, loss, time.perf_counter() - tic)
+    report = build_report(test_set, indices, hyps, loss, time.perf_counter() - tic, getattr(model, "case_style", None))
     log_report(report, log)
     adapter_dir.mkdir(parents=True, exist_ok=True)
     (adapter_dir / "test_results.json").write_text(json.dumps(report, indent=2) + "\n")

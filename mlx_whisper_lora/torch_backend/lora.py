@@ -29,9 +29,11 @@ class LoRALinear(nn.Module):
         self.lora_b = nn.Parameter(torch.zeros(rank, out_dims, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.linear(x)
-        z = (self.dropout(x) @ self.lora_a.to(x.dtype)) @ self.lora_b.to(x.dtype)
-        return y + self.scale * z
+        return self.linear(x) + self.delta(x)
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        """The adapter's term alone (added to a cached base projection)."""
+        return self.scale * ((self.dropout(x) @ self.lora_a.to(x.dtype)) @ self.lora_b.to(x.dtype))
 
     def fuse(self) -> nn.Linear:
         fused = nn.Linear(self.linear.in_features, self.linear.out_features, bias=self.linear.bias is not None)
@@ -101,6 +103,7 @@ def load_adapters(model, path: Union[str, Path]) -> AdapterConfig:
     apply_adapters(model, config)
     load_weights_into(model, path)
     model.eval()
+    model.case_style = config.case_style
     return config
 
 

@@ -7,7 +7,7 @@ so adapter files are shared as they are. Only the two conv kernels differ in lay
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import model as mlx_model
+from ..errors import QuantizedBase
 from ..model import ModelDimensions
 
 
@@ -32,15 +33,44 @@ class MultiHeadAttention(nn.Module):
         self.value = nn.Linear(n_state, n_state)
         self.out = nn.Linear(n_state, n_state)
 
-    def forward(self, x: torch.Tensor, xa: Optional[torch.Tensor] = None, causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, xa: Optional[torch.Tensor] = None, causal: bool = False,
+                kv: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
         source = x if xa is None else xa
         b, n, d = x.shape
         h = self.n_head
         q = self.query(x).view(b, n, h, d // h).transpose(1, 2)
-        k = self.key(source).view(b, source.shape[1], h, d // h).transpose(1, 2)
-        v = self.value(source).view(b, source.shape[1], h, d // h).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal and n > 1)
+        k, v = self.keys_values(source, kv)
+        k = k.view(b, source.shape[1], h, d // h).transpose(1, 2)
+        v = v.view(b, source.shape[1], h, d // h).transpose(1, 2)
+        if xa is not None and n < source.shape[1] // 8:
+            # few queries over many audio frames (training the decoder): plain products beat the
+            # flash kernel here, and autograd then skips the gradient of keys that need none
+            weights = torch.softmax((q * (d // h) ** -0.5) @ k.transpose(-1, -2), dim=-1)
+            out = weights @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal and n > 1)
         return self.out(out.transpose(1, 2).reshape(b, n, d))
+
+    def keys_values(self, source: torch.Tensor, kv=None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of `source`; `kv` holds their frozen base projections, computed earlier
+        (cached per utterance), to which only the adapters' terms are added."""
+        if kv is None:
+            return self.key(source), self.value(source)
+        k, v = kv
+        if hasattr(self.key, "delta"):
+            k = k + self.key.delta(source)
+        if hasattr(self.value, "delta"):
+            v = v + self.value.delta(source)
+        return k, v
+
+    def frozen_keys_values(self) -> bool:
+        """Whether the key and value base projections get no gradient (so they can be cached)."""
+        base = lambda m: getattr(m, "linear", m)  # noqa: E731
+        return not any(p.requires_grad for m in (self.key, self.value) for p in base(m).parameters())
+
+    def base_keys_values(self, source: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        base = lambda m: getattr(m, "linear", m)  # noqa: E731
+        return base(self.key)(source), base(self.value)(source)
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -54,10 +84,10 @@ class ResidualAttentionBlock(nn.Module):
         self.mlp2 = nn.Linear(4 * n_state, n_state)
         self.mlp_ln = nn.LayerNorm(n_state)
 
-    def forward(self, x, xa=None, causal=False):
+    def forward(self, x, xa=None, causal=False, kv=None):
         x = x + self.attn(self.attn_ln(x), causal=causal)
         if self.cross_attn is not None:
-            x = x + self.cross_attn(self.cross_attn_ln(x), xa)
+            x = x + self.cross_attn(self.cross_attn_ln(x), xa, kv=kv)
         return x + self.mlp2(F.gelu(self.mlp1(self.mlp_ln(x))))
 
 
@@ -93,17 +123,31 @@ class TextDecoder(nn.Module):
         self.ln = nn.LayerNorm(n_state)
         self.grad_checkpoint = False
 
-    def forward(self, tokens: torch.Tensor, xa: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, xa: torch.Tensor, cross_kv: Optional[List[tuple]] = None) -> torch.Tensor:
+        return self.logits(self.hidden(tokens, xa, cross_kv))
+
+    def hidden(self, tokens: torch.Tensor, xa: torch.Tensor, cross_kv: Optional[List[tuple]] = None) -> torch.Tensor:
+        """Final normalized states; `cross_kv`: per block, the cross-attention's cached base keys and values."""
         n = tokens.shape[-1]
         x = self.token_embedding(tokens) + self.positional_embedding[:n]
         x = x.to(xa.dtype)
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
+            kv = cross_kv[i] if cross_kv is not None else None
             if self.grad_checkpoint and self.training:
-                x = torch.utils.checkpoint.checkpoint(block, x, xa, True, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, xa, True, kv, use_reentrant=False)
             else:
-                x = block(x, xa, causal=True)
-        x = self.ln(x)
-        return x @ self.token_embedding.weight.to(x.dtype).T
+                x = block(x, xa, causal=True, kv=kv)
+        return self.ln(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden @ self.token_embedding.weight.to(hidden.dtype).T
+
+    def cross_kv_cacheable(self) -> bool:
+        return all(block.cross_attn.frozen_keys_values() for block in self.blocks)
+
+    @torch.no_grad()
+    def base_cross_kv(self, xa: torch.Tensor) -> List[tuple]:
+        return [block.cross_attn.base_keys_values(xa) for block in self.blocks]
 
 
 class Whisper(nn.Module):
@@ -162,7 +206,8 @@ def load_model(path_or_id: Optional[str] = None, device: str = "cpu", dtype: tor
 
     ckpt = resolve(str(path_or_id or DEFAULT_MODEL))
     if ckpt.quantization:
-        raise ValueError("the torch back end loads floating-point weights; pass a non-quantized model")
+        raise QuantizedBase(f"{ckpt.source} is MLX-quantized and the torch back end loads floating-point weights: "
+                            "pass a floating-point model, or --backend mlx (QLoRA)")
     model = Whisper(ckpt.dims)
     load_mlx_weights(model, ckpt.weights)
     model.source = ckpt.source

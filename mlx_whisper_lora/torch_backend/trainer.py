@@ -47,33 +47,97 @@ def lr_lambda(args: TrainingArgs) -> Callable[[int], float]:
 
 
 class _Inputs:
-    """Log-mels or (frozen encoder) cached encoder states, as torch tensors on the device."""
+    """Log-mels, or (frozen encoder) cached encoder states, as torch tensors on the device.
 
-    def __init__(self, model, examples: ExampleSet, device, cache: bool):
+    With the encoder frozen, its states are computed once per utterance and kept: in memory up to
+    `memory_limit_bytes`, then in a memory-mapped file. While memory allows, the decoder's
+    cross-attention base keys and values (frozen projections of those states) are kept as well, so
+    a step computes only the adapters' terms over the audio frames.
+    """
+
+    def __init__(self, model, examples: ExampleSet, device, cache: bool, memory_limit_bytes: int = 4 << 30,
+                 folder: Optional[Path] = None):
         self.model, self.examples, self.device = model, examples, device
         self.encoder_trained = any(p.requires_grad for p in model.encoder.parameters())
-        self.cache: Optional[Dict[int, torch.Tensor]] = {} if cache and not self.encoder_trained else None
+        self.caching = cache and not self.encoder_trained
+        self.kv_caching = self.caching and model.decoder.cross_kv_cacheable()
+        self.limit, self.used, self.folder = memory_limit_bytes, 0, folder
+        self.states: Dict[int, torch.Tensor] = {}
+        self.kv: Dict[int, list] = {}
+        self.disk: Optional[np.memmap] = None
+        self.disk_path: Optional[str] = None
+        self.on_disk = np.zeros(len(examples), dtype=bool)
+
+    def _mels(self, indices):
+        return torch.from_numpy(np.array(self.examples.mels(indices))).to(self.device)
+
+    def _keep(self, i: int, states: torch.Tensor) -> None:
+        nbytes = states.numel() * states.element_size()
+        if self.used + nbytes <= self.limit:
+            self.states[i] = states.clone()
+            self.used += nbytes
+        else:
+            if self.disk is None:
+                import tempfile
+
+                if self.folder is not None:
+                    Path(self.folder).mkdir(parents=True, exist_ok=True)
+                fd, self.disk_path = tempfile.mkstemp(prefix="encoder_states_", suffix=".f32",
+                                                      dir=str(self.folder) if self.folder else None)
+                os.close(fd)
+                self.disk = np.memmap(self.disk_path, dtype=np.float32, mode="w+", shape=(len(self.examples), *states.shape))
+            self.disk[i] = states.float().cpu().numpy()
+            self.on_disk[i] = True
+            return
+        if self.kv_caching:
+            kv = [tuple(t[0] for t in layer) for layer in self.model.decoder.base_cross_kv(states[None])]
+            kv_bytes = sum(t.numel() * t.element_size() for layer in kv for t in layer)
+            if self.used + kv_bytes <= self.limit:
+                self.kv[i] = kv
+                self.used += kv_bytes
+
+    def _get(self, i: int) -> torch.Tensor:
+        if i in self.states:
+            return self.states[i]
+        return torch.from_numpy(np.asarray(self.disk[i])).to(self.device)
 
     def __call__(self, indices: List[int]):
-        mels = lambda idx: torch.from_numpy(np.array(self.examples.mels(idx))).to(self.device)  # noqa: E731
+        """(audio, is_states, cross_kv or None)."""
         if self.encoder_trained:
-            return mels(indices), False
-        missing = [i for i in indices if self.cache is None or i not in self.cache]
+            return self._mels(indices), False, None
+        missing = [i for i in indices if not self.caching or (i not in self.states and not self.on_disk[i])]
         if missing:
             with torch.no_grad():
-                states = self.model.embed_audio(mels(missing))
-            if self.cache is None:
-                return states, True
+                states = self.model.embed_audio(self._mels(missing))
+            if not self.caching:
+                return states, True, None
             for i, s in zip(missing, states):
-                self.cache[i] = s
-        return torch.stack([self.cache[i] for i in indices]), True
+                self._keep(i, s)
+        audio = torch.stack([self._get(i) for i in indices])
+        if not all(i in self.kv for i in indices):
+            return audio, True, None
+        layers = len(self.kv[indices[0]])
+        kv = [tuple(torch.stack([self.kv[i][layer][j] for i in indices]) for j in range(2)) for layer in range(layers)]
+        return audio, True, kv
+
+    def close(self) -> None:
+        if self.disk is not None:
+            del self.disk
+            self.disk = None
+            if self.disk_path and os.path.exists(self.disk_path):
+                os.unlink(self.disk_path)
 
 
-def _loss(model, audio, is_states, inputs, targets, mask, autocast_dtype):
-    with torch.autocast("cuda", dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        logits = model.decoder(inputs, audio) if is_states else model(audio, inputs)
-    total, count = masked_cross_entropy(logits, targets, mask)
-    return total / count.clamp(min=1.0), count
+def _loss(model, audio, is_states, cross_kv, inputs, targets, mask, autocast_dtype):
+    """Mean loss over the target tokens; logits are computed only at those positions."""
+    with torch.autocast(audio.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        xa = audio if is_states else model.embed_audio(audio)
+        hidden = model.decoder.hidden(inputs, xa, cross_kv)
+        keep = mask > 0
+        logits = model.decoder.logits(hidden[keep])
+    count = keep.sum()
+    total = torch.nn.functional.cross_entropy(logits.float(), targets[keep].long(), reduction="sum")
+    return total / count.clamp(min=1), count
 
 
 def evaluate_loss(model, examples: ExampleSet, inputs_of: _Inputs, batch_size: int, num_batches: int,
@@ -88,9 +152,9 @@ def evaluate_loss(model, examples: ExampleSet, inputs_of: _Inputs, batch_size: i
             indices = examples.usable(indices)
             if not indices:
                 continue
-            audio, is_states = inputs_of(indices)
+            audio, is_states, kv = inputs_of(indices)
             toks = [torch.from_numpy(np.array(a)).to(device) for a in collate([examples.labels[i] for i in indices], 0)]
-            loss, n = _loss(model, audio, is_states, *toks, autocast_dtype)
+            loss, n = _loss(model, audio, is_states, kv, *toks, autocast_dtype)
             total += loss.item() * n.item()
             count += n.item()
     model.train()
@@ -114,12 +178,16 @@ def _save(model, optimizer, scheduler, folder: Path, step: int, copy: bool) -> N
 
 def train(model, config: AdapterConfig, args: TrainingArgs, train_set: ExampleSet, valid_set: Optional[ExampleSet],
           adapter_dir: Path, resume_file: Optional[Path] = None, log: Callable = print, progress: bool = True,
-          device: str = "cpu", dtype: str = "float32", encoder_cache: bool = True) -> Dict:
+          device: str = "cpu", dtype: str = "float32", encoder_cache: bool = True,
+          cache_memory_gb: float = 4.0) -> Dict:
     adapter_dir = Path(adapter_dir)
     adapter_dir.mkdir(parents=True, exist_ok=True)
     save_adapter_config(config, adapter_dir)
     torch.manual_seed(args.seed)
-    autocast_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(dtype) if device == "cuda" else None
+    autocast_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(dtype)
+    if device != "cuda" and autocast_dtype == torch.float16:
+        log("float16 autocast is for CUDA; training in float32 on the CPU (bfloat16 works there)")
+        autocast_dtype = None
     model.encoder.grad_checkpoint = model.decoder.grad_checkpoint = bool(args.grad_checkpoint)
     params = list(trainable_weights(model).values())
     if args.optimizer == "sgd":
@@ -140,8 +208,9 @@ def train(model, config: AdapterConfig, args: TrainingArgs, train_set: ExampleSe
             log(f"resume: continuing from step {start} with its optimizer state and batch order")
         else:
             log(f"resume: no optimizer state beside {resume_file}; the optimizer starts fresh at step 0")
-    train_inputs = _Inputs(model, train_set, device, encoder_cache)
-    valid_inputs = _Inputs(model, valid_set, device, encoder_cache) if valid_set is not None else None
+    limit = int(cache_memory_gb * (1 << 30))
+    train_inputs = _Inputs(model, train_set, device, encoder_cache, limit, adapter_dir)
+    valid_inputs = _Inputs(model, valid_set, device, encoder_cache, limit // 8, adapter_dir) if valid_set is not None else None
     metrics_path = adapter_dir / METRICS_FILE
 
     def record(entry):
@@ -183,9 +252,9 @@ def train(model, config: AdapterConfig, args: TrainingArgs, train_set: ExampleSe
                     indices = train_set.usable(epochs[epoch][index])
                     if not indices:
                         continue
-                    audio, is_states = train_inputs(indices)
+                    audio, is_states, kv = train_inputs(indices)
                     toks = [torch.from_numpy(np.array(a)).to(device) for a in collate([train_set.labels[i] for i in indices], 0)]
-                    loss, n = _loss(model, audio, is_states, *toks, autocast_dtype)
+                    loss, n = _loss(model, audio, is_states, kv, *toks, autocast_dtype)
                     scaler.scale(loss / args.grad_accumulation_steps).backward()
                     loss_sum += loss.item() * n.item()
                     tok_sum += n.item()
@@ -231,6 +300,9 @@ def train(model, config: AdapterConfig, args: TrainingArgs, train_set: ExampleSe
         finally:
             if bar is not None:
                 bar.close()
+            for inputs_of in (train_inputs, valid_inputs):
+                if inputs_of is not None:
+                    inputs_of.close()
     summary["steps"] = step
     summary["saved"] = save(step, final=True)
     model.eval()

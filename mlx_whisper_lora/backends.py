@@ -1,0 +1,51 @@
+"""Which training back end `--backend auto` picks on this machine, and why (the reason is logged).
+
+MLX is the default wherever it has an accelerator (Metal on Apple Silicon, CUDA). On a CPU-only
+MLX build, its transcendental kernels (exp in softmax, erf in GELU) run scalar: measured here,
+a softmax over Whisper's encoder attention takes 14x torch's time and a LoRA step several times
+PEFT's (docs/benchmarks.md). There the PyTorch back end, same model, LoRA and adapter files,
+trains instead, when it is installed and supports the run (LoRA or full fine-tuning of a
+floating-point base; DoRA and MLX-quantized bases stay on MLX).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Tuple
+
+CPU_REASON = ("MLX has no GPU here and its CPU kernels for exp/erf are scalar; the PyTorch back end trains "
+              "several times faster on this machine (docs/benchmarks.md); --backend mlx to override")
+
+
+def mlx_accelerated() -> str:
+    """'metal' or 'cuda' when MLX runs on a GPU here, else ''."""
+    import mlx.core as mx
+
+    try:
+        if mx.metal.is_available():
+            return "metal"
+    except AttributeError:
+        pass
+    cuda = getattr(mx, "cuda", None)
+    try:
+        if cuda is not None and cuda.is_available():
+            return "cuda"
+    except AttributeError:
+        pass
+    return ""
+
+
+def choose_backend(requested: str, fine_tune_type: str = "lora", device: str = None) -> Tuple[str, str]:
+    """(back end, why) for `--backend requested` (mlx, torch or auto)."""
+    if requested in ("mlx", "torch"):
+        return requested, "asked for"
+    if device:
+        return "torch", f"--device {device} is a torch back end option"
+    gpu = mlx_accelerated()
+    if gpu:
+        return "mlx", f"MLX runs on {gpu} here"
+    if importlib.util.find_spec("torch") is None:
+        return "mlx", "PyTorch is not installed (pip install 'mlx-whisper-lora[torch]' for the faster CPU back end)"
+    if fine_tune_type == "dora":
+        return "mlx", "DoRA is implemented in the MLX back end only"
+    return "torch", CPU_REASON

@@ -1,0 +1,79 @@
+"""All-caps training data: learned in lower case, transcripts rendered back in upper case."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mlx_whisper_lora import case_style
+
+
+def test_detect_votes_only_on_cased_scripts():
+    assert case_style.detect(["THE CAT SAT", "A DOG 42", "你好"]) == "upper"
+    assert case_style.detect(["the cat sat", "a dog"]) == "lower"
+    assert case_style.detect(["THE CAT", "The dog"]) == "keep"
+    assert case_style.detect(["THE CAT", "the dog"]) == "keep"  # mixed data: nothing to infer
+    assert case_style.detect(["你好", "42"]) == "keep"
+    assert case_style.resolve("keep", ["THE CAT"]) == "keep"
+    with pytest.raises(ValueError, match="case style 'title'"):
+        case_style.resolve("title", [])
+
+
+def test_training_text_and_render_round_trip():
+    ref = "AUGUST RIOTS IMPRISONING WOMEN"
+    assert case_style.training_text(ref, "upper") == "august riots imprisoning women"
+    assert case_style.render(case_style.training_text(ref, "upper"), "upper") == ref
+    assert case_style.training_text("The Cat", "keep") == "The Cat" and case_style.render("The Cat", None) == "The Cat"
+
+
+def test_all_caps_data_trains_lower_case_and_reports_upper_case(tmp_path, capsys):
+    """CLI end to end on the bundled demo data upper-cased: the style is detected and recorded,
+    labels are lower case, --test and transcribe render upper case, and the mlx fuse keeps it."""
+    from mlx_whisper_lora.assets_dir import ASSETS
+    from mlx_whisper_lora.lora import main
+
+    demo = ASSETS / "demo_data"
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "valid", "test"):
+        rows = [json.loads(x) for x in (demo / f"{split}.jsonl").read_text().splitlines() if x.strip()]
+        for row in rows:
+            row["audio"] = str(demo / row["audio"])
+            row["text"] = row["text"].upper()
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
+    out = tmp_path / "adapters"
+    main(["--train", "--test", "--backend", "mlx", "--data", str(data), "--adapter-path", str(out), "--iters", "2",
+          "--batch-size", "2", "--freeze-encoder", "--no-progress", "--timestamp-fraction", "0"])
+    err = capsys.readouterr().err
+    assert "case style: upper" in err
+    assert json.loads((out / "adapter_config.json").read_text())["case_style"] == "upper"
+    report = json.loads((out / "test_results.json").read_text())
+    hyps = [t["hypothesis"] for t in report["transcripts"]]
+    assert hyps and all(h == h.upper() and any(c.isalpha() for c in h) for h in hyps)
+
+    from mlx_whisper_lora.adapters import load_adapters
+    from mlx_whisper_lora.examples import ExampleSet
+    from mlx_whisper_lora.data import read_manifest
+    from mlx_whisper_lora.load import load_model
+    from mlx_whisper_lora.tokenizer import get_tokenizer
+
+    tokenizer = get_tokenizer(False)
+    examples, _ = ExampleSet.build(read_manifest(data / "train.jsonl"), tokenizer, "transcribe", 80, 448,
+                                   case_style="upper")
+    text = tokenizer.decode([t for t in examples.labels[0].tokens if t < tokenizer.eot])
+    assert text.strip() and text == text.lower()
+
+    from mlx_whisper_lora.fuse import fuse
+    from mlx_whisper_lora.transcribe import transcribe
+
+    fused = fuse(None, out, tmp_path / "fused", log=lambda m: None)
+    assert json.loads((fused / "config.json").read_text())["case_style"] == "upper"
+    model = load_model(str(fused))
+    assert model.case_style == "upper"
+    result = transcribe(str(demo / "audio" / "test-0000.flac"), model, language="en")
+    assert result["text"].strip() and result["text"] == result["text"].upper()
+    assert all(s["text"] == s["text"].upper() for s in result["segments"])
+    plain = load_model("tiny.en")
+    load_adapters(plain, tmp_path / "adapters")
+    assert plain.case_style == "upper"
