@@ -45,7 +45,7 @@ class ExampleSet:
         the training case of `case_style` (lower case for all-caps data, see case_style.py)."""
         rng = np.random.default_rng([int(seed), 7])
         with_times = rng.random(len(utterances)) < timestamp_fraction
-        labels = [make_label(tokenizer, training_text(u.text, case_style), u.language, task, u.duration, bool(t), max_tokens)
+        labels = [make_label(tokenizer, training_text(u.text, case_style, tokenizer, u.language), u.language, task, u.duration, bool(t), max_tokens)
                   for u, t in zip(utterances, with_times)]
         return cls(utterances, labels, n_mels, name), sum(lab.truncated for lab in labels)
 

@@ -249,7 +249,7 @@ def choose_case_style(model, config, options: dict, train_utterances: list, log:
     style = case_style.resolve(options.get("case_style"), [u.text for u in train_utterances])
     if style in ("upper", "lower"):
         why = "every training transcript is" if options.get("case_style", "auto") == "auto" else "--case-style"
-        log(f"case style: {style} ({why} {style} case): the adapters learn the lower-case text, whose spellings "
+        log(f"case style: {style} ({why} {style} case): the adapters learn the text in the case whose spellings "
             f"the model knows, and transcripts made with them are rendered in {style} case (--case-style keep to train as written)")
     model.case_style = config.case_style = style
     return style

@@ -55,6 +55,9 @@ def run_training(model, options: dict, log: Callable) -> dict:
     choose_case_style(model, config, options, splits["train"], log)
     train_set, report = prepare_split(model, splits["train"], "train", options, log, timestamps=True)
     valid_set = prepare_split(model, splits["valid"], "valid", options, log, timestamps=True)[0] if splits.get("valid") else None
+    import mlx.core as mx
+
+    mx.clear_cache()  # MLX computed the log-mels; give its buffer cache back before torch trains
     summary = train(model, config, args, train_set, valid_set, Path(options["adapter_path"]), resume, log,
                     options["progress"], model.device_name, options["dtype"], options["encoder_cache"],
                     float(options["cache_memory_gb"]))

@@ -1,7 +1,8 @@
 """Greedy decoding for the torch model, with the MLX decoder's logit rules (shared code).
 
 Used to compare transcripts across back ends and by `transcribe --backend torch` style checks; the
-decoder is re-run over the whole prefix each step (no cache), which is simple and exact.
+decoder is re-run over the whole prefix each step (no self-attention cache), which is simple and
+exact; the cross-attention's keys and values over the audio are computed once per window.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ def greedy_decode(model, mel: torch.Tensor, language: Optional[str] = "en", task
     filters = [SuppressBlank(tok, len(initial)), SuppressTokens(_suppressed_ids(options, tok))]
     device = next(model.parameters()).device
     features = model.embed_audio(mel.to(device))
+    cross_kv = model.decoder.base_cross_kv(features)  # the audio side's projections, once per window
     tokens = np.array([initial] * mel.shape[0], dtype=np.int64)
     done = np.zeros(mel.shape[0], dtype=bool)
     for _ in range(sample_len or model.dims.n_text_ctx // 2):
-        logits = model.decoder(torch.from_numpy(tokens).to(device), features)[:, -1].float().cpu().numpy()
+        hidden = model.decoder.hidden(torch.from_numpy(tokens).to(device), features, cross_kv)
+        logits = model.decoder.logits(hidden[:, -1]).float().cpu().numpy()
         for f in filters:
             f.apply(logits, tokens)
         nxt = logits.argmax(-1)
