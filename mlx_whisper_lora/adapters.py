@@ -90,7 +90,7 @@ class AdapterConfig:
     dims: Optional[dict] = None
     language: Optional[str] = None
     task: str = "transcribe"
-    case_style: str = "keep"  # "upper"/"lower": trained on lower-case text, transcripts rendered so (case_style.py)
+    case_style: str = "keep"  # "upper"/"lower": one-case data, trained in the vocabulary's case, rendered back (case_style.py)
     run: dict = field(default_factory=dict)
 
     def __post_init__(self):

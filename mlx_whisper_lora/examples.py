@@ -42,10 +42,11 @@ class ExampleSet:
     def build(cls, utterances: List[Utterance], tokenizer, task: str, n_mels: int, max_tokens: int,
               timestamp_fraction: float = 0.0, seed: int = 0, name: str = "train", case_style: str = "keep") -> tuple:
         """(ExampleSet, number of labels cut at the decoder context). Labels are the transcripts in
-        the training case of `case_style` (lower case for all-caps data, see case_style.py)."""
+        the training case of `case_style` (the vocabulary's case for one-case data, see case_style.py)."""
         rng = np.random.default_rng([int(seed), 7])
         with_times = rng.random(len(utterances)) < timestamp_fraction
-        labels = [make_label(tokenizer, training_text(u.text, case_style, tokenizer, u.language), u.language, task, u.duration, bool(t), max_tokens)
+        labels = [make_label(tokenizer, training_text(u.text, case_style, tokenizer, u.language), u.language, task,
+                             u.duration, bool(t), max_tokens)
                   for u, t in zip(utterances, with_times)]
         return cls(utterances, labels, n_mels, name), sum(lab.truncated for lab in labels)
 

@@ -98,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--timestamp-fraction", type=float, default=S,
                    help="share of utterances trained with timestamp targets, to keep segment timestamps (default 0.5)")
     g.add_argument("--case-style", choices=["auto", "keep", "upper", "lower"], default=S,
-                   help="auto: all-caps (or all-lowercase) training transcripts are learned in lower case and the "
-                        "adapters' transcripts rendered in that case; keep: train on the text as written")
+                   help="auto: all-caps (or all-lowercase) training transcripts are learned in the case the model's "
+                        "vocabulary knows and the adapters' transcripts rendered back in theirs; keep: train on the text as written")
     g = p.add_argument_group("adapters")
     g.add_argument("--fine-tune-type", choices=["lora", "dora", "full"], default=S)
     g.add_argument("--rank", type=int, default=S)
@@ -248,8 +248,8 @@ def choose_case_style(model, config, options: dict, train_utterances: list, log:
 
     style = case_style.resolve(options.get("case_style"), [u.text for u in train_utterances])
     if style in ("upper", "lower"):
-        why = "every training transcript is" if options.get("case_style", "auto") == "auto" else "--case-style"
-        log(f"case style: {style} ({why} {style} case): the adapters learn the text in the case whose spellings "
+        why = f"every training transcript is {style} case" if options.get("case_style", "auto") == "auto" else f"--case-style {style}"
+        log(f"case style: {style} ({why}): the adapters learn the text in the case whose spellings "
             f"the model knows, and transcripts made with them are rendered in {style} case (--case-style keep to train as written)")
     model.case_style = config.case_style = style
     return style
