@@ -152,6 +152,10 @@ class EncoderCache:
             self.memory[i] = states.astype(mx.float32)
             self.bytes += nbytes
             return
+        self.spill(i, np.array(states.astype(mx.float32)))
+
+    def spill(self, i: int, states: np.ndarray) -> None:
+        """Write one utterance's states to the memory-mapped file (created on first use)."""
         if self.disk is None:
             folder = str(self.folder) if self.folder else None
             if folder:
@@ -159,7 +163,7 @@ class EncoderCache:
             fd, self._path = tempfile.mkstemp(prefix="encoder_states_", suffix=".f32", dir=folder)
             os.close(fd)
             self.disk = np.memmap(self._path, dtype=np.float32, mode="w+", shape=(self.n, *self.shape))
-        self.disk[i] = np.array(states.astype(mx.float32))
+        self.disk[i] = states
         self.on_disk[i] = True
 
     def get(self, i: int) -> mx.array:

@@ -20,7 +20,7 @@ import torch
 
 from ..adapters import ADAPTER_FILE, AdapterConfig, save_adapter_config
 from ..data import epoch_batches
-from ..examples import ExampleSet
+from ..examples import EncoderCache, ExampleSet
 from ..objective import collate
 from ..trainer import METRICS_FILE, TrainingArgs, _StopFlag, peak_memory_gb, report_entry
 from .lora import save_adapter_weights, trainable_weights
@@ -61,12 +61,19 @@ class _Inputs:
         self.encoder_trained = any(p.requires_grad for p in model.encoder.parameters())
         self.caching = cache and not self.encoder_trained
         self.kv_caching = self.caching and model.decoder.cross_kv_cacheable()
-        self.limit, self.used, self.folder = memory_limit_bytes, 0, folder
+        self.limit, self.used = memory_limit_bytes, 0
         self.states: Dict[int, torch.Tensor] = {}
         self.kv: Dict[int, list] = {}
-        self.disk: Optional[np.memmap] = None
-        self.disk_path: Optional[str] = None
-        self.on_disk = np.zeros(len(examples), dtype=bool)
+        # states beyond the memory limit: the MLX path's memory-mapped file, used for its disk part only
+        self.spilled = EncoderCache(len(examples), model.dims.n_audio_ctx, model.dims.n_audio_state, 0, folder)
+
+    @property
+    def on_disk(self) -> np.ndarray:
+        return self.spilled.on_disk
+
+    @property
+    def disk_path(self) -> Optional[str]:
+        return self.spilled._path
 
     def _mels(self, indices):
         return torch.from_numpy(np.array(self.examples.mels(indices))).to(self.device)
@@ -77,17 +84,7 @@ class _Inputs:
             self.states[i] = states.clone()
             self.used += nbytes
         else:
-            if self.disk is None:
-                import tempfile
-
-                if self.folder is not None:
-                    Path(self.folder).mkdir(parents=True, exist_ok=True)
-                fd, self.disk_path = tempfile.mkstemp(prefix="encoder_states_", suffix=".f32",
-                                                      dir=str(self.folder) if self.folder else None)
-                os.close(fd)
-                self.disk = np.memmap(self.disk_path, dtype=np.float32, mode="w+", shape=(len(self.examples), *states.shape))
-            self.disk[i] = states.float().cpu().numpy()
-            self.on_disk[i] = True
+            self.spilled.spill(i, states.float().cpu().numpy())
             return
         if self.kv_caching:
             kv = [tuple(t[0] for t in layer) for layer in self.model.decoder.base_cross_kv(states[None])]
@@ -99,7 +96,7 @@ class _Inputs:
     def _get(self, i: int) -> torch.Tensor:
         if i in self.states:
             return self.states[i]
-        return torch.from_numpy(np.asarray(self.disk[i])).to(self.device)
+        return torch.from_numpy(np.asarray(self.spilled.disk[i])).to(self.device)
 
     def __call__(self, indices: List[int]):
         """(audio, is_states, cross_kv or None)."""
@@ -121,11 +118,7 @@ class _Inputs:
         return audio, True, kv
 
     def close(self) -> None:
-        if self.disk is not None:
-            del self.disk
-            self.disk = None
-            if self.disk_path and os.path.exists(self.disk_path):
-                os.unlink(self.disk_path)
+        self.spilled.close()
 
 
 def _loss(model, audio, is_states, cross_kv, inputs, targets, mask, autocast_dtype):
