@@ -4,8 +4,8 @@ MLX is the default wherever it has an accelerator (Metal on Apple Silicon, CUDA)
 MLX build, its transcendental kernels (exp in softmax, erf in GELU) run scalar: measured here,
 a softmax over Whisper's encoder attention takes 14x torch's time and a LoRA step several times
 PEFT's (docs/benchmarks.md). There the PyTorch back end, same model, LoRA and adapter files,
-trains instead, when it is installed and supports the run (LoRA or full fine-tuning of a
-floating-point base; DoRA and MLX-quantized bases stay on MLX).
+trains instead, when it is installed (MLX-quantized bases stay on MLX: the torch back end
+quantizes through bitsandbytes, `--bits`).
 """
 
 from __future__ import annotations
@@ -46,6 +46,4 @@ def choose_backend(requested: str, fine_tune_type: str = "lora", device: str = N
         return "mlx", f"MLX runs on {gpu} here"
     if importlib.util.find_spec("torch") is None:
         return "mlx", "PyTorch is not installed (pip install 'mlx-whisper-lora[torch]' for the faster CPU back end)"
-    if fine_tune_type == "dora":
-        return "mlx", "DoRA is implemented in the MLX back end only"
     return "torch", CPU_REASON

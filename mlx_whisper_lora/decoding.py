@@ -203,8 +203,7 @@ class _Run:
     def step(self, new_tokens: np.ndarray, rows: Optional[np.ndarray] = None) -> np.ndarray:
         """Feed new tokens (rows, n) and return float32 logits of every fed position (rows, n, vocab)."""
         if rows is not None and self.cache is not None:
-            idx = mx.array(rows.astype(np.int32))
-            self.cache = [((mx.take(sk, idx, 0), mx.take(sv, idx, 0)), cross) for (sk, sv), cross in self.cache]
+            self.cache = self.model.decoder.select_rows(self.cache, rows)
         logits, self.cache, _ = self.model.decoder(mx.array(new_tokens.astype(np.int32)), self.audio_features, self.cache,
                                                    fast_kernels=self.fast_kernels)
         return logits

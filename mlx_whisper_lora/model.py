@@ -12,6 +12,7 @@ from typing import List, Optional, Tuple
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 from . import cpu_kernels
 
@@ -229,6 +230,12 @@ class TextDecoder(nn.Module):
         if fast_kernels and "scales" not in self.token_embedding:
             return x @ self._output_projection(), new_cache, cross_qk
         return self.token_embedding.as_linear(x), new_cache, cross_qk
+
+    @staticmethod
+    def select_rows(kv_cache: List, rows) -> List:
+        """The cache with its self-attention rows reordered (beam search); cross keys/values are per audio."""
+        idx = mx.array(np.asarray(rows, dtype=np.int32))
+        return [((mx.take(sk, idx, 0), mx.take(sv, idx, 0)), cross) for (sk, sv), cross in kv_cache]
 
     def _output_projection(self) -> mx.array:
         """The embedding transposed to (n_state, n_vocab), cached until the embedding array changes."""

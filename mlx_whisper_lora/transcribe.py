@@ -418,12 +418,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-timestamps", default="0", help="comma-separated start,end,... seconds to transcribe")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--backend", default="mlx", choices=["mlx", "torch"], help="inference back end (default: mlx)")
+    p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="torch back end device (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=8, help="files whose first windows are decoded together")
     p.add_argument("--output-dir", "-o", default=".")
     p.add_argument("--output-format", "-f", default="txt", choices=sorted(FORMATS) + ["all"])
     p.add_argument("--word-timestamps", type=_str2bool, nargs="?", const=True, default=False)
     p.add_argument("--verbose", type=_str2bool, default=True)
     return p
+
+
+def load_for_inference(model_name: Optional[str], adapter_path: Optional[str], dtype: str = "float32",
+                       backend: str = "mlx", device: Optional[str] = None):
+    """The base model, with adapters unfused if given (the base weights stay as they are), in the
+    MLX port or in torch behind the interface the decoder uses."""
+    base = model_name
+    if adapter_path and base is None:
+        from .adapters import read_adapter_config
+
+        base = read_adapter_config(adapter_path).base_model
+    if backend == "torch":
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            raise UserError("--backend torch needs PyTorch: pip install 'mlx-whisper-lora[torch]', or use --backend mlx")
+        from .torch_backend.cli import pick_device
+        from .torch_backend.decoding import TorchDecodingModel
+        from .torch_backend.lora import load_adapters as load_torch_adapters
+        from .torch_backend.model import load_model as load_torch_model
+
+        model = load_torch_model(base, device=pick_device(device))
+        if adapter_path:
+            load_torch_adapters(model, adapter_path)
+        return TorchDecodingModel(model, dtype)
+    if device:
+        raise UserError("--device applies to --backend torch; MLX picks its own device")
+    from .load import load_model
+
+    model = load_model(base, dtype=dtype)
+    if adapter_path:
+        from .adapters import load_adapters
+
+        load_adapters(model, adapter_path)
+    return model
 
 
 def _str2bool(value: str) -> bool:
@@ -438,27 +474,16 @@ def _str2bool(value: str) -> bool:
 @cli_entry
 def main(argv=None):
     from .assets_dir import ASSETS
-    from .load import load_model
     from .writers import FORMATS, write_result
 
     args = build_parser().parse_args(argv)
     if args.word_timestamps:
         raise UserError("--word-timestamps is not implemented yet (word alignment comes in a later release)")
-    if args.backend != "mlx":
-        raise UserError("--backend torch: long-form transcription is not in the torch back end yet; "
-                        "mlx_whisper_lora.torch_backend.decoding.greedy_decode decodes 30 s windows")
     audio_paths = args.audio or [str(ASSETS / "demo.flac")]
     for path in audio_paths:  # fail before loading the model when a path is wrong
         if not Path(path).exists():
             raise UserError(f"audio file not found: {path}")
-    if args.adapter_path:
-        from .adapters import load_adapters, read_adapter_config
-
-        base = args.model or read_adapter_config(args.adapter_path).base_model
-        model = load_model(base, dtype=args.dtype)
-        load_adapters(model, args.adapter_path)  # unfused: the base weights stay as they are
-    else:
-        model = load_model(args.model, dtype=args.dtype)
+    model = load_for_inference(args.model, args.adapter_path, args.dtype, args.backend, args.device)
     if args.temperature_increment_on_fallback > 0:
         temperatures = tuple(np.arange(args.temperature, 1.0 + 1e-6, args.temperature_increment_on_fallback))
     else:

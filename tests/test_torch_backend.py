@@ -66,8 +66,9 @@ def _adapted_pair(checkpoint, config):
     return mlx_model, torch_model
 
 
-def test_one_training_step_same_loss_and_lora_gradients(tiny_en_checkpoint, batch):
-    config = AdapterConfig(rank=4, alpha=8)
+@pytest.mark.parametrize("fine_tune_type", ["lora", "dora"])
+def test_one_training_step_same_loss_and_lora_gradients(tiny_en_checkpoint, batch, fine_tune_type):
+    config = AdapterConfig(rank=4, alpha=8, fine_tune_type=fine_tune_type)
     mlx_model, torch_model = _adapted_pair(tiny_en_checkpoint, config)
     mel, inputs, targets, mask = batch
 
@@ -189,3 +190,33 @@ def test_cached_cross_attention_keys_values_give_the_same_loss_and_gradients(tin
     import os
 
     assert not os.path.exists(path)
+
+
+def test_dora_layer_fuses_to_the_same_function_as_in_mlx():
+    from mlx_whisper_lora.lora_layers import DoRALinear as MLXDoRA
+
+    torch.manual_seed(0)
+    base = torch.nn.Linear(16, 12)
+    layer = tlora.DoRALinear(base, rank=4, alpha=8)
+    with torch.no_grad():
+        layer.lora_b.normal_(0, 0.1)
+        layer.m.mul_(1.3)
+    x = torch.randn(3, 5, 16)
+    with torch.no_grad():
+        assert torch.allclose(layer(x), layer.fuse()(x), atol=1e-5)
+    mlx_base = nn.Linear(16, 12)
+    mlx_base.weight, mlx_base.bias = mx.array(base.weight.detach().numpy()), mx.array(base.bias.detach().numpy())
+    mlx_layer = MLXDoRA.from_base(mlx_base, rank=4, alpha=8)
+    for name in ("lora_a", "lora_b", "m"):
+        setattr(mlx_layer, name, mx.array(getattr(layer, name).detach().numpy()))
+    with torch.no_grad():
+        got = layer(x).numpy()
+    assert np.abs(np.array(mlx_layer(mx.array(x.numpy()))) - got).max() <= 1e-5
+
+
+def test_dora_cross_attention_is_not_served_from_cached_base_keys(tiny_en_checkpoint):
+    """DoRA rescales the whole key/value projection, so the base-K/V cache must not be used for it."""
+    lora = tlora.apply_adapters(_torch_twin(tiny_en_checkpoint), AdapterConfig(rank=4, alpha=8, modules=["cross_attn.key"]))
+    dora = tlora.apply_adapters(_torch_twin(tiny_en_checkpoint),
+                                AdapterConfig(rank=4, alpha=8, modules=["cross_attn.key"], fine_tune_type="dora"))
+    assert lora.decoder.cross_kv_cacheable() and not dora.decoder.cross_kv_cacheable()

@@ -1,19 +1,23 @@
-"""Greedy decoding for the torch model, with the MLX decoder's logit rules (shared code).
+"""Decoding with the torch model: greedy 30 s windows, and a bridge that lets the MLX port's
+decoder and long-form transcriber (beam search, fallback, timestamps) drive the torch model.
 
-Used to compare transcripts across back ends and by `transcribe --backend torch` style checks; the
-decoder is re-run over the whole prefix each step (no self-attention cache), which is simple and
-exact; the cross-attention's keys and values over the audio are computed once per window.
+Both keep a self-attention cache and compute the cross-attention keys and values (adapters
+included) once per window, as the MLX decoder does.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import List, Optional
 
+import mlx.core as mx
 import numpy as np
 import torch
 
 from ..decoding import DecodingOptions, SuppressBlank, SuppressTokens, _suppressed_ids
 from ..tokenizer import get_tokenizer
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @torch.no_grad()
@@ -27,19 +31,77 @@ def greedy_decode(model, mel: torch.Tensor, language: Optional[str] = "en", task
     options = DecodingOptions(language=language, task=task, without_timestamps=True)
     filters = [SuppressBlank(tok, len(initial)), SuppressTokens(_suppressed_ids(options, tok))]
     device = next(model.parameters()).device
-    features = model.embed_audio(mel.to(device))
-    cross_kv = model.decoder.base_cross_kv(features)  # the audio side's projections, once per window
+    cache = model.decoder.new_cache(model.embed_audio(mel.to(device)))
     tokens = np.array([initial] * mel.shape[0], dtype=np.int64)
     done = np.zeros(mel.shape[0], dtype=bool)
+    new = tokens
     for _ in range(sample_len or model.dims.n_text_ctx // 2):
-        hidden = model.decoder.hidden(torch.from_numpy(tokens).to(device), features, cross_kv)
-        logits = model.decoder.logits(hidden[:, -1]).float().cpu().numpy()
+        logits, cache = model.decoder.step(torch.from_numpy(new).to(device), cache)
+        logits = logits[:, -1].float().cpu().numpy()
         for f in filters:
             f.apply(logits, tokens)
         nxt = logits.argmax(-1)
         nxt[done] = tok.eot
         tokens = np.concatenate([tokens, nxt[:, None]], axis=1)
+        new = nxt[:, None]
         done |= nxt == tok.eot
         if done.all():
             break
     return [tok.decode([t for t in row[len(initial):] if t != tok.eot]).strip() for row in tokens.tolist()]
+
+
+class _DecoderBridge:
+    def __init__(self, bridge: "TorchDecodingModel"):
+        self.bridge = bridge
+
+    def __call__(self, tokens: mx.array, xa: mx.array, kv_cache=None, fast_kernels: bool = False):
+        b = self.bridge
+        with torch.no_grad(), b.autocast():
+            if kv_cache is None:
+                kv_cache = b.model.decoder.new_cache(b.to_torch(xa))
+            logits, kv_cache = b.model.decoder.step(torch.from_numpy(np.array(tokens).astype(np.int64)).to(b.device),
+                                                    kv_cache)
+        return mx.array(logits.float().cpu().numpy()), kv_cache, None
+
+    def select_rows(self, kv_cache, rows):
+        return self.bridge.model.decoder.select_rows(kv_cache, rows)
+
+
+class TorchDecodingModel:
+    """The torch Whisper seen through the interface `mlx_whisper_lora.decoding` and `.transcribe`
+    call (embed_audio, logits, decoder with a cache), so `transcribe --backend torch` shares the
+    long-form logic instead of copying it. Arrays cross as numpy: audio features once per window,
+    logits once per step."""
+
+    def __init__(self, model, dtype: str = "float32"):
+        self.model = model.eval()
+        self.dims = model.dims
+        self.folder = getattr(model, "folder", None)
+        self.case_style = getattr(model, "case_style", None)
+        self.device = next(model.parameters()).device
+        self.dtype = DTYPES[dtype]
+        self.decoder = _DecoderBridge(self)
+
+    @property
+    def is_multilingual(self) -> bool:
+        return self.model.is_multilingual
+
+    @property
+    def num_languages(self) -> int:
+        return self.model.num_languages
+
+    def autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def to_torch(self, x: mx.array) -> torch.Tensor:
+        return torch.from_numpy(np.array(x.astype(mx.float32))).to(self.device)
+
+    def embed_audio(self, mel: mx.array) -> mx.array:
+        with torch.no_grad(), self.autocast():
+            features = self.model.embed_audio(self.to_torch(mel))
+        return mx.array(features.float().cpu().numpy())
+
+    def logits(self, tokens: mx.array, audio_features: mx.array) -> mx.array:
+        return self.decoder(tokens, audio_features)[0]

@@ -1,7 +1,9 @@
-"""LoRA in PyTorch with the MLX layer's names, shapes, scale and initialisation.
+"""LoRA and DoRA in PyTorch with the MLX layers' names, shapes, scale and initialisation.
 
-lora_a is (in, rank), uniform in +-1/sqrt(in); lora_b is (rank, out), zero; scale = alpha / rank.
-Adapter files are the MLX ones: safetensors with keys like `decoder.blocks.0.attn.query.lora_a`.
+lora_a is (in, rank), uniform in +-1/sqrt(in); lora_b is (rank, out), zero; scale = alpha / rank;
+DoRA adds the magnitude `m` (out,). Adapter files are the MLX ones: safetensors with keys like
+`decoder.blocks.0.attn.query.lora_a`. The base may be a bitsandbytes 8/4-bit layer (QLoRA); the
+adapters then stay in floating point.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from ..adapters import ADAPTER_FILE, AdapterConfig, AdapterError, _blocks, _stac
 
 
 class LoRALinear(nn.Module):
+    additive = True  # output = base output + delta(x), so a cached base projection can be reused
+
     def __init__(self, linear: nn.Linear, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0):
         super().__init__()
         self.linear = linear
@@ -25,6 +29,8 @@ class LoRALinear(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         bound = 1.0 / math.sqrt(in_dims)
         device, dtype = linear.weight.device, linear.weight.dtype
+        if not dtype.is_floating_point:  # a bitsandbytes-quantized base: the adapters train in fp32
+            dtype = torch.float32
         self.lora_a = nn.Parameter(torch.empty(in_dims, rank, device=device, dtype=dtype).uniform_(-bound, bound))
         self.lora_b = nn.Parameter(torch.zeros(rank, out_dims, device=device, dtype=dtype))
 
@@ -35,19 +41,65 @@ class LoRALinear(nn.Module):
         """The adapter's term alone (added to a cached base projection)."""
         return self.scale * ((self.dropout(x) @ self.lora_a.to(x.dtype)) @ self.lora_b.to(x.dtype))
 
+    def weight_delta(self) -> torch.Tensor:
+        """The (out, in) update this adapter adds to the base weight."""
+        return self.scale * (self.lora_a @ self.lora_b).T
+
+    def fused_weight(self) -> torch.Tensor:
+        return dense_weight(self.linear).float() + self.weight_delta().float()
+
     def fuse(self) -> nn.Linear:
         fused = nn.Linear(self.linear.in_features, self.linear.out_features, bias=self.linear.bias is not None)
         with torch.no_grad():
-            fused.weight.copy_(self.linear.weight + self.scale * (self.lora_a @ self.lora_b).T)
+            fused.weight.copy_(self.fused_weight())
             if self.linear.bias is not None:
-                fused.bias.copy_(self.linear.bias)
-        return fused.to(self.linear.weight.device)
+                fused.bias.copy_(self.linear.bias.float())
+        return fused.to(self.lora_a.device)
+
+
+class DoRALinear(LoRALinear):
+    """Weight-decomposed LoRA, as the MLX DoRALinear: the rows of W + delta rescaled to a trained
+    magnitude m, the norm itself not differentiated through (the DoRA paper, PEFT)."""
+
+    additive = False  # the whole projection is rescaled: no cached base term to add to
+
+    def __init__(self, linear: nn.Linear, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0):
+        super().__init__(linear, rank, alpha, dropout)
+        with torch.no_grad():
+            self.m = nn.Parameter(dense_weight(linear).float().norm(dim=1).to(self.lora_a.dtype))
+
+    def _row_scale(self) -> torch.Tensor:
+        adapted = dense_weight(self.linear).float() + self.weight_delta().float()
+        return self.m.float() / adapted.norm(dim=1).detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.linear.bias
+        y = x @ dense_weight(self.linear).to(x.dtype).T + self.delta(x)
+        y = y * self._row_scale().to(y.dtype)
+        return y if bias is None else y + bias.to(y.dtype)
+
+    def fused_weight(self) -> torch.Tensor:
+        adapted = dense_weight(self.linear).float() + self.weight_delta().float()
+        return adapted * (self.m.float() / adapted.norm(dim=1))[:, None]
+
+
+def dense_weight(linear: nn.Module) -> torch.Tensor:
+    """The (out, in) floating-point weight of a plain or bitsandbytes-quantized linear layer."""
+    weight = linear.weight
+    if weight.dtype.is_floating_point:
+        return weight
+    import bitsandbytes.functional as bf  # only a quantized base gets here
+
+    if getattr(weight, "quant_state", None) is not None:  # 4-bit
+        return bf.dequantize_4bit(weight.data, weight.quant_state)
+    scb = getattr(weight, "SCB", None)
+    if scb is None:
+        scb = getattr(linear.state, "SCB", None)
+    return (weight.data.float() * scb.float()[:, None] / 127.0)
 
 
 def apply_adapters(model, config: AdapterConfig):
-    """Freeze the model and add LoRA (or unfreeze blocks for full fine-tuning), as the MLX back end does."""
-    if config.fine_tune_type == "dora":
-        raise AdapterError("DoRA is not available in the torch back end yet; use --fine-tune-type lora or the MLX back end")
+    """Freeze the model and add LoRA or DoRA (or unfreeze blocks for full fine-tuning), as the MLX back end does."""
     if config.dims is None:
         config.dims = model.dims.to_dict()
     for p in model.parameters():
@@ -67,7 +119,8 @@ def apply_adapters(model, config: AdapterConfig):
                 parent = getattr(block, parent_name) if parent_name else block
                 if parent is None:
                     continue
-                setattr(parent, attr, LoRALinear(getattr(parent, attr), config.rank, config.alpha, config.dropout))
+                layer_cls = DoRALinear if config.fine_tune_type == "dora" else LoRALinear
+                setattr(parent, attr, layer_cls(getattr(parent, attr), config.rank, config.alpha, config.dropout))
     return model
 
 

@@ -63,9 +63,18 @@ class MultiHeadAttention(nn.Module):
             v = v + self.value.delta(source)
         return k, v
 
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Attention over already projected (batch, length, state) queries, keys and values."""
+        b, n, d = q.shape
+        split = lambda t: t.reshape(b, t.shape[1], self.n_head, d // self.n_head).transpose(1, 2)  # noqa: E731
+        out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask)
+        return self.out(out.transpose(1, 2).reshape(b, n, d))
+
     def frozen_keys_values(self) -> bool:
         """Whether the key and value base projections get no gradient (so they can be cached)."""
         base = lambda m: getattr(m, "linear", m)  # noqa: E731
+        if any(getattr(m, "additive", True) is False for m in (self.key, self.value)):
+            return False  # DoRA rescales the whole projection
         return not any(p.requires_grad for m in (self.key, self.value) for p in base(m).parameters())
 
     def base_keys_values(self, source: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -89,6 +98,21 @@ class ResidualAttentionBlock(nn.Module):
         if self.cross_attn is not None:
             x = x + self.cross_attn(self.cross_attn_ln(x), xa, kv=kv)
         return x + self.mlp2(F.gelu(self.mlp1(self.mlp_ln(x))))
+
+
+    def step(self, x: torch.Tensor, cache: tuple) -> Tuple[torch.Tensor, tuple]:
+        """Decode new tokens given the cache (self keys, self values, cross keys, cross values)."""
+        self_k, self_v, cross_k, cross_v = cache
+        y = self.attn_ln(x)
+        k, v = self.attn.key(y), self.attn.value(y)
+        if self_k is not None:
+            k, v = torch.cat([self_k, k], dim=1), torch.cat([self_v, v], dim=1)
+        n = x.shape[1]
+        mask = None if n == 1 else torch.ones(n, k.shape[1], dtype=torch.bool, device=x.device).tril(k.shape[1] - n)
+        x = x + self.attn.attend(self.attn.query(y), k, v, mask)
+        x = x + self.cross_attn.attend(self.cross_attn.query(self.cross_attn_ln(x)), cross_k, cross_v)
+        x = x + self.mlp2(F.gelu(self.mlp1(self.mlp_ln(x))))
+        return x, (k, v, cross_k, cross_v)
 
 
 class AudioEncoder(nn.Module):
@@ -141,6 +165,31 @@ class TextDecoder(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return hidden @ self.token_embedding.weight.to(hidden.dtype).T
+
+    @torch.no_grad()
+    def new_cache(self, xa: torch.Tensor) -> List[tuple]:
+        """A decoding cache for audio features xa: the cross-attention keys and values (adapters
+        included), computed once per window; the self-attention part fills as tokens are fed."""
+        return [(None, None, b.cross_attn.key(xa), b.cross_attn.value(xa)) for b in self.blocks]
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor, cache: List[tuple]) -> Tuple[torch.Tensor, List[tuple]]:
+        """Logits (batch, n, vocab) of n new tokens after those already in the cache, and the new cache."""
+        offset = cache[0][0].shape[1] if cache[0][0] is not None else 0
+        n = tokens.shape[-1]
+        x = self.token_embedding(tokens) + self.positional_embedding[offset:offset + n]
+        x = x.to(cache[0][2].dtype)
+        new_cache = []
+        for block, layer in zip(self.blocks, cache):
+            x, layer = block.step(x, layer)
+            new_cache.append(layer)
+        return self.logits(self.ln(x)), new_cache
+
+    @staticmethod
+    def select_rows(cache: List[tuple], rows) -> List[tuple]:
+        """The cache with its self-attention rows reordered (beam search); cross keys/values are per audio."""
+        idx = torch.as_tensor(np.asarray(rows), dtype=torch.long, device=cache[0][0].device)
+        return [(k.index_select(0, idx), v.index_select(0, idx), ck, cv) for k, v, ck, cv in cache]
 
     def cross_kv_cacheable(self) -> bool:
         return all(block.cross_attn.frozen_keys_values() for block in self.blocks)
