@@ -67,6 +67,7 @@ DEFAULTS: Dict[str, object] = {
     "case_style": "auto",
     "backend": "auto",
     "device": None,
+    "bits": None,
 }
 
 
@@ -111,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-layers", "--lora-layers", dest="num_layers", type=int, default=S,
                    help="adapt the last N blocks of the encoder and of the decoder (-1: all)")
     g.add_argument("--freeze-encoder", action="store_true", default=S, help="no adapters in the encoder (its states are cached)")
+    g.add_argument("--bits", type=int, choices=[4, 8], default=S,
+                   help="quantize the frozen base's block layers to 8 or 4 bits at load (QLoRA): bitsandbytes "
+                        "(LLM.int8 / NF4) in the torch back end, MLX affine quantization in the MLX back end")
     g = p.add_argument_group("training")
     g.add_argument("--iters", type=int, default=S)
     g.add_argument("--batch-size", type=int, default=S)
@@ -188,7 +192,17 @@ def load_base(options: dict, log: Callable):
         model_name = existing.base_model
         log(f"model: {model_name} (from {CONFIG_FILE})")
     mx.random.seed(int(options["seed"]))
-    return load_model(model_name, dtype=options["dtype"])
+    model = load_model(model_name, dtype=options["dtype"])
+    if options.get("bits"):
+        from .load import quantize_model
+
+        import mlx.nn as nn
+
+        if any(isinstance(m, nn.QuantizedLinear) for _, m in model.named_modules()):
+            raise UserError(f"--bits {options['bits']}: {model_name} is already quantized; drop --bits")
+        quantize_model(model, bits=int(options["bits"]))
+        log(f"base quantized to {options['bits']} bits (MLX affine, group size 64); adapters train in floating point")
+    return model
 
 
 def read_splits(options: dict, names: List[str]) -> Dict[str, list]:

@@ -19,8 +19,8 @@ first step (identical starting weights, so these must agree), the nominal arithm
 divided by its time, against this machine's measured sgemm peak, and the ratio to PEFT.
 
 `--dims large-v2` uses large-v2 dimensions with random weights (for memory and speed on a GPU; no
-download needed). `--bits 8|4` loads PEFT's base through bitsandbytes (CUDA only); ours has no
-bitsandbytes path yet, so that flag runs with `--systems peft` only.
+download needed). `--bits 8|4` quantizes the frozen base through bitsandbytes on both sides (ours:
+`lora --bits`, PEFT: transformers' BitsAndBytesConfig), which needs the torch back end for ours.
 """
 
 from __future__ import annotations
@@ -116,6 +116,8 @@ def run_ours(spec: dict) -> dict:
             "--steps-per-report", "1", "--steps-per-eval", "1000000", "--save-every", "0", "--no-progress",
             "--timestamp-fraction", "0", "--optimizer", "adamw", "--weight-decay", "0", "--max-grad-norm", "0",
             "--dtype", spec["dtype"], "--backend", spec["backend"]]
+    if spec["bits"]:
+        argv += ["--bits", str(spec["bits"])]
     if spec["device"]:
         argv += ["--device", spec["device"]]
     if spec["config"] == "decoder":
@@ -151,7 +153,7 @@ def run_peft(spec: dict) -> dict:
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=spec["bits"] == 8, load_in_4bit=spec["bits"] == 4)
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
     model = WhisperForConditionalGeneration.from_pretrained(spec["hf_path"], **kwargs)
     if not spec["bits"]:
         model = model.to(device)
@@ -250,9 +252,8 @@ def main(argv=None):
         worker(json.loads(args.worker))
         return
 
-    if args.bits and "ours" in args.systems.split(","):
-        sys.exit("--bits: an 8/4-bit base through bitsandbytes is not in our torch back end yet; "
-                 "run --systems peft for the PEFT side alone")
+    if args.bits and "ours" in args.systems.split(",") and args.backend == "mlx":
+        sys.exit("--bits compares bitsandbytes bases: use --backend torch (or auto) for ours")
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
     models = prepare_models(args, work)
     data = work / "data"

@@ -16,7 +16,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     || echo "setup: PyTorch not installed; tests that compare against torch references will be skipped"
 fi
 if .venv/bin/python -c "import torch" 2>/dev/null; then
-  $PIP install -q -e ".[test,reference]"
+  $PIP install -q -e ".[test,reference,quantize]"
 else
   $PIP install -q -e ".[test]"
 fi

@@ -34,6 +34,13 @@ def load_base(options: dict, log: Callable):
     torch.manual_seed(int(options["seed"]))
     model = load_model(name, device=device)
     model.device_name = device
+    if options.get("bits"):
+        from .quantize import quantize_base
+
+        compute = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(options.get("dtype"), torch.float32)
+        count = quantize_base(model, int(options["bits"]), compute)
+        log(f"base quantized to {options['bits']} bits through bitsandbytes ({count} linear layers); "
+            "adapters train in floating point")
     return model
 
 

@@ -277,7 +277,8 @@ def train(model, config: AdapterConfig, args: TrainingArgs, train_set: ExampleSe
                     say(line)
                     summary["train_loss"] = entry["train_loss"]
                     window = {k: 0.0 for k in window}
-                if valid_set is not None and len(valid_set) and (step % args.steps_per_eval == 0 or step == args.iters):
+                if valid_set is not None and len(valid_set) and (step % args.steps_per_eval == 0 or step == args.iters
+                                                                 or step == start + 1):
                     val = evaluate_loss(model, valid_set, valid_inputs, args.batch_size, args.val_batches, device,
                                         autocast_dtype)
                     record({"step": step, "val_loss": round(val, 5)})
