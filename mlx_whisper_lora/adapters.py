@@ -91,6 +91,7 @@ class AdapterConfig:
     language: Optional[str] = None
     task: str = "transcribe"
     case_style: str = "keep"  # "upper"/"lower": one-case data, trained in the vocabulary's case, rendered back (case_style.py)
+    punctuation: str = "keep"  # "none": the training transcripts had no punctuation, so transcripts are rendered without
     run: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -310,6 +311,7 @@ def load_adapters(model: Whisper, path: Union[str, Path]) -> AdapterConfig:
     load_weights_into(model, weights, path)
     model.eval()
     model.case_style = config.case_style
+    model.punctuation = config.punctuation
     return config
 
 

@@ -9,6 +9,13 @@ transcript is upper case, the adapters are trained on the text in the case the m
 (lower case, names capitalized where the vocabulary spells them so) and the style "upper" is stored
 in adapter_config.json; transcripts made with the adapters are then upper-cased. All-lowercase data gets the style "lower" the same way.
 `--case-style keep` trains on the text exactly as written.
+
+Punctuation is a style too: when no training transcript has any, `punctuation: "none"` is stored
+and transcripts are rendered without it. `--base-style-targets` goes one step further for such
+data: the base model transcribes the training audio once, and the targets are the reference's
+words written with the base model's case and punctuation wherever the two agree, so the adapters
+learn the words the model gets wrong instead of re-learning how to write (which costs accuracy:
+normalized WER rises with every step of style learning, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -62,8 +69,58 @@ def training_text(text: str, style: Optional[str], tokenizer=None, language: Opt
     return " ".join(out)
 
 
-def render(text: str, style: Optional[str]) -> str:
-    """A decoded transcript in the dataset's style."""
+def base_styled_text(reference: str, base_transcript: str, style: Optional[str], tokenizer=None,
+                     language: Optional[str] = None) -> str:
+    """The reference's words written as the base model wrote them (case and attached punctuation)
+    wherever its transcript has the same word, aligned word by word; the other words as
+    `training_text` writes them. Training on this, the adapters learn the words the base model
+    got wrong rather than a new style (which `render` applies instead)."""
+    import difflib
+
+    def key(word: str) -> str:
+        return "".join(c for c in word.lower() if c.isalnum() or c == "'").strip("'")
+
+    words = training_text(reference, style, tokenizer, language).split()
+    said = base_transcript.split()
+    matcher = difflib.SequenceMatcher(a=[key(w) for w in words], b=[key(w) for w in said], autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            words[i1:i2] = said[j1:j2]
+    for i in range(1, len(words)):  # a sentence the base model ended starts with a capital
+        if words[i - 1][-1:] in ".?!" and words[i][:1].islower():
+            words[i] = words[i][:1].upper() + words[i][1:]
+    return " ".join(words)
+
+
+_SENTENCE_MARKS = set('.,?!;:"()[]{}…。，、？！；：«»“”„¡¿')
+
+
+def has_punctuation(texts: Iterable[str]) -> bool:
+    """Whether any transcript has sentence punctuation (apostrophes and hyphens inside words do not count)."""
+    return any(c in _SENTENCE_MARKS for text in texts for c in text)
+
+
+def strip_punctuation(text: str) -> str:
+    """Text without punctuation, as unpunctuated corpora (LibriSpeech, Kaldi exports) write it:
+    marks become spaces, apostrophes inside words stay ("nation's")."""
+    import unicodedata
+
+    out = []
+    for i, c in enumerate(text):
+        if c == "'" and 0 < i < len(text) - 1 and text[i - 1].isalnum() and text[i + 1].isalnum():
+            out.append(c)
+        elif unicodedata.category(c).startswith("P") or c in _SENTENCE_MARKS:
+            out.append(" ")
+        else:
+            out.append(c)
+    return " ".join("".join(out).split())
+
+
+def render(text: str, style: Optional[str], punctuation: Optional[str] = "keep") -> str:
+    """A decoded transcript in the dataset's style: its case, and without punctuation when the
+    training transcripts had none (punctuation "none")."""
+    if punctuation == "none":
+        text = strip_punctuation(text)
     if style == "upper":
         return text.upper()
     if style == "lower":

@@ -63,14 +63,15 @@ def test_report(model, examples: ExampleSet, task: str = "transcribe", batch_siz
     loss = evaluate_loss(model, examples, batch_size, num_batches)
     indices, hyps = transcribe_examples(model, examples, task, batch_size, progress, num_batches)
     mx.clear_cache()
-    return build_report(examples, indices, hyps, loss, time.perf_counter() - tic, getattr(model, "case_style", None))
+    return build_report(examples, indices, hyps, loss, time.perf_counter() - tic, getattr(model, "case_style", None),
+                        getattr(model, "punctuation", "keep"))
 
 
 def build_report(examples: ExampleSet, indices: List[int], hyps: List[str], loss: float, seconds: float,
-                 case_style: Optional[str] = None) -> dict:
+                 case_style: Optional[str] = None, punctuation: Optional[str] = "keep") -> dict:
     """test_results.json: loss, raw and normalized WER/CER (percent), and every transcript
-    (rendered in the adapters' case style, as `transcribe` would write it)."""
-    hyps = [render_case(h, case_style) for h in hyps]
+    (rendered in the adapters' case and punctuation style, as `transcribe` would write it)."""
+    hyps = [render_case(h, case_style, punctuation) for h in hyps]
     refs = [examples.utterances[i].text for i in indices]
     scores = score(refs, hyps, [examples.utterances[i].language for i in indices])
     return {

@@ -45,6 +45,9 @@ def fuse(model_name: Optional[str], adapter_path, save_path, export_format: str 
         log(f"note: these adapters were trained on lower-case text and their transcripts are rendered in "
             f"{config.case_style} case (case style in adapter_config.json); a {export_format} export cannot carry "
             f"that, so apply str.{config.case_style}() to its transcripts. The mlx export keeps it in config.json.")
+    if config.punctuation == "none" and export_format != "mlx":
+        log(f"note: the training transcripts had no punctuation, so transcripts made with these adapters are rendered "
+            f"without it (mlx_whisper_lora.case_style.strip_punctuation); a {export_format} export cannot carry that.")
     if export_format == "peft":
         return export_peft(model, config, save_path, base_model_name=name)
     fuse_adapters(model, dequantize=dequantize or export_format == "hf")

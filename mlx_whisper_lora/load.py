@@ -50,6 +50,7 @@ class Checkpoint:
     alignment_heads: Optional[List[Tuple[int, int]]] = None
     quantization: Optional[dict] = None
     case_style: Optional[str] = None  # set by fuse: transcripts are rendered in this case (case_style.py)
+    punctuation: str = "keep"  # set by fuse: "none" renders transcripts without punctuation
 
 
 def parse_dtype(dtype: Union[str, mx.Dtype, None]) -> mx.Dtype:
@@ -94,6 +95,7 @@ def read_mlx_folder(folder: Path) -> Checkpoint:
     config = _read_json(folder / "config.json")
     quantization = config.pop("quantization", None)
     case_style = config.pop("case_style", None)
+    punctuation = config.pop("punctuation", "keep")
     weight_file = next((folder / f for f in MLX_WEIGHT_FILES if (folder / f).exists()), None)
     if weight_file is None:
         raise ModelLoadError(f"{folder} has config.json but none of {', '.join(MLX_WEIGHT_FILES)}")
@@ -107,6 +109,7 @@ def read_mlx_folder(folder: Path) -> Checkpoint:
         alignment_heads=[tuple(h) for h in heads.tolist()] if heads is not None else None,
         quantization=quantization,
         case_style=case_style,
+        punctuation=punctuation,
     )
 
 
@@ -310,6 +313,7 @@ def build_model(ckpt: Checkpoint, dtype: Union[str, mx.Dtype, None] = mx.float32
     model.source = ckpt.source
     model.folder = ckpt.folder
     model.case_style = ckpt.case_style
+    model.punctuation = ckpt.punctuation
     return model
 
 
@@ -336,6 +340,8 @@ def save_model(model: Whisper, path: Union[str, Path], dtype: Union[str, mx.Dtyp
         config["quantization"] = quant
     if getattr(model, "case_style", None) in ("upper", "lower"):
         config["case_style"] = model.case_style
+    if getattr(model, "punctuation", "keep") == "none":
+        config["punctuation"] = "none"
     tmp = path / "weights.tmp.safetensors"  # mx.save_safetensors wants the suffix
     mx.save_safetensors(str(tmp), weights, metadata={"format": "mlx"})
     os.replace(tmp, path / "weights.safetensors")

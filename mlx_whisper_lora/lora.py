@@ -68,6 +68,7 @@ DEFAULTS: Dict[str, object] = {
     "backend": "auto",
     "device": None,
     "bits": None,
+    "base_style_targets": False,
 }
 
 
@@ -101,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--case-style", choices=["auto", "keep", "upper", "lower"], default=S,
                    help="auto: all-caps (or all-lowercase) training transcripts are learned in the case the model's "
                         "vocabulary knows and the adapters' transcripts rendered back in theirs; keep: train on the text as written")
+    g.add_argument("--base-style-targets", action="store_true", default=S,
+                   help="transcribe the training audio once with the base model and train on the reference words written "
+                        "with its case and punctuation where they agree: for one-case or unpunctuated data, the adapters "
+                        "learn the words rather than a new style (which is rendered instead)")
     g = p.add_argument_group("adapters")
     g.add_argument("--fine-tune-type", choices=["lora", "dora", "full"], default=S)
     g.add_argument("--rank", type=int, default=S)
@@ -229,13 +234,15 @@ def read_splits(options: dict, names: List[str]) -> Dict[str, list]:
     return out
 
 
-def prepare_split(model, utterances, name: str, options: dict, log: Callable, timestamps: bool):
+def prepare_split(model, utterances, name: str, options: dict, log: Callable, timestamps: bool,
+                  case_style: Optional[str] = None):
+    """Checked, labelled examples of a split; labels in `case_style` (default: the model's)."""
     from .data import DataError, check_utterances
     from .examples import ExampleSet
     from .tokenizer import get_tokenizer
 
     language = options["language"] or (None if model.is_multilingual else "en")
-    style = getattr(model, "case_style", None) or "keep"
+    style = case_style or getattr(model, "case_style", None) or "keep"
     kept, report = check_utterances(utterances, name, min(float(options["max_duration"]), 30.0),
                                     default_language=language, multilingual=model.is_multilingual)
     for line in report.lines():
@@ -266,7 +273,64 @@ def choose_case_style(model, config, options: dict, train_utterances: list, log:
         log(f"case style: {style} ({why}): the adapters learn the text in the case whose spellings "
             f"the model knows, and transcripts made with them are rendered in {style} case (--case-style keep to train as written)")
     model.case_style = config.case_style = style
+    if options.get("case_style", "auto") != "keep" and not case_style.has_punctuation(u.text for u in train_utterances):
+        model.punctuation = config.punctuation = "none"
+        log("punctuation: none in the training transcripts, so transcripts made with the adapters are rendered "
+            "without it (--case-style keep to leave output as decoded)")
     return style
+
+
+BASE_STYLE_FILE = "base_style_targets.jsonl"
+
+
+def base_style_utterances(model, utterances: list, options: dict, log: Callable, transcribe_set: Callable) -> list:
+    """--base-style-targets: the training utterances with their references written in the base
+    model's case and punctuation (case_style.base_styled_text), from one greedy pass of the base
+    model over the training audio. Kept in the adapter folder, so a resumed run trains on the same
+    targets without decoding again. `transcribe_set(examples) -> (indices, transcripts)`."""
+    from dataclasses import replace
+
+    from .case_style import base_styled_text
+    from .tokenizer import get_tokenizer
+
+    def key(u) -> str:
+        return json.dumps([u.id, u.audio if isinstance(u.audio, str) else "", u.text], ensure_ascii=False)
+
+    path = Path(options["adapter_path"]) / BASE_STYLE_FILE
+    saved = {}
+    if path.exists():
+        saved = {r["key"]: r["text"] for r in map(json.loads, path.read_text().splitlines()) if r}
+    if saved and all(key(u) in saved for u in utterances):
+        log(f"base-style targets: read from {path}")
+        return [replace(u, text=saved[key(u)]) for u in utterances]
+    examples, _ = prepare_split(model, utterances, "train", options, lambda m: None, timestamps=False)
+    log(f"base-style targets: transcribing the {len(examples)} training utterances once with the base model")
+    indices, hyps = transcribe_set(examples)
+    tokenizer = get_tokenizer(model.is_multilingual, model.num_languages, task=options["task"],
+                              model_dir=getattr(model, "folder", None))
+    style = getattr(model, "case_style", None) or "keep"
+    rows, out = [], []
+    for i, hyp in zip(indices, hyps):
+        u = examples.utterances[i]
+        styled = replace(u, text=base_styled_text(u.text, hyp, style, tokenizer, u.language))
+        rows.append({"key": key(u), "base": hyp, "text": styled.text})
+        out.append(styled)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    tmp.replace(path)
+    return out
+
+
+def prepare_train_split(model, utterances: list, options: dict, log: Callable, transcribe_set: Callable):
+    """The training examples, in base style when --base-style-targets asks for it."""
+    one_style = getattr(model, "case_style", None) in ("upper", "lower") or getattr(model, "punctuation", "keep") == "none"
+    if not options.get("base_style_targets") or not one_style:
+        if options.get("base_style_targets"):
+            log("base-style targets: not used; the training transcripts are cased and punctuated already")
+        return prepare_split(model, utterances, "train", options, log, timestamps=True)
+    styled = base_style_utterances(model, utterances, options, log, transcribe_set)
+    return prepare_split(model, styled, "train", options, log, timestamps=True, case_style="keep")
 
 
 def adapter_config_from(options: dict, model):
@@ -323,7 +387,11 @@ def run_training(model, options: dict, log: Callable) -> dict:
     log(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
     splits = read_splits(options, ["train", "valid"])
     choose_case_style(model, config, options, splits["train"], log)
-    train_set, train_report = prepare_split(model, splits["train"], "train", options, log, timestamps=True)
+    from .evaluate import transcribe_examples
+
+    train_set, train_report = prepare_train_split(
+        model, splits["train"], options, log,
+        lambda ex: transcribe_examples(model, ex, options["task"], int(options["batch_size"]), options["progress"]))
     valid_set = None
     if splits.get("valid"):
         valid_set, _ = prepare_split(model, splits["valid"], "valid", options, log, timestamps=True)

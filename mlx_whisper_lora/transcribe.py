@@ -199,10 +199,11 @@ class _FileTranscription:
         text = self.tokenizer.decode([t for s in self.segments for t in s["tokens"]])
         segments = [{k: s[k] for k in keys} for s in self.segments]
         style = getattr(self.model, "case_style", None)  # adapters trained on all-caps data: case_style.py
-        if style in ("upper", "lower"):
-            text = render_case(text, style)
+        punctuation = getattr(self.model, "punctuation", "keep")
+        if style in ("upper", "lower") or punctuation == "none":
+            text = render_case(text, style, punctuation)
             for seg in segments:
-                seg["text"] = render_case(seg["text"], style)
+                seg["text"] = render_case(seg["text"], style, punctuation)
         return {"text": text, "segments": segments, "language": self.options.language}
 
 

@@ -86,3 +86,65 @@ def test_all_caps_data_trains_lower_case_and_reports_upper_case(tmp_path, capsys
     plain = load_model("tiny.en")
     load_adapters(plain, tmp_path / "adapters")
     assert plain.case_style == "upper"
+
+
+def test_punctuation_is_detected_stripped_and_rendered():
+    assert case_style.has_punctuation(["THE CAT SAT", "IT'S A DOG", "A WELL-KNOWN MAN", "Hi."])
+    assert not case_style.has_punctuation(["THE CAT SAT", "IT'S A DOG", "A WELL-KNOWN MAN"])
+    text = "\"Well,\" said Mr. Wilson's aide, a half-century later: 'no!'"
+    assert case_style.strip_punctuation(text) == "Well said Mr Wilson's aide a half century later no"
+    assert case_style.render(text, "upper", "none") == "WELL SAID MR WILSON'S AIDE A HALF CENTURY LATER NO"
+    assert case_style.render(text, "keep", "keep") == text
+
+
+def test_base_styled_text_takes_case_and_punctuation_where_the_words_agree():
+    from mlx_whisper_lora.tokenizer import get_tokenizer
+
+    tok = get_tokenizer(False)
+    ref = "AUGUST RIOTS IMPRISONING WOMEN HAD MET PRESIDENT WILSON"
+    said = "August riots. Imprisoning women had met, President Wiltson."
+    styled = case_style.base_styled_text(ref, said, "upper", tok, "en")
+    # matching words as the base model wrote them; its misheard name replaced by the reference's word,
+    # written as training_text writes it (capitalized: " Wilson" is one token)
+    assert styled == "August riots. Imprisoning women had met, President Wilson"
+    assert case_style.render(styled, "upper", "none") == ref
+    # a word the base model missed keeps the reference's word; a sentence it ended starts with a capital
+    assert case_style.base_styled_text("THE CAT SAT THE DOG RAN", "The cat sat. the dog ran.", "upper", tok, "en") \
+        == "The cat sat. The dog ran."
+    assert case_style.base_styled_text("THE BIG CAT", "The cat.", "upper", tok, "en") == "The big cat."
+
+
+def test_unpunctuated_all_caps_data_with_base_style_targets(tmp_path, capsys):
+    """CLI end to end (torch back end): no punctuation in the data, so none in the output; the base
+    model's transcripts of the training audio give the targets their case and punctuation, and are
+    kept beside the adapters so a second run reuses them."""
+    pytest.importorskip("torch", reason="the torch back end needs PyTorch")
+    from mlx_whisper_lora.assets_dir import ASSETS
+    from mlx_whisper_lora.lora import BASE_STYLE_FILE, main
+
+    demo = ASSETS / "demo_data"
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "valid", "test"):
+        rows = [json.loads(x) for x in (demo / f"{split}.jsonl").read_text().splitlines() if x.strip()]
+        for row in rows:
+            row["audio"] = str(demo / row["audio"])
+            row["text"] = case_style.strip_punctuation(row["text"]).upper()
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
+    out = tmp_path / "adapters"
+    args = ["--train", "--test", "--backend", "torch", "--data", str(data), "--adapter-path", str(out), "--iters", "2",
+            "--batch-size", "2", "--freeze-encoder", "--no-progress", "--base-style-targets"]
+    main(args)
+    err = capsys.readouterr().err
+    assert "punctuation: none" in err and "transcribing the 4 training utterances" in err
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["case_style"] == "upper" and config["punctuation"] == "none"
+    rows = [json.loads(x) for x in (out / BASE_STYLE_FILE).read_text().splitlines()]
+    assert len(rows) == 4
+    for row in rows:  # the reference's words, in the base transcript's style
+        assert case_style.render(row["text"], "upper", "none") == json.loads(row["key"])[2]
+    assert any(c in "".join(r["text"] for r in rows) for c in ".,") and any(r["text"] != r["text"].upper() for r in rows)
+    hyps = [t["hypothesis"] for t in json.loads((out / "test_results.json").read_text())["transcripts"]]
+    assert hyps and all(h == h.upper() and not case_style.has_punctuation([h]) for h in hyps)
+    main(args[:-1] + ["--base-style-targets", "--iters", "3", "--resume-adapter-file", str(out / "adapters.safetensors")])
+    assert "base-style targets: read from" in capsys.readouterr().err

@@ -45,7 +45,8 @@ def load_base(options: dict, log: Callable):
 
 
 def run_training(model, options: dict, log: Callable) -> dict:
-    from ..lora import adapter_config_from, choose_case_style, prepare_split, read_splits, resume_file, training_args_from
+    from ..lora import (adapter_config_from, choose_case_style, prepare_split, prepare_train_split, read_splits,
+                        resume_file, training_args_from)
     from . import lora as tlora
     from .trainer import train
 
@@ -60,7 +61,9 @@ def run_training(model, options: dict, log: Callable) -> dict:
     log(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
     splits = read_splits(options, ["train", "valid"])
     choose_case_style(model, config, options, splits["train"], log)
-    train_set, report = prepare_split(model, splits["train"], "train", options, log, timestamps=True)
+    train_set, report = prepare_train_split(
+        model, splits["train"], options, log,
+        lambda ex: transcribe_set(model, ex, ex.usable(list(range(len(ex)))), int(options["batch_size"]), options["task"]))
     valid_set = prepare_split(model, splits["valid"], "valid", options, log, timestamps=True)[0] if splits.get("valid") else None
     import mlx.core as mx
 
@@ -72,6 +75,22 @@ def run_training(model, options: dict, log: Callable) -> dict:
     return summary
 
 
+def transcribe_set(model, examples, indices, batch: int, task: str):
+    """(indices, greedy transcripts) of the examples, language and task forced."""
+    from .decoding import greedy_decode
+
+    hyps = []
+    for start in range(0, len(indices), batch):
+        chunk = indices[start:start + batch]
+        language = examples.utterances[chunk[0]].language or "en"
+        mel = torch.from_numpy(np.array(examples.mels(chunk)))
+        same = all((examples.utterances[i].language or "en") == language for i in chunk)
+        hyps += greedy_decode(model, mel, language, task) if same else [
+            greedy_decode(model, mel[j:j + 1], examples.utterances[i].language or "en", task)[0]
+            for j, i in enumerate(chunk)]
+    return indices, hyps
+
+
 def run_test(model, options: dict, log: Callable) -> dict:
     import json
 
@@ -79,7 +98,6 @@ def run_test(model, options: dict, log: Callable) -> dict:
     from ..lora import prepare_split, read_splits
     from ..evaluate import build_report, log_report
     from . import lora as tlora
-    from .decoding import greedy_decode
     from .trainer import _Inputs, evaluate_loss
 
     adapter_dir = Path(options["adapter_path"])
@@ -92,17 +110,9 @@ def run_test(model, options: dict, log: Callable) -> dict:
     batch = int(options["batch_size"])
     loss = evaluate_loss(model, test_set, _Inputs(model, test_set, device, cache=False), batch, int(options["test_batches"]),
                          device, None)
-    indices = test_set.usable(list(range(len(test_set))))
-    hyps = []
-    for start in range(0, len(indices), batch):
-        chunk = indices[start:start + batch]
-        language = test_set.utterances[chunk[0]].language or "en"
-        mel = torch.from_numpy(np.array(test_set.mels(chunk)))
-        same = all((test_set.utterances[i].language or "en") == language for i in chunk)
-        hyps += greedy_decode(model, mel, language, options["task"]) if same else [
-            greedy_decode(model, mel[j:j + 1], test_set.utterances[i].language or "en", options["task"])[0]
-            for j, i in enumerate(chunk)]
-    report = build_report(test_set, indices, hyps, loss, time.perf_counter() - tic, getattr(model, "case_style", None))
+    indices, hyps = transcribe_set(model, test_set, test_set.usable(list(range(len(test_set)))), batch, options["task"])
+    report = build_report(test_set, indices, hyps, loss, time.perf_counter() - tic, getattr(model, "case_style", None),
+                          getattr(model, "punctuation", "keep"))
     log_report(report, log)
     adapter_dir.mkdir(parents=True, exist_ok=True)
     (adapter_dir / "test_results.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -78,6 +78,7 @@ class TorchDecodingModel:
         self.dims = model.dims
         self.folder = getattr(model, "folder", None)
         self.case_style = getattr(model, "case_style", None)
+        self.punctuation = getattr(model, "punctuation", "keep")
         self.device = next(model.parameters()).device
         self.dtype = DTYPES[dtype]
         self.decoder = _DecoderBridge(self)

@@ -157,6 +157,7 @@ def load_adapters(model, path: Union[str, Path]) -> AdapterConfig:
     load_weights_into(model, path)
     model.eval()
     model.case_style = config.case_style
+    model.punctuation = config.punctuation
     return config
 
 
