@@ -35,7 +35,7 @@ def mlx_accelerated() -> str:
     return ""
 
 
-def choose_backend(requested: str, fine_tune_type: str = "lora", device: str = None) -> Tuple[str, str]:
+def choose_backend(requested: str, device: str = None) -> Tuple[str, str]:
     """(back end, why) for `--backend requested` (mlx, torch or auto)."""
     if requested in ("mlx", "torch"):
         return requested, "asked for"

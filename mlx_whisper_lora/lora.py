@@ -452,7 +452,7 @@ def main(argv=None):
         print(message, file=sys.stderr, flush=True)
 
     requested = options["backend"]
-    options["backend"], why = choose_backend(requested, options["fine_tune_type"], options.get("device"))
+    options["backend"], why = choose_backend(requested, options.get("device"))
     log(f"back end: {options['backend']} ({why})")
     if options["backend"] == "torch":
         from .torch_backend import cli as backend  # raises a UserError when torch is missing

@@ -142,6 +142,11 @@ def peak_memory_gb() -> float:
     return round(max(rss, mlx_peak), 3)
 
 
+def validates_at(step: int, start: int, args) -> bool:
+    """Validation loss is measured after the run's first step (the baseline), every steps_per_eval, and at the end."""
+    return step % args.steps_per_eval == 0 or step == args.iters or step == start + 1
+
+
 def report_entry(step: int, window: dict, lr: float, peak_gb: float) -> tuple:
     """(metrics.jsonl entry, the line shown) for the steps accumulated in `window`."""
     entry = {
@@ -340,7 +345,7 @@ def train(
                     (bar.write if bar is not None else log)(line)
                     summary["train_loss"] = entry["train_loss"]
                     window = {k: 0.0 for k in window}
-                if valid_set is not None and len(valid_set) and (step % args.steps_per_eval == 0 or step == args.iters or step == start + 1):
+                if valid_set is not None and len(valid_set) and validates_at(step, start, args):
                     tic = time.perf_counter()
                     last_val = evaluate_loss(model, valid_set, args.batch_size, args.val_batches)
                     record({"step": step, "val_loss": round(last_val, 5), "val_seconds": round(time.perf_counter() - tic, 2)})

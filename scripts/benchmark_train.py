@@ -127,7 +127,7 @@ def run_ours(spec: dict) -> dict:
     steps = [e for e in entries if "iterations_per_second" in e]
     from mlx_whisper_lora.backends import choose_backend
 
-    backend = choose_backend(spec["backend"], "lora", spec["device"])[0]
+    backend = choose_backend(spec["backend"], spec["device"])[0]
     return {"step_seconds": [1.0 / e["iterations_per_second"] for e in steps],
             "first_loss": steps[0]["train_loss"], "tokens": steps[0]["tokens"], "backend": backend,
             "gpu_peak_gb": steps[-1].get("peak_memory_gb") if spec["device"] == "cuda" else None}

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from mlx_whisper_lora import case_style
+from mlx_whisper_lora.assets_dir import ASSETS
 
 
 def test_detect_votes_only_on_cased_scripts():
@@ -34,21 +35,26 @@ def test_training_text_and_render_round_trip():
     assert case_style.training_text("The Cat", "keep") == "The Cat" and case_style.render("The Cat", None) == "The Cat"
 
 
-def test_all_caps_data_trains_lower_case_and_reports_upper_case(tmp_path, capsys):
-    """CLI end to end on the bundled demo data upper-cased: the style is detected and recorded,
-    labels are lower case, --test and transcribe render upper case, and the mlx fuse keeps it."""
-    from mlx_whisper_lora.assets_dir import ASSETS
-    from mlx_whisper_lora.lora import main
+def _demo_data_written(data, restyle):
+    """The first 4 utterances of each bundled demo split, transcripts passed through `restyle`."""
 
     demo = ASSETS / "demo_data"
-    data = tmp_path / "data"
     data.mkdir()
     for split in ("train", "valid", "test"):
         rows = [json.loads(x) for x in (demo / f"{split}.jsonl").read_text().splitlines() if x.strip()]
         for row in rows:
             row["audio"] = str(demo / row["audio"])
-            row["text"] = row["text"].upper()
+            row["text"] = restyle(row["text"])
         (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
+    return data
+
+
+def test_all_caps_data_trains_lower_case_and_reports_upper_case(tmp_path, capsys):
+    """CLI end to end on the bundled demo data upper-cased: the style is detected and recorded,
+    labels are lower case, --test and transcribe render upper case, and the mlx fuse keeps it."""
+    from mlx_whisper_lora.lora import main
+
+    data = _demo_data_written(tmp_path / "data", str.upper)
     out = tmp_path / "adapters"
     main(["--train", "--test", "--backend", "mlx", "--data", str(data), "--adapter-path", str(out), "--iters", "2",
           "--batch-size", "2", "--freeze-encoder", "--no-progress", "--timestamp-fraction", "0"])
@@ -80,7 +86,7 @@ def test_all_caps_data_trains_lower_case_and_reports_upper_case(tmp_path, capsys
     assert json.loads((fused / "config.json").read_text())["case_style"] == "upper"
     model = load_model(str(fused))
     assert model.case_style == "upper"
-    result = transcribe(str(demo / "audio" / "test-0000.flac"), model, language="en")
+    result = transcribe(str(ASSETS / "demo_data" / "audio" / "test-0000.flac"), model, language="en")
     assert result["text"].strip() and result["text"] == result["text"].upper()
     assert all(s["text"] == s["text"].upper() for s in result["segments"])
     plain = load_model("tiny.en")
@@ -119,18 +125,9 @@ def test_unpunctuated_all_caps_data_with_base_style_targets(tmp_path, capsys):
     model's transcripts of the training audio give the targets their case and punctuation, and are
     kept beside the adapters so a second run reuses them."""
     pytest.importorskip("torch", reason="the torch back end needs PyTorch")
-    from mlx_whisper_lora.assets_dir import ASSETS
     from mlx_whisper_lora.lora import BASE_STYLE_FILE, main
 
-    demo = ASSETS / "demo_data"
-    data = tmp_path / "data"
-    data.mkdir()
-    for split in ("train", "valid", "test"):
-        rows = [json.loads(x) for x in (demo / f"{split}.jsonl").read_text().splitlines() if x.strip()]
-        for row in rows:
-            row["audio"] = str(demo / row["audio"])
-            row["text"] = case_style.strip_punctuation(row["text"]).upper()
-        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
+    data = _demo_data_written(tmp_path / "data", lambda t: case_style.strip_punctuation(t).upper())
     out = tmp_path / "adapters"
     args = ["--train", "--test", "--backend", "torch", "--data", str(data), "--adapter-path", str(out), "--iters", "2",
             "--batch-size", "2", "--freeze-encoder", "--no-progress", "--base-style-targets"]

@@ -22,7 +22,7 @@ from ..adapters import ADAPTER_FILE, AdapterConfig, save_adapter_config
 from ..data import epoch_batches
 from ..examples import EncoderCache, ExampleSet
 from ..objective import collate
-from ..trainer import METRICS_FILE, TrainingArgs, _StopFlag, peak_memory_gb, report_entry
+from ..trainer import METRICS_FILE, TrainingArgs, _StopFlag, peak_memory_gb, report_entry, validates_at
 from .lora import save_adapter_weights, trainable_weights
 from .training import masked_cross_entropy
 
@@ -277,8 +277,7 @@ def train(model, config: AdapterConfig, args: TrainingArgs, train_set: ExampleSe
                     say(line)
                     summary["train_loss"] = entry["train_loss"]
                     window = {k: 0.0 for k in window}
-                if valid_set is not None and len(valid_set) and (step % args.steps_per_eval == 0 or step == args.iters
-                                                                 or step == start + 1):
+                if valid_set is not None and len(valid_set) and validates_at(step, start, args):
                     val = evaluate_loss(model, valid_set, valid_inputs, args.batch_size, args.val_batches, device,
                                         autocast_dtype)
                     record({"step": step, "val_loss": round(val, 5)})
