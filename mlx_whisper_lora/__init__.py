@@ -1,7 +1,7 @@
 """Whisper in MLX, with LoRA fine-tuning."""
 
-from . import _blas
+from . import blas
 
-_blas.preload()  # must run before mlx.core is imported anywhere in this process
+blas.preload()  # must run before mlx.core is imported anywhere in this process
 
 __version__ = "0.1.0"

@@ -13,7 +13,7 @@ from .errors import cli_entry
 
 def convert(src: str, save_path: str, dtype: str = "float16", quantize: bool = False,
             q_bits: int = 4, q_group_size: int = 64):
-    from .load import load_model, quantize_model, save_model
+    from .backend_mlx.load import load_model, quantize_model, save_model
 
     model = load_model(src, dtype=dtype)
     if quantize:

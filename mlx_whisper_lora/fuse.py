@@ -24,10 +24,10 @@ EXPORT_FORMATS = ("mlx", "hf", "peft")
 def fuse(model_name: Optional[str], adapter_path, save_path, export_format: str = "mlx",
          dequantize: bool = False, log=print) -> Path:
     """Load base + adapters and write the result in `export_format`; returns the folder written."""
-    from .adapters import fuse_adapters, load_adapters, read_adapter_config
-    from .hf_export import save_hf_folder
-    from .load import load_model, save_model
-    from .peft_format import export_peft
+    from .backend_mlx.adapters import fuse_adapters, load_adapters, trainable_numpy
+    from .backend_mlx.load import load_model, save_hf, save_model
+    from .formats.adapter_files import read_adapter_config
+    from .formats.peft import export_peft
 
     if export_format not in EXPORT_FORMATS:
         raise UserError(f"--export-format {export_format!r}: use one of {', '.join(EXPORT_FORMATS)}")
@@ -49,10 +49,10 @@ def fuse(model_name: Optional[str], adapter_path, save_path, export_format: str 
         log(f"note: the training transcripts had no punctuation, so transcripts made with these adapters are rendered "
             f"without it (mlx_whisper_lora.case_style.strip_punctuation); a {export_format} export cannot carry that.")
     if export_format == "peft":
-        return export_peft(model, config, save_path, base_model_name=name)
+        return export_peft(trainable_numpy(model), config, save_path, base_model_name=name)
     fuse_adapters(model, dequantize=dequantize or export_format == "hf")
     if export_format == "hf":
-        return save_hf_folder(model, save_path)
+        return save_hf(model, save_path)
     return save_model(model, save_path)
 
 

@@ -19,7 +19,7 @@ if mode == "numpy":
 else:
     os.environ["MLX_WHISPER_LORA_BLAS"] = "off" if mode == "reference" else "auto"
     import mlx_whisper_lora
-    from mlx_whisper_lora import _blas
+    from mlx_whisper_lora import blas as _blas
     import mlx.core as mx
     a = mx.random.normal((size, size)); mx.eval(a); mm = lambda: mx.eval(a @ a)
 mm(); best = 1e9

@@ -1,4 +1,4 @@
-"""MLX-CPU softmax and GELU against the inference kernels in mlx_whisper_lora.cpu_kernels.
+"""MLX-CPU softmax and GELU against the inference kernels in mlx_whisper_lora.backend_mlx.cpu_kernels.
 
 Shapes are those of Whisper tiny's encoder on one 30 s window: attention 6x1500x1500, MLP 1500x1536.
 Usage: python scripts/benchmark_kernels.py
@@ -11,7 +11,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from mlx_whisper_lora import cpu_kernels
+from mlx_whisper_lora.backend_mlx import cpu_kernels
 
 
 def best_of(fn, n=5):

@@ -125,7 +125,7 @@ def run_ours(spec: dict) -> dict:
     lora.main(argv)
     entries = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
     steps = [e for e in entries if "iterations_per_second" in e]
-    from mlx_whisper_lora.backends import choose_backend
+    from mlx_whisper_lora.tuner.backend_choice import choose_backend
 
     backend = choose_backend(spec["backend"], spec["device"])[0]
     return {"step_seconds": [1.0 / e["iterations_per_second"] for e in steps],
@@ -142,10 +142,10 @@ def run_peft(spec: dict) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import WhisperForConditionalGeneration
 
-    from mlx_whisper_lora.data import read_manifest
-    from mlx_whisper_lora.examples import ExampleSet
-    from mlx_whisper_lora.objective import collate
-    from mlx_whisper_lora.tokenizer import get_tokenizer
+    from mlx_whisper_lora.data.manifests import read_manifest
+    from mlx_whisper_lora.data.examples import ExampleSet
+    from mlx_whisper_lora.data.labels import collate
+    from mlx_whisper_lora.text.tokenizer import get_tokenizer
 
     device = spec["device"] or "cpu"
     kwargs = {"torch_dtype": torch.float32}
@@ -207,13 +207,13 @@ def prepare_models(args, work: Path) -> dict:
     """Our model folder and a transformers folder of the same weights (random large-v2 if asked)."""
     sys.path.insert(0, str(ROOT))
     import mlx_whisper_lora  # noqa: F401
-    from mlx_whisper_lora.hf_export import save_hf_folder
-    from mlx_whisper_lora.load import load_model, save_model
+    from mlx_whisper_lora.backend_mlx.load import save_hf as save_hf_folder
+    from mlx_whisper_lora.backend_mlx.load import load_model, save_model
 
     if args.dims == "large-v2":
         import mlx.core as mx
 
-        from mlx_whisper_lora.model import ModelDimensions, Whisper
+        from mlx_whisper_lora.backend_mlx.model import ModelDimensions, Whisper
 
         mx.random.seed(0)
         model = Whisper(ModelDimensions(**LARGE_V2))
@@ -313,7 +313,7 @@ def main(argv=None):
                           "peak_rss_gb": max(r["rss"]), "peak_gpu_gb": max(r["gpu"]) if r["gpu"] else None,
                           "first_loss": r["loss"], "nominal_gflops": gflops, "vs_peft": t / base_time if base_time else None,
                           "steps_timed": len(r["times"])})
-    print(f"\nnominal work per step (TFLOP): " + ", ".join(
+    print("\nnominal work per step (TFLOP): " + ", ".join(
         f"{c} {nominal_tflop(models['dims'], args.batch_size, 28, c):.3f}" for c in configs) + "; labels ~"
         f"{label_len:.0f} tokens; {audio:.1f} s of speech per batch, padded to 30 s windows")
     if args.json:

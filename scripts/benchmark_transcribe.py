@@ -40,13 +40,13 @@ system, model_name = sys.argv[1], sys.argv[2]
 items = json.load(sys.stdin)
 if system == "ours":
     import mlx_whisper_lora
-    from mlx_whisper_lora.load import load_model
+    from mlx_whisper_lora.backend_mlx.load import load_model
     from mlx_whisper_lora.transcribe import transcribe
     model = load_model(model_name)
     run = lambda p: transcribe(p, model, progress=False, language="en")["text"]
 elif system.startswith("faster-whisper"):
     from faster_whisper import WhisperModel
-    from mlx_whisper_lora.offline_models import OFFLINE_MODELS
+    from mlx_whisper_lora.formats.offline_models import OFFLINE_MODELS
     folder = OFFLINE_MODELS[model_name].locate().folder
     fw = WhisperModel(str(folder), device="cpu", compute_type=system.rsplit("-", 1)[1], cpu_threads=2)
     run = lambda p: "".join(s.text for s in fw.transcribe(p, beam_size=1, language="en")[0])
@@ -55,11 +55,11 @@ else:
         import mlx_whisper_lora  # loads MKL before mlx
     import mlx.core as mx
     import mlx_whisper
-    from mlx_whisper_lora.load import load_model, save_model
+    from mlx_whisper_lora.backend_mlx.load import load_model, save_model
     import tempfile
     folder = tempfile.mkdtemp()
     save_model(load_model(model_name), folder)  # the same weights, as an MLX folder
-    from mlx_whisper_lora.audio import load_audio  # mlx-whisper reads files only through ffmpeg
+    from mlx_whisper_lora.data.audio import load_audio  # mlx-whisper reads files only through ffmpeg
     run = lambda p: mlx_whisper.transcribe(load_audio(p), path_or_hf_repo=folder, language="en", fp16=False,
                                            verbose=None)["text"]
 run(items[0]["path"])

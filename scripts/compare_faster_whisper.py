@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 
 import mlx_whisper_lora  # noqa: F401  (fast BLAS before mlx)
-from mlx_whisper_lora.load import load_model
-from mlx_whisper_lora.offline_models import OFFLINE_MODELS
+from mlx_whisper_lora.backend_mlx.load import load_model
+from mlx_whisper_lora.formats.offline_models import OFFLINE_MODELS
 from mlx_whisper_lora.transcribe import transcribe
 
 ROOT = Path(__file__).resolve().parent.parent

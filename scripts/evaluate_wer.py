@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import mlx_whisper_lora  # noqa: F401  (fast BLAS before mlx)
-from mlx_whisper_lora.load import load_model
+from mlx_whisper_lora.backend_mlx.load import load_model
 from mlx_whisper_lora.transcribe import transcribe_many
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"

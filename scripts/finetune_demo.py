@@ -74,8 +74,8 @@ def main(argv=None):
     metrics = [json.loads(line) for line in (adapter_dir / "metrics.jsonl").read_text().splitlines()]
     size_mb = (adapter_dir / "adapters.safetensors").stat().st_size / 1e6
 
-    from mlx_whisper_lora.adapters import AdapterConfig, apply_adapters, count_parameters
-    from mlx_whisper_lora.load import load_model
+    from mlx_whisper_lora.backend_mlx.adapters import AdapterConfig, apply_adapters, count_parameters
+    from mlx_whisper_lora.backend_mlx.load import load_model
 
     model = load_model(args.model)
     apply_adapters(model, AdapterConfig.from_json(config))
@@ -84,8 +84,8 @@ def main(argv=None):
     print("| | raw WER % | raw CER % | normalized WER % | normalized CER % | test loss |")
     print("|---|---|---|---|---|---|")
     # What the rendering alone gives, without training: the base model's transcripts in the data's style.
-    from mlx_whisper_lora.case_style import render
-    from mlx_whisper_lora.metrics import score
+    from mlx_whisper_lora.text.case_style import render
+    from mlx_whisper_lora.text.metrics import score
 
     pairs = [(t["reference"], render(t["hypothesis"], "upper", "none")) for t in base["transcripts"]]
     upper_only = {k: 100 * v for k, v in score([r for r, _ in pairs], [h for _, h in pairs], ["en"] * len(pairs)).items()}

@@ -62,7 +62,7 @@ def common_words(limit: int = 20000) -> list:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from mlx_whisper_lora.assets_dir import ASSETS
-    from mlx_whisper_lora.tokenizer import read_tiktoken_file
+    from mlx_whisper_lora.text.tokenizer import read_tiktoken_file
 
     counts = collections.Counter(re.findall(r"(?<![\w.])[a-z]{3,}(?![\w(])", " ".join(topics.values())))
     ranks = read_tiktoken_file(ASSETS / "gpt2.tiktoken")

@@ -11,8 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
-from mlx_whisper_lora.offline_models import OFFLINE_MODELS
-from mlx_whisper_lora.tokenizer import ASSETS, ranks_from_vocab, write_tiktoken_file
+from mlx_whisper_lora.formats.offline_models import OFFLINE_MODELS
+from mlx_whisper_lora.text.tokenizer import ASSETS, ranks_from_vocab, write_tiktoken_file
 
 
 def main(argv=None):

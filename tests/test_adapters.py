@@ -8,12 +8,12 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 import pytest
 
-from mlx_whisper_lora.adapters import (
-    AdapterConfig, AdapterError, apply_adapters, count_parameters, fuse_adapters, load_adapters, parse_modules,
-    save_adapters, trainable_weights,
+from mlx_whisper_lora.backend_mlx.adapters import (
+    apply_adapters, count_parameters, fuse_adapters, load_adapters, save_adapters, trainable_weights,
 )
-from mlx_whisper_lora.lora_layers import LoRALinear
-from mlx_whisper_lora.model import ModelDimensions, Whisper
+from mlx_whisper_lora.formats.adapter_config import AdapterConfig, AdapterError, parse_modules
+from mlx_whisper_lora.backend_mlx.lora_layers import LoRALinear
+from mlx_whisper_lora.backend_mlx.model import ModelDimensions, Whisper
 
 DIMS = ModelDimensions(n_mels=80, n_audio_ctx=30, n_audio_state=32, n_audio_head=2, n_audio_layer=3,
                        n_vocab=51864, n_text_ctx=16, n_text_state=32, n_text_head=2, n_text_layer=3)
@@ -107,7 +107,7 @@ def test_missing_adapter_files_are_clear_errors(tmp_path):
 def _loss_and_grads(model):
     import mlx.nn as nn
 
-    from mlx_whisper_lora.objective import masked_cross_entropy
+    from mlx_whisper_lora.backend_mlx.engine import masked_cross_entropy
 
     mel = mx.random.normal((2, 60, 80), key=mx.random.key(1))
     tokens = mx.array([[50257, 220, 400, 500], [50257, 300, 301, 50256]])
@@ -121,7 +121,7 @@ def _loss_and_grads(model):
 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
-    from mlx_whisper_lora.trainer import set_grad_checkpoint
+    from mlx_whisper_lora.backend_mlx.engine import set_grad_checkpoint
 
     plain, checkpointed = small_model(), small_model()
     for m in (plain, checkpointed):
@@ -140,7 +140,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
 
 
 def test_qlora_trains_adapters_over_a_quantized_base():
-    from mlx_whisper_lora.load import quantize_model
+    from mlx_whisper_lora.backend_mlx.load import quantize_model
 
     model = small_model()
     quantize_model(model, bits=4, group_size=32)

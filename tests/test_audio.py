@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mlx_whisper_lora.audio import AudioError, load_audio, log_mel_spectrogram, mel_filters, pad_or_trim
+from mlx_whisper_lora.data.audio import AudioError, load_audio, log_mel_spectrogram, mel_filters, pad_or_trim
 
 
 def _whisper():

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mlx_whisper_lora import case_style
+from mlx_whisper_lora.text import case_style
 from mlx_whisper_lora.assets_dir import ASSETS
 
 
@@ -22,7 +22,7 @@ def test_detect_votes_only_on_cased_scripts():
 
 
 def test_training_text_and_render_round_trip():
-    from mlx_whisper_lora.tokenizer import get_tokenizer
+    from mlx_whisper_lora.text.tokenizer import get_tokenizer
 
     ref = "AUGUST RIOTS IMPRISONING WOMEN"
     assert case_style.training_text(ref, "upper") == "august riots imprisoning women"
@@ -65,11 +65,11 @@ def test_all_caps_data_trains_lower_case_and_reports_upper_case(tmp_path, capsys
     hyps = [t["hypothesis"] for t in report["transcripts"]]
     assert hyps and all(h == h.upper() and any(c.isalpha() for c in h) for h in hyps)
 
-    from mlx_whisper_lora.adapters import load_adapters
-    from mlx_whisper_lora.examples import ExampleSet
-    from mlx_whisper_lora.data import read_manifest
-    from mlx_whisper_lora.load import load_model
-    from mlx_whisper_lora.tokenizer import get_tokenizer
+    from mlx_whisper_lora.backend_mlx.adapters import load_adapters
+    from mlx_whisper_lora.data.examples import ExampleSet
+    from mlx_whisper_lora.data.manifests import read_manifest
+    from mlx_whisper_lora.backend_mlx.load import load_model
+    from mlx_whisper_lora.text.tokenizer import get_tokenizer
 
     tokenizer = get_tokenizer(False)
     examples, _ = ExampleSet.build(read_manifest(data / "train.jsonl"), tokenizer, "transcribe", 80, 448,
@@ -104,7 +104,7 @@ def test_punctuation_is_detected_stripped_and_rendered():
 
 
 def test_base_styled_text_takes_case_and_punctuation_where_the_words_agree():
-    from mlx_whisper_lora.tokenizer import get_tokenizer
+    from mlx_whisper_lora.text.tokenizer import get_tokenizer
 
     tok = get_tokenizer(False)
     ref = "AUGUST RIOTS IMPRISONING WOMEN HAD MET PRESIDENT WILSON"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mlx_whisper_lora.data import (
+from mlx_whisper_lora.data.manifests import (
     DataError, check_utterances, epoch_batches, load_folder_split, load_hf_split, read_manifest,
 )
 

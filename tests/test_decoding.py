@@ -4,9 +4,9 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_whisper_lora.audio import load_audio, log_mel_spectrogram, pad_or_trim
-from mlx_whisper_lora.decoding import DecodingOptions, TimestampRules, decode, detect_language
-from mlx_whisper_lora.tokenizer import get_tokenizer
+from mlx_whisper_lora.data.audio import load_audio, log_mel_spectrogram, pad_or_trim
+from mlx_whisper_lora.inference.decoding import DecodingOptions, TimestampRules, decode, detect_language
+from mlx_whisper_lora.text.tokenizer import get_tokenizer
 
 CLIPS = [
     "whisper_mlx_classics/audio/jfk.flac",
@@ -98,7 +98,7 @@ def test_sampling_is_seeded(tiny_en, mels):
 
 
 def test_best_of_and_beam_candidates_are_ranked_by_length_normalised_logprob():
-    from mlx_whisper_lora.decoding import _rank
+    from mlx_whisper_lora.inference.decoding import _rank
 
     seqs = [[1, 2], [1, 2, 3, 4, 5, 6], [1]]
     logprobs = [-3.0, -6.0, -1.9]  # per token (length + 1 for end-of-text): -1.0, -0.857, -0.95

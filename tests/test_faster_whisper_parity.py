@@ -6,7 +6,7 @@ the short sets so that it runs in the default suite.
 
 import pytest
 
-from mlx_whisper_lora.offline_models import OFFLINE_MODELS
+from mlx_whisper_lora.formats.offline_models import OFFLINE_MODELS
 from mlx_whisper_lora.transcribe import transcribe_many
 
 from conftest import read_manifest

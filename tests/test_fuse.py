@@ -6,13 +6,13 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_whisper_lora.adapters import AdapterConfig, apply_adapters, load_adapters, save_adapters
+from mlx_whisper_lora.backend_mlx.adapters import AdapterConfig, apply_adapters, load_adapters, save_adapters
 from mlx_whisper_lora.assets_dir import ASSETS
-from mlx_whisper_lora.audio import load_audio, log_mel_spectrogram, pad_or_trim
-from mlx_whisper_lora.decoding import DecodingOptions, decode
+from mlx_whisper_lora.data.audio import load_audio, log_mel_spectrogram, pad_or_trim
+from mlx_whisper_lora.inference.decoding import DecodingOptions, decode
 from mlx_whisper_lora.fuse import fuse
-from mlx_whisper_lora.load import build_model, load_model
-from mlx_whisper_lora.lora_layers import LoRALinear
+from mlx_whisper_lora.backend_mlx.load import build_model, load_model
+from mlx_whisper_lora.backend_mlx.lora_layers import LoRALinear
 
 TOKENS = [50257, 50362, 770, 1402, 10651, 373, 13]  # <|startoftranscript|><|notimestamps|> + some text
 
@@ -75,7 +75,7 @@ def test_transformers_export_gives_the_same_greedy_transcripts(adapted, mel, tmp
     model, folder = adapted
     out = fuse(None, folder, tmp_path / "hf", export_format="hf")
     hf = transformers.WhisperForConditionalGeneration.from_pretrained(str(out)).eval()
-    from mlx_whisper_lora.tokenizer import get_tokenizer
+    from mlx_whisper_lora.text.tokenizer import get_tokenizer
 
     tok = get_tokenizer(False)
     clips = [ASSETS / "demo.flac", shared_data / "whisper_mlx_classics" / "audio" / "jfk.flac"]
@@ -94,7 +94,7 @@ def test_peft_export_matches_in_transformers_and_imports_back(adapted, mel, tiny
     transformers = pytest.importorskip("transformers", reason="transformers not installed")
     peft = pytest.importorskip("peft", reason="peft not installed")
     torch = pytest.importorskip("torch", reason="PyTorch not installed")
-    from mlx_whisper_lora.hf_export import save_hf_folder
+    from mlx_whisper_lora.backend_mlx.load import save_hf as save_hf_folder
 
     model, folder = adapted
     tokens = mx.array([TOKENS])

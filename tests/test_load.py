@@ -7,10 +7,10 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_whisper_lora.audio import load_audio, log_mel_spectrogram, pad_or_trim
-from mlx_whisper_lora.hf_export import save_hf_folder
-from mlx_whisper_lora.load import ModelLoadError, load_model, quantize_model, resolve, save_model
-from mlx_whisper_lora.offline_models import OFFLINE_MODELS
+from mlx_whisper_lora.data.audio import load_audio, log_mel_spectrogram, pad_or_trim
+from mlx_whisper_lora.backend_mlx.load import save_hf as save_hf_folder
+from mlx_whisper_lora.backend_mlx.load import ModelLoadError, load_model, quantize_model, resolve, save_model
+from mlx_whisper_lora.formats.offline_models import OFFLINE_MODELS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,7 +91,7 @@ def test_openai_pt_checkpoint(tiny_en_checkpoint, tiny_en, inputs, reference_log
 
 
 def test_quantized_folder_round_trip(tiny_en_checkpoint, inputs, reference_logits, tmp_path):
-    from mlx_whisper_lora.load import build_model
+    from mlx_whisper_lora.backend_mlx.load import build_model
 
     model = quantize_model(build_model(tiny_en_checkpoint), bits=8, group_size=64)
     q_logits = _logits(model, inputs)

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from mlx_whisper_lora.lora import main, merge_options
+from mlx_whisper_lora.lora import main
+from mlx_whisper_lora.tuner.run_config import merge_options
 
 
 def _error(capsys, argv, everything=False) -> str:
@@ -23,11 +24,28 @@ def test_yaml_config_is_overridden_by_flags(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("rank: 32\nalpha: 64\nlora_layers: 2\nlora_parameters: {dropout: 0.05, keys: [q_proj, v_proj]}\n")
     options = merge_options({"rank": 16}, str(cfg))
-    assert options["rank"] == 16 and options["alpha"] == 64 and options["num_layers"] == 2
-    assert options["dropout"] == 0.05 and options["lora_modules"] == ["q_proj", "v_proj"]
+    assert options.rank == 16 and options.alpha == 64 and options.num_layers == 2
+    assert options.dropout == 0.05 and options.lora_modules == ["q_proj", "v_proj"]
     cfg.write_text("rnak: 3\n")
     with pytest.raises(Exception, match="unknown option 'rnak'"):
         merge_options({}, str(cfg))
+
+
+def test_yaml_numbers_are_typed_and_bad_values_named(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("learning_rate: 1e-4\nrank: '16'\n")  # YAML reads 1e-4 as a string
+    options = merge_options({}, str(cfg))
+    assert options.learning_rate == 1e-4 and options.rank == 16
+    cfg.write_text("rank: eight\n")
+    assert "rank (--rank): expected a whole number, got 'eight'" in _error(capsys, ["-c", str(cfg), "--train"])
+
+
+def test_help_shows_every_option_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())  # help text wraps with the terminal's width
+    assert "--learning-rate LEARNING_RATE" in out and "(default: 0.0001)" in out
+    assert "--no-encoder-cache" in out and "--lora-layers" in out and "--hf-dataset-lang" in out
 
 
 def test_nothing_to_do(capsys):
@@ -56,7 +74,8 @@ def test_all_audio_unusable(capsys, tmp_path):
 
 
 def test_adapter_of_another_model_is_refused(capsys, tmp_path):
-    from mlx_whisper_lora.adapters import AdapterConfig, save_adapter_config
+    from mlx_whisper_lora.formats.adapter_config import AdapterConfig
+    from mlx_whisper_lora.formats.adapter_files import save_adapter_config
 
     dims = {"n_mels": 80, "n_audio_ctx": 1500, "n_audio_state": 512, "n_audio_head": 8, "n_audio_layer": 6,
             "n_vocab": 51865, "n_text_ctx": 448, "n_text_state": 512, "n_text_head": 8, "n_text_layer": 6}
@@ -73,11 +92,11 @@ def test_bad_numbers(capsys):
 def test_seed_recipe_config_reads_as_the_peft_recipe():
     from pathlib import Path
 
-    from mlx_whisper_lora.adapters import AdapterConfig
+    from mlx_whisper_lora.formats.adapter_config import AdapterConfig
 
     options = merge_options({}, str(Path(__file__).resolve().parent.parent / "configs" / "peft_t4_large_v2.yaml"))
-    config = AdapterConfig(rank=options["rank"], alpha=options["alpha"], dropout=options["dropout"],
-                           modules=options["lora_modules"])
+    config = AdapterConfig(rank=options.rank, alpha=options.alpha, dropout=options.dropout,
+                           modules=options.lora_modules)
     assert config.scale == 2.0 and config.dropout == 0.05
     assert config.modules == ["attn.query", "attn.value", "cross_attn.query", "cross_attn.value"]
-    assert options["backend"] == "torch" and options["batch_size"] == 8 and options["warmup"] == 50
+    assert options.backend == "torch" and options.batch_size == 8 and options.warmup == 50

@@ -7,7 +7,7 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from mlx_whisper_lora.lora_layers import DoRALinear, LoRALinear
+from mlx_whisper_lora.backend_mlx.lora_layers import DoRALinear, LoRALinear
 
 
 def _random_lora(layer_cls, base, rank=4, alpha=8.0):

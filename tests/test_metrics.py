@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from mlx_whisper_lora.metrics import cer, edit_distance, score, wer
+from mlx_whisper_lora.text.metrics import cer, edit_distance, score, wer
 
 
 def test_edit_distance_known_cases():

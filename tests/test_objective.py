@@ -5,8 +5,9 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
-from mlx_whisper_lora.objective import collate, make_label, masked_cross_entropy
-from mlx_whisper_lora.tokenizer import get_tokenizer
+from mlx_whisper_lora.backend_mlx.engine import masked_cross_entropy
+from mlx_whisper_lora.data.labels import collate, make_label
+from mlx_whisper_lora.text.tokenizer import get_tokenizer
 
 
 def test_english_only_label_and_shifted_targets():
@@ -46,9 +47,9 @@ def test_padding_does_not_change_the_loss():
     assert mask.tolist()[0][len(short.tokens) - 1:] == [0.0] * (inputs.shape[1] - len(short.tokens) + 1)
     rng = np.random.default_rng(0)
     logits = mx.array(rng.normal(size=(2, inputs.shape[1], 51864)).astype(np.float32))
-    total, count = masked_cross_entropy(logits, targets, mask)
+    total, count = masked_cross_entropy(logits, mx.array(targets), mx.array(mask))
     noisy = np.array(logits)
     noisy[0, len(short.tokens) - 1:] += 100 * rng.normal(size=noisy[0, len(short.tokens) - 1:].shape)
-    total2, count2 = masked_cross_entropy(mx.array(noisy), targets, mask)
+    total2, count2 = masked_cross_entropy(mx.array(noisy), mx.array(targets), mx.array(mask))
     assert count.item() == count2.item() == (len(short.tokens) - 2) + (len(long.tokens) - 2)
     assert abs(total.item() - total2.item()) < 1e-3

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from mlx_whisper_lora.offline_models import OFFLINE_MODELS
-from mlx_whisper_lora.tokenizer import ASSETS, get_tokenizer, read_ranks, read_tiktoken_file
+from mlx_whisper_lora.formats.offline_models import OFFLINE_MODELS
+from mlx_whisper_lora.text.tokenizer import ASSETS, get_tokenizer, read_ranks, read_tiktoken_file
 
 SENTENCES = [
     "And so, my fellow Americans: ask not what your country can do for you.",

@@ -9,17 +9,34 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="PyTorch not installed (the torch back end is optional)")
 
-from mlx_whisper_lora.adapters import AdapterConfig, apply_adapters, load_adapters, trainable_weights  # noqa: E402
+from mlx_whisper_lora.backend_mlx.adapters import AdapterConfig, apply_adapters, load_adapters, trainable_weights  # noqa: E402
 from mlx_whisper_lora.assets_dir import ASSETS  # noqa: E402
-from mlx_whisper_lora.audio import load_audio, log_mel_spectrogram, pad_or_trim  # noqa: E402
-from mlx_whisper_lora.decoding import DecodingOptions, decode  # noqa: E402
-from mlx_whisper_lora.load import build_model  # noqa: E402
-from mlx_whisper_lora.objective import collate, make_label, masked_cross_entropy  # noqa: E402
-from mlx_whisper_lora.tokenizer import get_tokenizer  # noqa: E402
-from mlx_whisper_lora.torch_backend import lora as tlora  # noqa: E402
-from mlx_whisper_lora.torch_backend import model as tmodel  # noqa: E402
-from mlx_whisper_lora.torch_backend.decoding import greedy_decode  # noqa: E402
-from mlx_whisper_lora.torch_backend.training import loss_fn, to_torch, train_steps  # noqa: E402
+from mlx_whisper_lora.data.audio import load_audio, log_mel_spectrogram, pad_or_trim  # noqa: E402
+from mlx_whisper_lora.inference.decoding import DecodingOptions, decode  # noqa: E402
+from mlx_whisper_lora.backend_mlx.load import build_model  # noqa: E402
+from mlx_whisper_lora.backend_mlx.engine import MLXBackend, masked_cross_entropy  # noqa: E402
+from mlx_whisper_lora.data.labels import collate, make_label  # noqa: E402
+from mlx_whisper_lora.text.tokenizer import get_tokenizer  # noqa: E402
+from mlx_whisper_lora.backend_torch import lora as tlora  # noqa: E402
+from mlx_whisper_lora.backend_torch import model as tmodel  # noqa: E402
+from mlx_whisper_lora.backend_torch.decoding import greedy_decode  # noqa: E402
+from mlx_whisper_lora.backend_torch.engine import TorchBackend, loss_and_count  # noqa: E402
+from mlx_whisper_lora.formats.adapter_files import save_adapter_config  # noqa: E402
+from mlx_whisper_lora.tuner.encoder_cache import CachedStates  # noqa: E402
+from mlx_whisper_lora.tuner.loop import TrainingArgs, train  # noqa: E402
+
+
+def to_torch(*arrays):
+    return [torch.from_numpy(np.array(a)) for a in arrays]
+
+
+def loss_fn(model, mel, inputs, targets, mask):
+    """The masked mean token loss over full logits, the MLX objective's layout. (Training computes
+    logits only at target positions, `loss_and_count`; torch's cross-entropy over that (tokens, vocab)
+    layout rounds differently, by up to ~5e-4 per token in fp32, so the parity check uses this one.)"""
+    logits = model(mel, inputs)
+    losses = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets.long(), reduction="none")
+    return (losses * mask).sum() / mask.sum().clamp(min=1.0)
 
 TEXTS = ["Whisper can be adapted to your own voice.", "THIS SHORT CLIP WAS SPOKEN BY A SPEECH SYNTHESIZER"]
 
@@ -32,7 +49,7 @@ def mel():
 @pytest.fixture(scope="module")
 def batch(mel):
     tok = get_tokenizer(False)
-    inputs, targets, mask = collate([make_label(tok, t, "en") for t in TEXTS], pad_token=0)
+    inputs, targets, mask = (mx.array(a) for a in collate([make_label(tok, t, "en") for t in TEXTS], pad_token=0))
     return mx.concatenate([mel, mel * 0.9]), inputs, targets, mask
 
 
@@ -81,6 +98,9 @@ def test_one_training_step_same_loss_and_lora_gradients(tiny_en_checkpoint, batc
     t_loss = loss_fn(torch_model, *to_torch(mel, inputs, targets, mask))
     t_loss.backward()
     assert abs(t_loss.item() - loss.item()) <= 1e-4 * abs(loss.item())
+    with torch.no_grad():  # the training loss: logits at target positions only, the same number
+        trained = loss_and_count(torch_model, *to_torch(mel), False, None, *to_torch(inputs, targets, mask), None)[0]
+    assert abs(trained.item() - loss.item()) <= 1e-3 * abs(loss.item())
     flat = dict(nn.utils.tree_flatten(grads))
     for name, p in tlora.trainable_weights(torch_model).items():
         g = np.array(flat[name])
@@ -93,38 +113,31 @@ def _mlx_greedy(model, mel):
 
 
 def test_adapters_trained_in_either_back_end_transcribe_the_same_in_the_other(tiny_en_checkpoint, batch, tmp_path):
-    from mlx_whisper_lora.examples import ExampleSet  # noqa: F401  (imported for its side-effect free check)
-    from mlx_whisper_lora.trainer import TrainingArgs, train
-    from mlx_whisper_lora.data import Utterance, check_utterances
+    from mlx_whisper_lora.data.examples import ExampleSet
+    from mlx_whisper_lora.data.manifests import Utterance, check_utterances
 
-    mel, inputs, targets, mask = batch
+    mel = batch[0]
     config = AdapterConfig(rank=4, alpha=8, freeze_encoder=True, base_model="tiny.en")
+    args = TrainingArgs(iters=20, batch_size=1, learning_rate=1e-3, save_every=0, steps_per_eval=1000)
     # MLX -> torch: 20 steps of MLX training on the demo clip
     mlx_model = build_model(tiny_en_checkpoint)
     mx.random.seed(0)
     apply_adapters(mlx_model, config)
     kept, _ = check_utterances([Utterance(str(ASSETS / "demo.flac"), TEXTS[1])], "train", multilingual=False)
     examples, _ = ExampleSet.build(kept, get_tokenizer(False), "transcribe", 80, 448)
-    train(mlx_model, config, TrainingArgs(iters=20, batch_size=1, learning_rate=1e-3, save_every=0,
-                                          steps_per_eval=1000), examples, None, tmp_path / "mlx", log=lambda m: None,
-          progress=False)
-    mlx_model.eval()
+    train(MLXBackend(mlx_model), examples, None, args, tmp_path / "mlx", log=lambda m: None, progress=False)
+    save_adapter_config(config, tmp_path / "mlx")
     torch_model = _torch_twin(tiny_en_checkpoint)
     tlora.load_adapters(torch_model, tmp_path / "mlx")
     expected = _mlx_greedy(mlx_model, mel)
     assert expected != _mlx_greedy(build_model(tiny_en_checkpoint), mel)
     assert greedy_decode(torch_model, torch.from_numpy(np.array(mel)))[0] == expected
 
-    # torch -> MLX: 20 steps of torch training, saved in the shared adapter format
+    # torch -> MLX: 20 steps of torch training through the same loop, saved in the shared adapter format
     torch_model = tlora.apply_adapters(_torch_twin(tiny_en_checkpoint), config)
-    one = to_torch(mel[:1], inputs[1:], targets[1:], mask[1:])
-    train_steps(torch_model, [one] * 20, learning_rate=1e-3)
     folder = tmp_path / "torch"
-    folder.mkdir()
-    from mlx_whisper_lora.adapters import save_adapter_config
-
+    train(TorchBackend(torch_model), examples, None, args, folder, log=lambda m: None, progress=False)
     save_adapter_config(config, folder)
-    tlora.save_adapter_weights(torch_model, folder / "adapters.safetensors")
     mlx_model = build_model(tiny_en_checkpoint)
     load_adapters(mlx_model, folder)
     assert _mlx_greedy(mlx_model, mel) == greedy_decode(torch_model, torch.from_numpy(np.array(mel)))[0]
@@ -143,7 +156,8 @@ def test_lora_cli_trains_and_tests_with_the_torch_back_end(tmp_path, capsys, tin
 
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "train_loss" in m] == [2, 4]
-    assert (out / "0000002_adapters.safetensors").exists() and (out / "optimizer_state.pt").exists()
+    assert (out / "0000002_adapters.safetensors").exists() and (out / "optimizer_state.safetensors").exists()
+    assert not list(out.glob("*.pt"))  # no pickle files
     report = json.loads((out / "test_results.json").read_text())
     assert report["utterances"] == 6 and 0 <= report["normalized_wer"] <= 100
     mlx_model = build_model(tiny_en_checkpoint)
@@ -154,24 +168,23 @@ def test_lora_cli_trains_and_tests_with_the_torch_back_end(tmp_path, capsys, tin
 def test_cached_cross_attention_keys_values_give_the_same_loss_and_gradients(tiny_en_checkpoint, batch):
     """Frozen encoder: the step from cached encoder states and cached base keys/values equals the
     step that runs the encoder and every projection (the issue's 'identical losses' check)."""
-    from mlx_whisper_lora.examples import ExampleSet
-    from mlx_whisper_lora.data import Utterance
-    from mlx_whisper_lora.torch_backend.trainer import _Inputs, _loss
+    from mlx_whisper_lora.data.examples import ExampleSet
+    from mlx_whisper_lora.data.manifests import Utterance
 
     config = AdapterConfig(rank=4, alpha=8, freeze_encoder=True)
     _, torch_model = _adapted_pair(tiny_en_checkpoint, config)  # lora_b non-zero: the adapters' terms count
     utterances = [Utterance(str(ASSETS / "demo.flac"), t, language="en") for t in TEXTS]
     examples, _ = ExampleSet.build(utterances, get_tokenizer(False), "transcribe", 80, 448)
     toks = [torch.from_numpy(np.array(a)) for a in collate(examples.labels, 0)]
-    cached = _Inputs(torch_model, examples, "cpu", cache=True)
-    assert cached.kv_caching
+    backend = TorchBackend(torch_model)
+    cached = CachedStates(examples, backend, 4 << 30)
     cached([0, 1])  # the first epoch fills the cache
-    audio, is_states, kv = cached([0, 1])
+    audio, is_states, kv = backend.model_inputs(examples, [0, 1], cached([0, 1]))
     assert is_states and kv is not None and len(kv) == tiny_en_checkpoint.dims.n_text_layer
 
     def loss_and_grads(inputs):
         torch_model.zero_grad(set_to_none=True)
-        loss, _ = _loss(torch_model, *inputs, *toks, None)
+        loss, _ = loss_and_count(torch_model, *inputs, *toks, None)
         loss.backward()
         return loss.item(), {n: p.grad.clone() for n, p in tlora.trainable_weights(torch_model).items()}
 
@@ -181,11 +194,11 @@ def test_cached_cross_attention_keys_values_give_the_same_loss_and_gradients(tin
     assert abs(loss_c - loss_u) <= 1e-5 * abs(loss_u)
     for name, g in grads_u.items():
         assert torch.allclose(grads_c[name], g, rtol=1e-3, atol=1e-6), name
-    small = _Inputs(torch_model, examples, "cpu", cache=True, memory_limit_bytes=1)  # no memory: states on disk, no K/V
+    small = CachedStates(examples, backend, 1)  # no memory: states on disk, no K/V
     small([0, 1])
-    audio_d, _, kv_d = small([0, 1])
-    assert kv_d is None and small.on_disk.all() and torch.allclose(audio_d, audio)
-    path = small.disk_path
+    audio_d, _, kv_d = backend.model_inputs(examples, [0, 1], small([0, 1]))
+    assert kv_d is None and small.cache.on_disk.all() and torch.allclose(audio_d, audio)
+    path = small.cache.disk_path
     small.close()
     import os
 
@@ -193,7 +206,7 @@ def test_cached_cross_attention_keys_values_give_the_same_loss_and_gradients(tin
 
 
 def test_dora_layer_fuses_to_the_same_function_as_in_mlx():
-    from mlx_whisper_lora.lora_layers import DoRALinear as MLXDoRA
+    from mlx_whisper_lora.backend_mlx.lora_layers import DoRALinear as MLXDoRA
 
     torch.manual_seed(0)
     base = torch.nn.Linear(16, 12)
@@ -220,3 +233,49 @@ def test_dora_cross_attention_is_not_served_from_cached_base_keys(tiny_en_checkp
     dora = tlora.apply_adapters(_torch_twin(tiny_en_checkpoint),
                                 AdapterConfig(rank=4, alpha=8, modules=["cross_attn.key"], fine_tune_type="dora"))
     assert lora.decoder.cross_kv_cacheable() and not dora.decoder.cross_kv_cacheable()
+
+
+def _torch_run(checkpoint, folder, iters, resume=None):
+    from mlx_whisper_lora.data.examples import ExampleSet
+    from mlx_whisper_lora.data.manifests import Utterance
+    from mlx_whisper_lora.formats.adapter_files import read_adapter_tensors
+
+    torch.manual_seed(0)
+    model = tlora.apply_adapters(_torch_twin(checkpoint), AdapterConfig(rank=4, alpha=8, freeze_encoder=True))
+    if resume is not None:
+        tlora.load_weights_into(model, read_adapter_tensors(resume), resume)
+    utterances = [Utterance(str(ASSETS / "demo.flac"), t, language="en", duration=4.0) for t in TEXTS * 2]
+    examples, _ = ExampleSet.build(utterances, get_tokenizer(False), "transcribe", 80, 448)
+    args = TrainingArgs(iters=iters, batch_size=2, learning_rate=1e-3, save_every=2, steps_per_eval=1000,
+                        lr_schedule="cosine", warmup=1)
+    messages = []
+    summary = train(TorchBackend(model), examples, None, args, folder, resume, messages.append, progress=False)
+    return model, summary, messages
+
+
+def test_torch_resume_equals_training_straight_through_and_old_pickle_state_is_converted(tiny_en_checkpoint,
+                                                                                        tmp_path):
+    from safetensors.numpy import load_file
+
+    straight, _, _ = _torch_run(tiny_en_checkpoint, tmp_path / "a", 4)
+    _torch_run(tiny_en_checkpoint, tmp_path / "b", 2)
+    resumed, summary, _ = _torch_run(tiny_en_checkpoint, tmp_path / "b", 4, tmp_path / "b" / "adapters.safetensors")
+    assert summary["start_step"] == 2 and summary["steps"] == 4
+    weights = tlora.trainable_weights(straight)
+    for name, p in tlora.trainable_weights(resumed).items():
+        assert torch.allclose(p, weights[name], atol=1e-6), name
+
+    # an earlier version wrote optimizer_state.pt (a pickle): it is read with weights_only and converted once
+    old = tmp_path / "old"
+    _torch_run(tiny_en_checkpoint, old, 2)
+    state = load_file(str(old / "optimizer_state.safetensors"))
+    names = list(tlora.trainable_weights(straight))
+    legacy = {"step": 2, "scheduler": {}, "optimizer": {"param_groups": [], "state": {
+        i: {key: torch.from_numpy(state[f"{name}.{key}"]) for key in ("step", "exp_avg", "exp_avg_sq")}
+        for i, name in enumerate(names)}}}
+    (old / "optimizer_state.safetensors").unlink()
+    torch.save(legacy, old / "optimizer_state.pt")
+    converted, summary, messages = _torch_run(tiny_en_checkpoint, old, 4, old / "adapters.safetensors")
+    assert summary["start_step"] == 2 and any("converted optimizer_state.pt" in m for m in messages)
+    for name, p in tlora.trainable_weights(converted).items():
+        assert torch.allclose(p, weights[name], atol=1e-6), name

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mlx_whisper_lora.assets_dir import ASSETS
-from mlx_whisper_lora.audio import load_audio, log_mel_spectrogram, pad_or_trim
+from mlx_whisper_lora.data.audio import load_audio, log_mel_spectrogram, pad_or_trim
 
 torch = pytest.importorskip("torch", reason="the torch back end needs PyTorch (pip install '.[torch]')")
 
@@ -23,9 +23,9 @@ def mel():
 
 def test_8bit_base_keeps_the_transcript_and_stores_int8(tiny_en_checkpoint, mel, jfk):
     pytest.importorskip("bitsandbytes", reason="--bits needs bitsandbytes (pip install '.[quantize]')")
-    from mlx_whisper_lora.torch_backend.decoding import greedy_decode
-    from mlx_whisper_lora.torch_backend.model import load_model
-    from mlx_whisper_lora.torch_backend.quantize import quantize_base
+    from mlx_whisper_lora.backend_torch.decoding import greedy_decode
+    from mlx_whisper_lora.backend_torch.model import load_model
+    from mlx_whisper_lora.backend_torch.quantize import quantize_base
 
     plain, quantized = load_model("tiny.en"), load_model("tiny.en")
     assert quantize_base(quantized, 8) == 4 * 6 + 4 * 10  # every linear layer of tiny.en's 4+4 blocks
@@ -48,8 +48,8 @@ def test_lora_trains_on_a_quantized_base_and_the_adapters_load_on_the_float_mode
     if backend == "torch":
         pytest.importorskip("bitsandbytes", reason="--bits needs bitsandbytes (pip install '.[quantize]')")
     from mlx_whisper_lora import lora
-    from mlx_whisper_lora.adapters import load_adapters
-    from mlx_whisper_lora.load import build_model
+    from mlx_whisper_lora.backend_mlx.adapters import load_adapters
+    from mlx_whisper_lora.backend_mlx.load import build_model
 
     out = tmp_path / "adapters"
     lora.main(["--train", "--backend", backend, "--bits", str(bits), "--adapter-path", str(out), "--iters", "8",
@@ -69,14 +69,15 @@ def test_lora_trains_on_a_quantized_base_and_the_adapters_load_on_the_float_mode
 def test_mlx_bits_quantizes_the_loaded_base_and_refuses_a_quantized_one(tiny_en_checkpoint, tmp_path):
     import mlx.nn as nn
 
-    from mlx_whisper_lora import lora
+    from mlx_whisper_lora.backend_mlx.engine import load_base
+    from mlx_whisper_lora.backend_mlx.load import save_model
     from mlx_whisper_lora.errors import UserError
-    from mlx_whisper_lora.load import build_model, save_model
+    from mlx_whisper_lora.tuner.run_config import RunConfig
 
-    options = dict(lora.DEFAULTS, model="tiny.en", adapter_path=str(tmp_path / "a"), bits=4)
-    model = lora.load_base(options, log=lambda m: None)
+    options = RunConfig(model="tiny.en", adapter_path=str(tmp_path / "a"), bits=4)
+    model = load_base(options, log=lambda m: None).model
     assert isinstance(model.decoder.blocks[0].attn.query, nn.QuantizedLinear)
     assert model.decoder.blocks[0].attn.query.bits == 4
     save_model(model, tmp_path / "q4")
     with pytest.raises(UserError, match="already quantized"):
-        lora.load_base(dict(options, model=str(tmp_path / "q4")), log=lambda m: None)
+        load_base(RunConfig(model=str(tmp_path / "q4"), bits=4), log=lambda m: None)

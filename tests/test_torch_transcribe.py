@@ -9,15 +9,14 @@ import sys
 from pathlib import Path
 
 import mlx.core as mx
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="the torch back end needs PyTorch (pip install '.[torch]')")
 
-from mlx_whisper_lora.adapters import AdapterConfig, apply_adapters, save_adapters  # noqa: E402
-from mlx_whisper_lora.load import build_model  # noqa: E402
-from mlx_whisper_lora.torch_backend.decoding import TorchDecodingModel  # noqa: E402
-from mlx_whisper_lora.torch_backend.model import load_model as load_torch_model  # noqa: E402
+from mlx_whisper_lora.backend_mlx.adapters import AdapterConfig, apply_adapters, save_adapters  # noqa: E402
+from mlx_whisper_lora.backend_mlx.load import build_model  # noqa: E402
+from mlx_whisper_lora.backend_torch.decoding import TorchDecodingModel  # noqa: E402
+from mlx_whisper_lora.backend_torch.model import load_model as load_torch_model  # noqa: E402
 from mlx_whisper_lora.transcribe import load_for_inference, transcribe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,29 +10,28 @@ import signal
 import mlx.core as mx
 import pytest
 
-from mlx_whisper_lora.adapters import AdapterConfig, apply_adapters, load_adapters, trainable_weights
+from mlx_whisper_lora.backend_mlx.adapters import AdapterConfig, apply_adapters, load_adapters, trainable_weights
 from mlx_whisper_lora.assets_dir import ASSETS
-from mlx_whisper_lora.data import Utterance, check_utterances
-from mlx_whisper_lora.decoding import DecodingOptions, decode
-from mlx_whisper_lora.examples import ExampleSet
-from mlx_whisper_lora.tokenizer import get_tokenizer
-from mlx_whisper_lora.trainer import TrainingArgs, evaluate_loss, train
+from mlx_whisper_lora.data.manifests import Utterance, check_utterances
+from mlx_whisper_lora.inference.decoding import DecodingOptions, decode
+from mlx_whisper_lora.data.examples import ExampleSet
+from mlx_whisper_lora.text.tokenizer import get_tokenizer
+from mlx_whisper_lora.backend_mlx.engine import MLXBackend
+from mlx_whisper_lora.tuner.loop import TrainingArgs, evaluate_loss, train
 
 TARGET = ("WHISPER CAN BE ADAPTED TO YOUR OWN VOICE WITH LOW RANK ADAPTERS "
           "THIS SHORT CLIP WAS SPOKEN BY A SPEECH SYNTHESIZER")
 
 
-def _examples(model, utterances, cache=True, timestamp_fraction=0.0):
+def _examples(model, utterances, timestamp_fraction=0.0):
     kept, _ = check_utterances(utterances, "train", multilingual=model.is_multilingual, default_language="en")
     tok = get_tokenizer(model.is_multilingual, model.num_languages)
     examples, _ = ExampleSet.build(kept, tok, "transcribe", model.dims.n_mels, model.dims.n_text_ctx, timestamp_fraction)
-    if cache:
-        examples.use_encoder_cache(model)
     return examples
 
 
 def _greedy(model, examples):
-    feats = model.embed_audio(examples.mels([0]))
+    feats = model.embed_audio(mx.array(examples.mels([0])))
     opts = DecodingOptions(language="en", without_timestamps=True)
     return decode(model, None, opts, get_tokenizer(False), audio_features=feats)[0].text
 
@@ -45,8 +44,7 @@ def test_single_utterance_converges_to_its_transcript(fresh_tiny_en, tmp_path):
     apply_adapters(model, AdapterConfig(freeze_encoder=True, rank=8, alpha=16))
     args = TrainingArgs(iters=60, batch_size=1, learning_rate=1e-3, lr_schedule="cosine", steps_per_report=10,
                         steps_per_eval=1000, save_every=0)
-    summary = train(model, AdapterConfig(freeze_encoder=True), args, examples, None, tmp_path, log=lambda m: None,
-                    progress=False)
+    summary = train(MLXBackend(model), examples, None, args, tmp_path, log=lambda m: None, progress=False)
     assert summary["status"] == "done" and summary["steps"] == 60
     model.eval()
     assert _greedy(model, examples) == TARGET
@@ -61,15 +59,14 @@ def _demo_utterances(n=4):
 
 
 def _run(model, folder, iters, resume=None, cache=True, **kw):
-    config = AdapterConfig(freeze_encoder=True, rank=4, alpha=8)
     args = TrainingArgs(iters=iters, batch_size=2, learning_rate=1e-3, save_every=2, steps_per_report=1,
-                        steps_per_eval=1000, lr_schedule="cosine", warmup=1, **kw)
-    return train(model, config, args, _examples(model, _demo_utterances(), cache), None, folder, resume_file=resume,
+                        steps_per_eval=1000, lr_schedule="cosine", warmup=1, encoder_cache=cache, **kw)
+    return train(MLXBackend(model), _examples(model, _demo_utterances()), None, args, folder, resume_file=resume,
                  log=lambda m: None, progress=False)
 
 
 def _adapted(checkpoint):
-    from mlx_whisper_lora.load import build_model
+    from mlx_whisper_lora.backend_mlx.load import build_model
 
     mx.random.seed(0)
     model = build_model(checkpoint)
@@ -84,9 +81,10 @@ def test_resume_continues_step_optimizer_and_batch_order(tiny_en_checkpoint, tmp
     _run(interrupted, tmp_path / "b", iters=2)
     resumed = _adapted(tiny_en_checkpoint)
     resume_file = tmp_path / "b" / "adapters.safetensors"
-    from mlx_whisper_lora.adapters import load_weights_into, read_adapter_weights
+    from mlx_whisper_lora.backend_mlx.adapters import load_weights_into
+    from mlx_whisper_lora.formats.adapter_files import read_adapter_tensors
 
-    load_weights_into(resumed, read_adapter_weights(resume_file), resume_file)
+    load_weights_into(resumed, read_adapter_tensors(resume_file), resume_file)
     summary = _run(resumed, tmp_path / "b", iters=4, resume=resume_file)
     assert summary["start_step"] == 2 and summary["steps"] == 4
     a, b = trainable_weights(straight), trainable_weights(resumed)
@@ -109,48 +107,54 @@ def test_ctrl_c_saves_and_stops_cleanly(tiny_en_checkpoint, tmp_path):
     def log(message):
         messages.append(message)
 
-    config = AdapterConfig(freeze_encoder=True, rank=4, alpha=8)
     args = TrainingArgs(iters=50, batch_size=2, save_every=0, steps_per_report=1, steps_per_eval=1000)
     examples = _examples(model, _demo_utterances())
-    original = examples.encoder_states
+    backend = MLXBackend(model)
+    original = backend.accumulate_gradients
     calls = {"n": 0}
 
-    def states_then_interrupt(indices):
+    def step_then_interrupt(*a, **k):
         calls["n"] += 1
         if calls["n"] == 3:  # during the third step, as a user pressing Ctrl-C
             os.kill(os.getpid(), signal.SIGINT)
-        return original(indices)
+        return original(*a, **k)
 
-    examples.encoder_states = states_then_interrupt
-    summary = train(model, config, args, examples, None, tmp_path, log=log, progress=False)
+    backend.accumulate_gradients = step_then_interrupt
+    summary = train(backend, examples, None, args, tmp_path, log=log, progress=False)
     assert summary["status"] == "interrupted" and summary["steps"] == 3 and summary["saved"]
     meta = mx.load(str(tmp_path / "adapters.safetensors"), return_metadata=True)[1]
     assert meta["step"] == "3"
     assert any("--resume-adapter-file" in m for m in messages)
-    from mlx_whisper_lora.load import build_model
+    from mlx_whisper_lora.backend_mlx.load import build_model
 
     reloaded = build_model(tiny_en_checkpoint)
+    from mlx_whisper_lora.formats.adapter_files import save_adapter_config
+
+    save_adapter_config(AdapterConfig(freeze_encoder=True, rank=4, alpha=8), tmp_path)
     load_adapters(reloaded, tmp_path)
     assert all(mx.array_equal(v, trainable_weights(model)[k]) for k, v in trainable_weights(reloaded).items())
 
 
 def test_full_disk_at_a_checkpoint_keeps_training(tiny_en_checkpoint, tmp_path, monkeypatch):
     model = _adapted(tiny_en_checkpoint)
-    real_save = mx.save_safetensors
+    import safetensors.numpy
+
+    real_save = safetensors.numpy.save_file
     calls = {"n": 0}
 
-    def flaky_save(path, arrays, metadata=None):
+    def flaky_save(arrays, path, metadata=None):
         calls["n"] += 1
         if calls["n"] == 1:  # the step-2 checkpoint hits a full disk; space is freed before the end
+            with open(path, "wb") as f:
+                f.write(b"partial")
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(path, arrays, metadata=metadata)
+        return real_save(arrays, path, metadata=metadata)
 
-    monkeypatch.setattr(mx, "save_safetensors", flaky_save)
+    monkeypatch.setattr(safetensors.numpy, "save_file", flaky_save)
     messages = []
-    config = AdapterConfig(freeze_encoder=True, rank=4, alpha=8)
     args = TrainingArgs(iters=4, batch_size=2, save_every=2, steps_per_report=1, steps_per_eval=1000)
-    summary = train(model, config, args, _examples(model, _demo_utterances()), None, tmp_path, log=messages.append,
-                    progress=False)
+    summary = train(MLXBackend(model), _examples(model, _demo_utterances()), None, args, tmp_path,
+                    log=messages.append, progress=False)
     assert summary["status"] == "done" and summary["steps"] == 4 and summary["saved"]
     assert any("No space left" in m and "training goes on" in m for m in messages)
     assert not list(tmp_path.glob("*.tmp.safetensors"))
@@ -158,6 +162,6 @@ def test_full_disk_at_a_checkpoint_keeps_training(tiny_en_checkpoint, tmp_path, 
 
 
 def test_validation_loss_matches_training_objective(fresh_tiny_en):
-    examples = _examples(fresh_tiny_en, _demo_utterances(2), cache=False)
-    loss = evaluate_loss(fresh_tiny_en, examples, batch_size=2)
+    examples = _examples(fresh_tiny_en, _demo_utterances(2))
+    loss = evaluate_loss(MLXBackend(fresh_tiny_en), examples, batch_size=2)
     assert 0.0 < loss < 5.0

@@ -10,9 +10,9 @@ import pytest
 import soundfile as sf
 
 from mlx_whisper_lora.errors import UserError
-from mlx_whisper_lora.transcribe import _segments_from_tokens, transcribe
-from mlx_whisper_lora.tokenizer import get_tokenizer
-from mlx_whisper_lora.writers import format_timestamp, write_result
+from mlx_whisper_lora.inference.transcriber import _segments_from_tokens, transcribe
+from mlx_whisper_lora.text.tokenizer import get_tokenizer
+from mlx_whisper_lora.formats.transcript_writers import format_timestamp, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -146,7 +146,7 @@ def test_transcribe_many_equals_transcribe_file_by_file(tiny_en, shared_data):
 def test_half_precision_model_transcribes(tiny_en_checkpoint, jfk):
     import mlx.core as mx
 
-    from mlx_whisper_lora.load import build_model
+    from mlx_whisper_lora.backend_mlx.load import build_model
 
     model = build_model(tiny_en_checkpoint, dtype="float16")
     assert model.dtype == mx.float16

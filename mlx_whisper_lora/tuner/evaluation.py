@@ -1,4 +1,4 @@
-"""Score a model on a test split: loss, and WER/CER of greedy transcripts.
+"""Score a model on a test split: loss, and WER/CER of greedy transcripts, whichever back end runs.
 
 Transcripts are decoded as users will decode them, with the language and task forced (as in
 training) and no timestamps, so the scores match what `transcribe --language L` gives.
@@ -11,20 +11,17 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-import mlx.core as mx
-
-from .decoding import DecodingOptions, decode
-from .examples import ExampleSet
-from .metrics import score
-from .tokenizer import get_tokenizer
-from .case_style import render as render_case
-from .trainer import evaluate_loss
+from ..data.examples import ExampleSet
+from ..text.case_style import render as render_case
+from ..text.metrics import score
+from .encoder_cache import CachedStates
+from .loop import evaluate_loss
 
 
-def transcribe_examples(model, examples: ExampleSet, task: str = "transcribe", batch_size: int = 8,
-                        progress: bool = True, num_batches: int = -1) -> tuple:
+def transcribe_examples(backend, examples: ExampleSet, task: str = "transcribe", batch_size: int = 8,
+                        progress: bool = True, num_batches: int = -1, states: Optional[CachedStates] = None) -> tuple:
     """(indices, transcripts) of greedy decoding, language and task forced, in dataset order."""
-    model.eval()
+    backend.set_training(False)
     indices = examples.usable(list(range(len(examples))))
     if num_batches >= 0:
         indices = indices[: num_batches * batch_size]
@@ -37,16 +34,12 @@ def transcribe_examples(model, examples: ExampleSet, task: str = "transcribe", b
         from tqdm import tqdm
 
         bar = tqdm(total=len(indices), desc="decode", unit="utt", dynamic_ncols=True, file=sys.stderr)
-    folder = getattr(model, "folder", None)
     for language, members in groups.items():
-        lang = language or "en"
-        tokenizer = get_tokenizer(model.is_multilingual, model.num_languages, language=lang, task=task, model_dir=folder)
-        options = DecodingOptions(task=task, language=lang, without_timestamps=True, temperature=0.0)
         for start in range(0, len(members), batch_size):
             chunk = members[start:start + batch_size]
-            features = examples.encoder_states(chunk) if examples.caches_encoder else model.embed_audio(examples.mels(chunk))
-            for i, result in zip(chunk, decode(model, None, options, tokenizer, audio_features=features)):
-                texts[i] = result.text
+            cached = states(chunk) if states is not None else None
+            for i, text in zip(chunk, backend.decode(examples, chunk, cached, language or "en", task)):
+                texts[i] = text
             if bar is not None:
                 bar.update(len(chunk))
     if bar is not None:
@@ -54,17 +47,19 @@ def transcribe_examples(model, examples: ExampleSet, task: str = "transcribe", b
     return indices, [texts[i] for i in indices]
 
 
-def test_report(model, examples: ExampleSet, task: str = "transcribe", batch_size: int = 8,
-                num_batches: int = -1, progress: bool = True) -> dict:
-    """Test loss, and raw and normalized WER and CER (percent), with the transcripts."""
+def test_report(backend, examples: ExampleSet, task: str = "transcribe", batch_size: int = 8,
+                num_batches: int = -1, progress: bool = True, case_style: Optional[str] = None,
+                punctuation: Optional[str] = "keep") -> dict:
+    """Test loss, and raw and normalized WER and CER (percent), with the transcripts. Each
+    utterance is encoded once for both (nothing trains here)."""
     tic = time.perf_counter()
-    if not examples.caches_encoder:  # nothing trains here: encode each utterance once for loss and decoding
-        examples.use_encoder_cache(model, batch_size=batch_size)
-    loss = evaluate_loss(model, examples, batch_size, num_batches)
-    indices, hyps = transcribe_examples(model, examples, task, batch_size, progress, num_batches)
-    mx.clear_cache()
-    return build_report(examples, indices, hyps, loss, time.perf_counter() - tic, getattr(model, "case_style", None),
-                        getattr(model, "punctuation", "keep"))
+    states = CachedStates(examples, backend, 4 << 30, None, batch_size)
+    try:
+        loss = evaluate_loss(backend, examples, batch_size, num_batches, states)
+        indices, hyps = transcribe_examples(backend, examples, task, batch_size, progress, num_batches, states)
+    finally:
+        states.close()
+    return build_report(examples, indices, hyps, loss, time.perf_counter() - tic, case_style, punctuation)
 
 
 def build_report(examples: ExampleSet, indices: List[int], hyps: List[str], loss: float, seconds: float,

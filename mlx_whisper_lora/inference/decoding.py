@@ -13,9 +13,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import mlx.core as mx
 import numpy as np
 
-from .audio import CHUNK_LENGTH, N_FRAMES
-from .model import Whisper
-from .tokenizer import Tokenizer, get_tokenizer
+from ..data.audio import CHUNK_LENGTH, N_FRAMES
+from ..backend_mlx.model import Whisper
+from ..text.tokenizer import Tokenizer, get_tokenizer
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ class TimestampRules(LogitFilter):
                 logits[k, :ts_begin] = -np.inf
 
 
-def _suppressed_ids(options: DecodingOptions, tokenizer: Tokenizer) -> List[int]:
+def suppressed_ids(options: DecodingOptions, tokenizer: Tokenizer) -> List[int]:
     spec = options.suppress_tokens
     if spec is None or spec == "":
         ids: List[int] = []
@@ -188,7 +188,7 @@ class _Run:
         filters: List[LogitFilter] = []
         if options.suppress_blank:
             filters.append(SuppressBlank(tokenizer, len(initial)))
-        filters.append(SuppressTokens(_suppressed_ids(options, tokenizer)))
+        filters.append(SuppressTokens(suppressed_ids(options, tokenizer)))
         if not options.without_timestamps:
             precision = CHUNK_LENGTH / model.dims.n_audio_ctx
             idx = None

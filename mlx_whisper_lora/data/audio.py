@@ -16,7 +16,7 @@ from typing import Union
 import mlx.core as mx
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 
 SAMPLE_RATE = 16000
 N_FFT = 400
@@ -33,7 +33,7 @@ class AudioError(UserError):
     """The audio file is missing, empty or not decodable."""
 
 
-def _resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     if orig_sr == target_sr:
         return audio
     import soxr
@@ -78,7 +78,7 @@ def load_audio(path: Union[str, Path], sr: int = SAMPLE_RATE) -> np.ndarray:
                 "wav, flac, ogg, mp3 — install ffmpeg for other formats"
             ) from None
     else:
-        audio = _resample(data.mean(axis=1), file_sr, sr)
+        audio = resample(data.mean(axis=1), file_sr, sr)
     if audio.size == 0:
         raise AudioError(f"audio file holds no samples: {path}")
     return np.ascontiguousarray(audio, dtype=np.float32)

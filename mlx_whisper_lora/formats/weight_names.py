@@ -11,7 +11,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from .model import ModelDimensions
+from .dims import ModelDimensions
 
 Weights = Dict[str, np.ndarray]
 
@@ -61,14 +61,19 @@ def hf_dims(config: dict) -> ModelDimensions:
     )
 
 
+def hf_name_to_mlx(name: str) -> str:
+    """'model.decoder.layers.3.self_attn.q_proj.weight' -> 'decoder.blocks.3.attn.query.weight'."""
+    for pattern, repl in _HF_RULES:
+        name = re.sub(pattern, repl, name)
+    return name
+
+
 def hf_to_mlx(weights: Weights) -> Weights:
     out = {}
     for name, w in weights.items():
         if name in ("proj_out.weight", "model.encoder.embed_positions.weight"):
             continue  # tied output projection; the encoder's sinusoids are recomputed
-        new = name
-        for pattern, repl in _HF_RULES:
-            new = re.sub(pattern, repl, new)
+        new = hf_name_to_mlx(name)
         if new.endswith(("conv1.weight", "conv2.weight")):
             w = _conv_to_mlx(w)
         out[new] = w

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Dict, Union
 
+import numpy as np
 import torch
 from torch import nn
 
-from ..adapters import ADAPTER_FILE, AdapterConfig, AdapterError, _blocks, _stacks, check_compatible, read_adapter_config
+from ..formats.adapter_config import AdapterConfig, adapted_blocks, adapted_layers, adapted_stacks
+from ..formats.adapter_files import check_fits, add_saved_adapters
 
 
 class LoRALinear(nn.Module):
@@ -105,22 +107,15 @@ def apply_adapters(model, config: AdapterConfig):
     for p in model.parameters():
         p.requires_grad_(False)
     if config.fine_tune_type == "full":
-        for stack in _stacks(model, config):
-            blocks = list(stack.blocks) if config.layers is None and config.num_layers < 0 else _blocks(model, stack, config)
-            targets = [stack] if config.layers is None and config.num_layers < 0 else blocks
-            for module in targets:
-                for p in module.parameters():
-                    p.requires_grad_(True)
+        targets = [stack for _, stack in adapted_stacks(model, config)] if config.whole_stacks else \
+            [block for _, block in adapted_blocks(model, config)]
+        for module in targets:
+            for p in module.parameters():
+                p.requires_grad_(True)
         return model
-    for stack in _stacks(model, config):
-        for block in _blocks(model, stack, config):
-            for name in config.modules:
-                parent_name, _, attr = name.rpartition(".")
-                parent = getattr(block, parent_name) if parent_name else block
-                if parent is None:
-                    continue
-                layer_cls = DoRALinear if config.fine_tune_type == "dora" else LoRALinear
-                setattr(parent, attr, layer_cls(getattr(parent, attr), config.rank, config.alpha, config.dropout))
+    layer_cls = DoRALinear if config.fine_tune_type == "dora" else LoRALinear
+    for parent, attr in adapted_layers(model, config):
+        setattr(parent, attr, layer_cls(getattr(parent, attr), config.rank, config.alpha, config.dropout))
     return model
 
 
@@ -128,55 +123,33 @@ def trainable_weights(model) -> Dict[str, torch.Tensor]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_adapter_weights(model, path: Union[str, Path], metadata: Optional[dict] = None) -> Path:
-    """The trainable weights in the MLX back end's names and layout, written atomically."""
-    from safetensors.torch import save_file
+CONV_WEIGHTS = ("encoder.conv1.weight", "encoder.conv2.weight")  # (out, in, kernel) here, (out, kernel, in) in files
 
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.safetensors")
-    tensors = {}
+
+def adapter_tensors(model) -> Dict[str, np.ndarray]:
+    """The trainable weights as float32 numpy in the files' names and layout."""
+    out = {}
     for name, p in trainable_weights(model).items():
         value = p.detach().float().cpu()
-        if name in ("encoder.conv1.weight", "encoder.conv2.weight"):
+        if name in CONV_WEIGHTS:
             value = value.transpose(1, 2)
-        tensors[name] = value.contiguous()
-    try:
-        save_file(tensors, str(tmp), metadata={"format": "mlx", **(metadata or {})})
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+        out[name] = value.contiguous().numpy()
+    return out
+
+
+def load_weights_into(model, weights: Dict[str, np.ndarray], source) -> None:
+    """Copy adapter weights (files' layout) into an adapted model after checking names and shapes."""
+    expected = trainable_weights(model)
+    shapes = {k: tuple(v.shape[i] for i in (0, 2, 1)) if k in CONV_WEIGHTS else tuple(v.shape) for k, v in expected.items()}
+    check_fits(shapes, weights, source)
+    with torch.no_grad():
+        for name, value in weights.items():
+            tensor = torch.from_numpy(np.array(value, dtype=np.float32))
+            if name in CONV_WEIGHTS:
+                tensor = tensor.transpose(1, 2)
+            expected[name].copy_(tensor.to(expected[name].dtype))
 
 
 def load_adapters(model, path: Union[str, Path]) -> AdapterConfig:
-    """Add the adapters saved at `path` (by either back end) to a torch Whisper."""
-    config = read_adapter_config(path)
-    check_compatible(model, config, path)
-    apply_adapters(model, config)
-    load_weights_into(model, path)
-    model.eval()
-    model.case_style = config.case_style
-    model.punctuation = config.punctuation
-    return config
-
-
-def load_weights_into(model, path: Union[str, Path]) -> None:
-    """Copy saved adapter weights into an adapted model after checking names and shapes."""
-    from safetensors.torch import load_file
-
-    weights_path = Path(path) / ADAPTER_FILE if Path(path).is_dir() else Path(path)
-    if not weights_path.exists():
-        raise AdapterError(f"adapter weights not found: {weights_path}")
-    weights = load_file(str(weights_path))
-    expected = trainable_weights(model)
-    if set(weights) != set(expected):
-        missing = sorted(set(expected) - set(weights))[:3]
-        raise AdapterError(f"adapters in {path} do not fit this model (missing {missing})")
-    with torch.no_grad():
-        for name, value in weights.items():
-            if name in ("encoder.conv1.weight", "encoder.conv2.weight"):
-                value = value.transpose(1, 2)
-            if tuple(value.shape) != tuple(expected[name].shape):
-                raise AdapterError(f"adapters in {path}: {name} has shape {tuple(value.shape)}, expected {tuple(expected[name].shape)}")
-            expected[name].copy_(value.to(expected[name].dtype))
+    """Add the adapters saved at `path` (by either back end, or PEFT) to a torch Whisper."""
+    return add_saved_adapters(model, path, apply_adapters, load_weights_into)

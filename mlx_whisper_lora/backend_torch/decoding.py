@@ -14,26 +14,29 @@ import mlx.core as mx
 import numpy as np
 import torch
 
-from ..decoding import DecodingOptions, SuppressBlank, SuppressTokens, _suppressed_ids
-from ..tokenizer import get_tokenizer
+from ..inference.decoding import DecodingOptions, SuppressBlank, SuppressTokens, suppressed_ids
+from ..text.tokenizer import get_tokenizer
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @torch.no_grad()
-def greedy_decode(model, mel: torch.Tensor, language: Optional[str] = "en", task: str = "transcribe",
-                  sample_len: Optional[int] = None) -> List[str]:
-    """Texts of greedy, timestamp-free decoding of log-mel windows (batch, 3000, n_mels)."""
+def greedy_decode(model, mel: Optional[torch.Tensor], language: Optional[str] = "en", task: str = "transcribe",
+                  sample_len: Optional[int] = None, features: Optional[torch.Tensor] = None) -> List[str]:
+    """Texts of greedy, timestamp-free decoding of log-mel windows (batch, 3000, n_mels), or of
+    their encoder states `features` when those are at hand."""
     model.eval()
     tok = get_tokenizer(model.is_multilingual, model.num_languages, language=language, task=task,
                         model_dir=getattr(model, "folder", None))
     initial = list(tok.sot_sequence) + [tok.no_timestamps]
     options = DecodingOptions(language=language, task=task, without_timestamps=True)
-    filters = [SuppressBlank(tok, len(initial)), SuppressTokens(_suppressed_ids(options, tok))]
+    filters = [SuppressBlank(tok, len(initial)), SuppressTokens(suppressed_ids(options, tok))]
     device = next(model.parameters()).device
-    cache = model.decoder.new_cache(model.embed_audio(mel.to(device)))
-    tokens = np.array([initial] * mel.shape[0], dtype=np.int64)
-    done = np.zeros(mel.shape[0], dtype=bool)
+    if features is None:
+        features = model.embed_audio(mel.to(device))
+    cache = model.decoder.new_cache(features.to(device))
+    tokens = np.array([initial] * features.shape[0], dtype=np.int64)
+    done = np.zeros(features.shape[0], dtype=bool)
     new = tokens
     for _ in range(sample_len or model.dims.n_text_ctx // 2):
         logits, cache = model.decoder.step(torch.from_numpy(new).to(device), cache)

@@ -6,59 +6,22 @@ Parameter names follow openai-whisper and mlx-whisper (`encoder.blocks.0.attn.qu
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, fields
 from typing import List, Optional, Tuple
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from ..formats import dims
+from ..formats.dims import ModelDimensions
 from . import cpu_kernels
 
 KVCache = Tuple[mx.array, mx.array]
 
 
-@dataclass(frozen=True)
-class ModelDimensions:
-    n_mels: int
-    n_audio_ctx: int
-    n_audio_state: int
-    n_audio_head: int
-    n_audio_layer: int
-    n_vocab: int
-    n_text_ctx: int
-    n_text_state: int
-    n_text_head: int
-    n_text_layer: int
-
-    @classmethod
-    def from_dict(cls, config: dict) -> "ModelDimensions":
-        names = {f.name for f in fields(cls)}
-        missing = names - set(config)
-        if missing:
-            raise ValueError(f"model config lacks {sorted(missing)}")
-        return cls(**{k: int(config[k]) for k in names})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @property
-    def is_multilingual(self) -> bool:
-        return self.n_vocab >= 51865
-
-    @property
-    def num_languages(self) -> int:
-        return self.n_vocab - 51765 - int(self.is_multilingual)
-
-
-def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> mx.array:
-    """The encoder's fixed positional table (computed, never stored)."""
-    assert channels % 2 == 0
-    log_increment = math.log(max_timescale) / (channels // 2 - 1)
-    inv = mx.exp(-log_increment * mx.arange(channels // 2, dtype=mx.float32))
-    scaled = mx.arange(length, dtype=mx.float32)[:, None] * inv[None, :]
-    return mx.concatenate([mx.sin(scaled), mx.cos(scaled)], axis=1)
+def sinusoids(length: int, channels: int) -> mx.array:
+    """The encoder's fixed positional table (formats/dims.py: the same numbers in both back ends)."""
+    return mx.array(dims.sinusoids(length, channels))
 
 
 class MultiHeadAttention(nn.Module):

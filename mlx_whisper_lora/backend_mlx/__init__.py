@@ -1,0 +1,1 @@
+"""The MLX back end: model, LoRA layers, loading, training step."""

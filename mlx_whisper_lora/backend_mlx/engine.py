@@ -1,0 +1,187 @@
+"""The MLX back end of the shared training loop (tuner/backend.py): loss, gradients, optimizer
+step, tensors for the files, and greedy decoding of test utterances."""
+
+from __future__ import annotations
+
+import resource
+import sys
+from typing import Callable, Dict, List, Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
+
+from ..errors import UserError
+from ..formats.adapter_config import AdapterConfig
+from ..inference.decoding import DecodingOptions, decode
+from ..text.tokenizer import get_tokenizer
+from . import adapters
+
+
+def masked_cross_entropy(logits: mx.array, targets: mx.array, mask: mx.array) -> tuple:
+    """(sum of token losses, number of counted tokens); divide for the mean."""
+    losses = nn.losses.cross_entropy(logits.astype(mx.float32), targets, reduction="none")
+    return (losses * mask).sum(), mask.sum()
+
+
+def loss_fn(model, audio: mx.array, inputs: mx.array, targets: mx.array, mask: mx.array, states: bool):
+    """Mean token loss and the number of tokens. `states`: audio holds encoder outputs already."""
+    logits = model.decoder(inputs, audio)[0] if states else model(audio, inputs)
+    total, count = masked_cross_entropy(logits, targets, mask)
+    return total / mx.maximum(count, 1.0), count
+
+
+def set_grad_checkpoint(model, enabled: bool) -> None:
+    """Recompute each block's activations in the backward pass (less memory, slower)."""
+    for block in list(model.encoder.blocks) + list(model.decoder.blocks):
+        block.grad_checkpoint = enabled
+
+
+def make_optimizer(name: str, weight_decay: float) -> optim.Optimizer:
+    """The optimizer at a placeholder rate: the loop sets the scheduled rate before every update."""
+    if name == "adamw":
+        return optim.AdamW(learning_rate=0.0, weight_decay=weight_decay)
+    if name == "adam":
+        return optim.Adam(learning_rate=0.0)
+    if name == "sgd":
+        return optim.SGD(learning_rate=0.0, momentum=0.9, weight_decay=weight_decay)
+    raise UserError(f"unknown optimizer {name!r}; use adamw, adam or sgd")
+
+
+class MLXBackend:
+    """The MLX Whisper (with adapters in place) behind the loop's interface."""
+
+    name = "mlx"
+
+    def __init__(self, model):
+        self.model = model
+        self.optimizer: Optional[optim.Optimizer] = None
+        self.grads = None
+        dims = model.dims
+        self.states_shape = (dims.n_audio_ctx, dims.n_audio_state)
+
+    # ---- adapters
+    def apply_adapters(self, config: AdapterConfig) -> None:
+        adapters.apply_adapters(self.model, config)
+
+    def load_adapter_weights(self, weights: Dict[str, np.ndarray], source) -> None:
+        adapters.load_weights_into(self.model, weights, source)
+
+    def load_adapters(self, path) -> AdapterConfig:
+        return adapters.load_adapters(self.model, path)
+
+    def count_parameters(self) -> tuple:
+        return adapters.count_parameters(self.model)
+
+    @property
+    def encoder_trained(self) -> bool:
+        return bool(tree_flatten(self.model.encoder.trainable_parameters()))
+
+    # ---- encoder states
+    def encode(self, examples, indices) -> list:
+        states = self.model.embed_audio(mx.array(examples.mels(indices)))
+        mx.eval(states)
+        return [s.astype(mx.float32) for s in states]
+
+    def states_nbytes(self, states) -> int:
+        return states.size * 4
+
+    def states_numpy(self, states) -> np.ndarray:
+        return np.array(states)
+
+    def model_inputs(self, examples, indices, states) -> tuple:
+        """(audio, is_states): cached encoder states, frozen-encoder states, or log-mels."""
+        if states is not None:
+            return mx.stack([s if isinstance(s, mx.array) else mx.array(s) for s in states]), True
+        mels = mx.array(examples.mels(indices))
+        if self.encoder_trained:
+            return mels, False
+        return mx.stop_gradient(self.model.embed_audio(mels)), True
+
+    # ---- steps
+    def start_training(self, args) -> None:
+        mx.random.seed(args.seed)
+        set_grad_checkpoint(self.model, bool(args.grad_checkpoint))
+        self.optimizer = make_optimizer(args.optimizer, args.weight_decay)
+        self.optimizer.init(self.model.trainable_parameters())
+        states = not self.encoder_trained
+        self._loss_and_grad = nn.value_and_grad(self.model, lambda m, a, i, t, k: loss_fn(m, a, i, t, k, states))
+
+    def set_training(self, training: bool) -> None:
+        self.model.train(training)
+
+    def accumulate_gradients(self, examples, indices, states, labels, accumulation: int) -> tuple:
+        audio, _ = self.model_inputs(examples, indices, states)
+        inputs, targets, mask = (mx.array(a) for a in labels)
+        (loss, ntok), grads = self._loss_and_grad(self.model, audio, inputs, targets, mask)
+        if accumulation > 1:
+            grads = tree_map(lambda g: g / accumulation, grads)
+        self.grads = grads if self.grads is None else tree_map(lambda a, b: a + b, self.grads, grads)
+        mx.eval(loss, ntok, self.grads)
+        return loss.item() * ntok.item(), ntok.item()
+
+    def update(self, learning_rate: float, max_grad_norm: float) -> None:
+        grads, self.grads = self.grads, None
+        if max_grad_norm and max_grad_norm > 0:
+            grads, _ = optim.clip_grad_norm(grads, max_grad_norm)
+        self.optimizer.learning_rate = mx.array(learning_rate, dtype=mx.float32)
+        self.optimizer.update(self.model, grads)
+        mx.eval(self.model.parameters(), self.optimizer.state)
+
+    def batch_loss(self, examples, indices, states, labels) -> tuple:
+        audio, is_states = self.model_inputs(examples, indices, states)
+        loss, n = loss_fn(self.model, audio, *(mx.array(a) for a in labels), is_states)
+        mx.eval(loss, n)
+        return loss.item() * n.item(), n.item()
+
+    def peak_memory_gb(self) -> float:
+        """Peak resident memory of this process (MLX's own counter where it has one)."""
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)  # kB on Linux
+        if sys.platform == "darwin":
+            rss /= 1024
+        try:
+            mlx_peak = mx.get_peak_memory() / 1e9
+        except AttributeError:
+            mlx_peak = 0.0
+        return round(max(rss, mlx_peak), 3)
+
+    # ---- tensors for the files
+    def adapter_tensors(self) -> Dict[str, np.ndarray]:
+        return adapters.trainable_numpy(self.model)
+
+    def optimizer_tensors(self) -> Dict[str, np.ndarray]:
+        return {k: np.array(v) for k, v in tree_flatten(self.optimizer.state)}
+
+    def load_optimizer_tensors(self, tensors: Dict[str, np.ndarray]) -> None:
+        self.optimizer.state = tree_unflatten([(k, mx.array(v)) for k, v in tensors.items()])
+
+    def convert_legacy_optimizer_file(self, path, log: Callable):
+        raise UserError(f"{path} is a PyTorch optimizer file; resume it with --backend torch")
+
+    # ---- decoding
+    def decode(self, examples, indices: List[int], states, language: str, task: str) -> List[str]:
+        model = self.model
+        tokenizer = get_tokenizer(model.is_multilingual, model.num_languages, language=language, task=task,
+                                  model_dir=getattr(model, "folder", None))
+        options = DecodingOptions(task=task, language=language, without_timestamps=True, temperature=0.0)
+        features = self.model_inputs(examples, indices, states)[0] if states is not None else \
+            model.embed_audio(mx.array(examples.mels(indices)))
+        texts = [r.text for r in decode(model, None, options, tokenizer, audio_features=features)]
+        mx.clear_cache()
+        return texts
+
+
+def load_base(config, log: Callable) -> MLXBackend:
+    """The base model of a run (`config`: tuner.run_config.RunConfig), quantized when --bits asks."""
+    from .load import load_model, quantize_model
+
+    mx.random.seed(int(config.seed))
+    model = load_model(config.model, dtype=config.dtype)
+    if config.bits:
+        if any(isinstance(m, nn.QuantizedLinear) for _, m in model.named_modules()):
+            raise UserError(f"--bits {config.bits}: {config.model} is already quantized; drop --bits")
+        quantize_model(model, bits=int(config.bits))
+        log(f"base quantized to {config.bits} bits (MLX affine, group size 64); adapters train in floating point")
+    return MLXBackend(model)

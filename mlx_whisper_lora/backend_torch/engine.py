@@ -1,0 +1,231 @@
+"""The PyTorch back end of the shared training loop (tuner/backend.py).
+
+fp16/bf16 autocast (fp16 on CUDA only, with a gradient scaler), gradient checkpointing, logits
+only at target positions. With a frozen encoder the loop caches encoder states; this back end
+adds, while the cache's memory allows, the decoder's cross-attention base keys and values (frozen
+projections of those states), so a step computes only the adapters' terms over the audio frames.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..formats.adapter_config import AdapterConfig
+from ..formats.safetensors_io import write_safetensors
+from . import lora as tlora
+from .decoding import greedy_decode
+
+AUTOCAST = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def loss_and_count(model, audio, is_states: bool, cross_kv, inputs, targets, mask, autocast_dtype):
+    """Mean loss over the target tokens, and their number; logits are computed only at those positions."""
+    with torch.autocast(audio.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        xa = audio if is_states else model.embed_audio(audio)
+        hidden = model.decoder.hidden(inputs, xa, cross_kv)
+        keep = mask > 0
+        logits = model.decoder.logits(hidden[keep])
+    count = keep.sum()
+    total = torch.nn.functional.cross_entropy(logits.float(), targets[keep].long(), reduction="sum")
+    return total / count.clamp(min=1), count
+
+
+def make_optimizer(name: str, params: list, weight_decay: float) -> torch.optim.Optimizer:
+    """The optimizer at a placeholder rate: the loop sets the scheduled rate before every update."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=0.0, momentum=0.9, weight_decay=weight_decay)
+    if name in ("adamw", "adam"):
+        return torch.optim.AdamW(params, lr=0.0, weight_decay=weight_decay if name == "adamw" else 0.0)
+    raise UserError(f"unknown optimizer {name!r}; use adamw, adam or sgd")
+
+
+class TorchBackend:
+    """The torch Whisper (with adapters in place) behind the loop's interface."""
+
+    name = "torch"
+
+    def __init__(self, model, device: str = "cpu", dtype: str = "float32", log: Callable = print):
+        self.model, self.device = model, device
+        self.autocast_dtype = AUTOCAST.get(dtype)
+        if device != "cuda" and self.autocast_dtype == torch.float16:
+            log("float16 autocast is for CUDA; training in float32 on the CPU (bfloat16 works there)")
+            self.autocast_dtype = None
+        self.optimizer: Optional[torch.optim.Optimizer] = None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
+        dims = model.dims
+        self.states_shape = (dims.n_audio_ctx, dims.n_audio_state)
+
+    # ---- adapters
+    def apply_adapters(self, config: AdapterConfig) -> None:
+        tlora.apply_adapters(self.model, config)
+
+    def load_adapter_weights(self, weights: Dict[str, np.ndarray], source) -> None:
+        tlora.load_weights_into(self.model, weights, source)
+
+    def load_adapters(self, path) -> AdapterConfig:
+        return tlora.load_adapters(self.model, path)
+
+    def count_parameters(self) -> tuple:
+        trainable = sum(p.numel() for p in tlora.trainable_weights(self.model).values())
+        return trainable, sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def encoder_trained(self) -> bool:
+        return any(p.requires_grad for p in self.model.encoder.parameters())
+
+    # ---- encoder states: (states, cross-attention base K/V or None) per utterance
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+
+    def encode(self, examples, indices) -> list:
+        with torch.no_grad():
+            states = self.model.embed_audio(self._tensor(examples.mels(indices)))
+            kv = [None] * len(indices)
+            if self.model.decoder.cross_kv_cacheable():
+                layers = self.model.decoder.base_cross_kv(states)
+                kv = [[(k[j], v[j]) for k, v in layers] for j in range(len(indices))]
+        return [(s.clone(), item) for s, item in zip(states, kv)]
+
+    def states_nbytes(self, states) -> int:
+        tensor, kv = states
+        tensors = [tensor] + [t for layer in (kv or []) for t in layer]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def states_numpy(self, states) -> np.ndarray:
+        return states[0].float().cpu().numpy()
+
+    def model_inputs(self, examples, indices, states) -> tuple:
+        """(audio, is_states, cross_kv or None) on the device."""
+        if states is not None:
+            items = [s if isinstance(s, tuple) else (self._tensor(s), None) for s in states]
+            audio = torch.stack([s for s, _ in items])
+            if any(kv is None for _, kv in items):
+                return audio, True, None
+            layers = len(items[0][1])
+            kv = [tuple(torch.stack([item[1][layer][j] for item in items]) for j in range(2)) for layer in range(layers)]
+            return audio, True, kv
+        mels = self._tensor(examples.mels(indices))
+        if self.encoder_trained:
+            return mels, False, None
+        with torch.no_grad():
+            return self.model.embed_audio(mels), True, None
+
+    def _labels(self, labels) -> list:
+        return [self._tensor(a) for a in labels]
+
+    # ---- steps
+    def start_training(self, args) -> None:
+        torch.manual_seed(args.seed)
+        self.model.encoder.grad_checkpoint = self.model.decoder.grad_checkpoint = bool(args.grad_checkpoint)
+        self.params = tlora.trainable_weights(self.model)
+        self.optimizer = make_optimizer(args.optimizer, list(self.params.values()), args.weight_decay)
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def set_training(self, training: bool) -> None:
+        self.model.train(training)
+
+    def accumulate_gradients(self, examples, indices, states, labels, accumulation: int) -> tuple:
+        audio, is_states, kv = self.model_inputs(examples, indices, states)
+        loss, n = loss_and_count(self.model, audio, is_states, kv, *self._labels(labels), self.autocast_dtype)
+        self.scaler.scale(loss / accumulation).backward()
+        return loss.item() * n.item(), n.item()
+
+    def update(self, learning_rate: float, max_grad_norm: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
+        if max_grad_norm and max_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(list(self.params.values()), max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def batch_loss(self, examples, indices, states, labels) -> tuple:
+        with torch.no_grad():
+            audio, is_states, kv = self.model_inputs(examples, indices, states)
+            loss, n = loss_and_count(self.model, audio, is_states, kv, *self._labels(labels), self.autocast_dtype)
+        return loss.item() * n.item(), n.item()
+
+    def peak_memory_gb(self) -> float:
+        if self.device == "cuda":
+            return round(torch.cuda.max_memory_allocated() / 1e9, 3)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)
+        return round(rss / 1024 if sys.platform == "darwin" else rss, 3)
+
+    # ---- tensors for the files: optimizer state by parameter name ("decoder...lora_a.exp_avg")
+    def adapter_tensors(self) -> Dict[str, np.ndarray]:
+        return tlora.adapter_tensors(self.model)
+
+    def optimizer_tensors(self) -> Dict[str, np.ndarray]:
+        names = list(self.params)
+        out = {}
+        for index, state in self.optimizer.state_dict()["state"].items():
+            for key, value in state.items():
+                out[f"{names[index]}.{key}"] = torch.as_tensor(value).detach().float().cpu().numpy()
+        return out
+
+    def load_optimizer_tensors(self, tensors: Dict[str, np.ndarray]) -> None:
+        state_dict = self.optimizer.state_dict()
+        state: Dict[int, dict] = {}
+        for index, name in enumerate(self.params):
+            entries = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".") and
+                       k[len(name) + 1:].isidentifier()}
+            if entries:
+                state[index] = {key: torch.from_numpy(np.array(value)).to(self.device) if key != "step"
+                                else torch.tensor(float(np.asarray(value).reshape(-1)[0])) for key, value in entries.items()}
+        missing = [name for index, name in enumerate(self.params) if index not in state]
+        if missing and len(missing) < len(self.params):
+            raise UserError(f"the optimizer state lacks {missing[:3]}; it belongs to other adapters")
+        self.optimizer.load_state_dict({"state": state, "param_groups": state_dict["param_groups"]})
+
+    def convert_legacy_optimizer_file(self, path, log: Callable):
+        """An optimizer_state.pt of an earlier version, read with weights_only=True (no code runs)
+        and written once as the safetensors file beside it."""
+        try:
+            legacy = torch.load(path, map_location="cpu", weights_only=True)
+            step, saved = int(legacy["step"]), legacy["optimizer"]["state"]
+        except Exception as e:  # noqa: BLE001 - any unreadable file
+            raise UserError(f"cannot read the old optimizer file {path} ({e}); delete it to resume with a fresh optimizer") from None
+        names = list(self.params)
+        tensors = {f"{names[i]}.{key}": torch.as_tensor(value).float().numpy()
+                   for i, state in saved.items() for key, value in state.items()}
+        target = path.with_suffix(".safetensors")
+        write_safetensors(target, tensors, {"format": "mlx", "step": str(step), "back_end": self.name})
+        log(f"resume: converted {path.name} (an earlier version's pickle) to {target.name}")
+        return target
+
+    # ---- decoding
+    def decode(self, examples, indices: List[int], states, language: str, task: str) -> List[str]:
+        if states is not None:
+            features = self.model_inputs(examples, indices, states)[0]
+            return greedy_decode(self.model, None, language, task, features=features)
+        return greedy_decode(self.model, self._tensor(examples.mels(indices)), language, task)
+
+
+def pick_device(requested: Optional[str]) -> str:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: PyTorch sees no CUDA GPU here; use --device cpu")
+    return requested or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_base(config, log: Callable) -> TorchBackend:
+    """The base model of a run (`config`: tuner.run_config.RunConfig), quantized when --bits asks."""
+    from .model import load_model
+
+    device = pick_device(config.device)
+    log(f"torch back end on {device}")
+    torch.manual_seed(int(config.seed))
+    model = load_model(config.model, device=device)
+    if config.bits:
+        from .quantize import quantize_base
+
+        count = quantize_base(model, int(config.bits), AUTOCAST.get(config.dtype, torch.float32))
+        log(f"base quantized to {config.bits} bits through bitsandbytes ({count} linear layers); "
+            "adapters train in floating point")
+    return TorchBackend(model, device, config.dtype, log)

@@ -1,0 +1,1 @@
+"""Training and test data: audio, manifests, labels, batches, example sets."""

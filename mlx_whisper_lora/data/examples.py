@@ -1,0 +1,86 @@
+"""Utterances made ready for a model: labels, lengths for batching, and log-mels on demand.
+
+Log-mels are computed when a batch first needs them and kept while under a memory limit; audio
+that cannot be read at that point is recorded in `failed` and left out, never stopping a run.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Set
+
+import numpy as np
+
+from ..text.case_style import training_text
+from .audio import N_FRAMES, N_SAMPLES, AudioError, log_mel_spectrogram, pad_or_trim
+from .labels import Label, make_label
+from .manifests import Utterance
+
+
+class ExampleSet:
+    """A split's utterances with their labels; hands out log-mels by index."""
+
+    def __init__(self, utterances: List[Utterance], labels: List[Label], n_mels: int, name: str = "train"):
+        self.utterances = utterances
+        self.labels = labels
+        self.n_mels = n_mels
+        self.name = name
+        self.lengths = [len(lab.tokens) for lab in labels]
+        self.failed: Dict[int, str] = {}  # index -> why its audio could not be read at batch time
+        self._mels: Dict[int, np.ndarray] = {}
+        self._mel_bytes = 0
+        self._readable: Set[int] = set()  # audio read once already (its log-mel may since be forgotten)
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    @classmethod
+    def build(cls, utterances: List[Utterance], tokenizer, task: str, n_mels: int, max_tokens: int,
+              timestamp_fraction: float = 0.0, seed: int = 0, name: str = "train", case_style: str = "keep") -> tuple:
+        """(ExampleSet, number of labels cut at the decoder context). Labels are the transcripts in
+        the training case of `case_style` (the vocabulary's case for one-case data, see case_style.py)."""
+        rng = np.random.default_rng([int(seed), 7])
+        with_times = rng.random(len(utterances)) < timestamp_fraction
+        labels = [make_label(tokenizer, training_text(u.text, case_style, tokenizer, u.language), u.language, task,
+                             u.duration, bool(t), max_tokens)
+                  for u, t in zip(utterances, with_times)]
+        return cls(utterances, labels, n_mels, name), sum(lab.truncated for lab in labels)
+
+    def seconds(self, indices: Sequence[int]) -> float:
+        return float(sum(self.utterances[i].duration or 0.0 for i in indices))
+
+    def mel(self, index: int, cache_limit_bytes: int = 2 << 30) -> np.ndarray:
+        """(3000, n_mels) float32 log-mel of a 30 s window, cached while under the limit."""
+        if index in self._mels:
+            return self._mels[index]
+        audio = self.utterances[index].load()
+        mel = np.array(log_mel_spectrogram(pad_or_trim(audio, N_SAMPLES), self.n_mels)[:N_FRAMES])
+        self._readable.add(index)
+        if self._mel_bytes + mel.nbytes <= cache_limit_bytes:
+            self._mels[index] = mel
+            self._mel_bytes += mel.nbytes
+        return mel
+
+    def mels(self, indices: Sequence[int]) -> np.ndarray:
+        return np.stack([self.mel(i) for i in indices])
+
+    def forget_mels(self, indices: Sequence[int]) -> None:
+        for i in indices:
+            mel = self._mels.pop(i, None)
+            if mel is not None:
+                self._mel_bytes -= mel.nbytes
+
+    def usable(self, indices: Sequence[int]) -> List[int]:
+        """The indices whose audio can be read; the others are recorded in `failed` and dropped.
+        (Reading the audio computes and keeps its log-mel, which the batch needs next.)"""
+        out = []
+        for i in indices:
+            if i in self.failed:
+                continue
+            if i not in self._readable:
+                try:
+                    self.mel(i)
+                except AudioError as e:
+                    self.failed[i] = str(e)
+                    continue
+            out.append(i)
+        return out

@@ -1,0 +1,46 @@
+"""Writing files so that an interruption or a full disk never leaves a half-written one.
+
+Every file the package writes (adapters, optimizer state, configs, exports, transcripts) goes
+through `atomic_write`: the content goes to a temporary file beside the target, which then
+replaces it in one rename. The temporary name keeps the target's suffix, because some writers
+(mx.save_safetensors) insist on it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Union
+
+
+def temporary_path(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.tmp{path.suffix}")
+
+
+def atomic_write(path: Union[str, Path], write: Callable[[Path], None]) -> Path:
+    """Call `write(temporary path)`, then move the result onto `path`; on any failure the
+    temporary file is removed and the previous `path` stays as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: Union[str, Path], data: bytes) -> Path:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    return atomic_write(path, write)
+
+
+def atomic_write_text(path: Union[str, Path], text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))

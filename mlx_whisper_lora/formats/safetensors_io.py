@@ -1,0 +1,76 @@
+"""safetensors files as numpy arrays, bfloat16 included, written atomically.
+
+`safetensors.numpy` reads and writes every dtype numpy has; numpy has no bfloat16, which MLX
+and PyTorch checkpoints use. Such tensors are widened to float32 here (exactly: bfloat16 is the
+top half of a float32), from the file's own header, so no framework is needed to read them.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Dict, Optional, Tuple, Union
+
+import numpy as np
+
+from ..files import atomic_write
+
+
+def _read_with_bfloat16(path: Path) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+        data = f.read()
+    meta = header.pop("__metadata__", None) or {}
+    out = {}
+    for name, info in header.items():
+        start, end = info["data_offsets"]
+        raw = data[start:end]
+        if info["dtype"] == "BF16":
+            array = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+        else:
+            array = np.frombuffer(raw, dtype=_numpy_dtype(info["dtype"]))
+        out[name] = array.reshape(info["shape"]).copy()
+    return out, meta
+
+
+def _numpy_dtype(name: str) -> np.dtype:
+    table = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
+             "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?"}
+    if name not in table:
+        raise ValueError(f"unsupported safetensors dtype {name}")
+    return np.dtype(table[name])
+
+
+def read_safetensors_with_metadata(path: Union[str, Path]) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
+    """(tensors, metadata) of a safetensors file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
+    except TypeError:  # bfloat16, which numpy lacks
+        return _read_with_bfloat16(path)
+
+
+def read_safetensors(path: Union[str, Path]) -> Dict[str, np.ndarray]:
+    return read_safetensors_with_metadata(path)[0]
+
+
+def read_metadata(path: Union[str, Path]) -> Dict[str, str]:
+    """The metadata of a safetensors file without reading its tensors."""
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        return json.loads(f.read(header_len)).get("__metadata__") or {}
+
+
+def write_safetensors(path: Union[str, Path], tensors: Dict[str, np.ndarray], metadata: Optional[dict] = None) -> Path:
+    """Write numpy tensors atomically (the previous file stays intact on any failure)."""
+    from safetensors.numpy import save_file
+
+    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    return atomic_write(path, lambda tmp: save_file(arrays, str(tmp), metadata=meta))

@@ -1,0 +1,1 @@
+"""Decoding and long-form transcription (drives either back end's model)."""

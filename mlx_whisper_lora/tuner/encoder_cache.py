@@ -1,0 +1,105 @@
+"""Frozen-encoder outputs, computed once per utterance and reused every epoch.
+
+When the encoder is frozen and carries no adapter, its output for an utterance never changes, so
+the training loop asks the back end to compute it once (with the fast inference kernels) and keeps
+it: in memory up to a byte budget, beyond that in a memory-mapped file. Training then runs only
+the decoder. The cache stores whatever the back end returns (an mx.array, a torch tensor) and
+spills it as float32 numpy; the back end turns spilled rows back into its own arrays.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+
+class EncoderCache:
+    """Per-utterance encoder states of one example set."""
+
+    def __init__(self, n: int, shape: tuple, memory_limit_bytes: int, folder: Optional[Path] = None):
+        self.n, self.shape = n, tuple(shape)
+        self.limit, self.used = memory_limit_bytes, 0
+        self.memory: Dict[int, object] = {}
+        self.folder = folder
+        self.disk: Optional[np.memmap] = None
+        self.on_disk = np.zeros(n, dtype=bool)
+        self.disk_path: Optional[str] = None
+
+    def has(self, i: int) -> bool:
+        return i in self.memory or bool(self.on_disk[i])
+
+    def reserve(self, nbytes: int) -> bool:
+        """Count `nbytes` against the memory budget if they fit (back ends keep extras this way)."""
+        if self.used + nbytes > self.limit:
+            return False
+        self.used += nbytes
+        return True
+
+    def put(self, i: int, states, nbytes: int, as_numpy: Callable[[object], np.ndarray]) -> None:
+        if self.reserve(nbytes):
+            self.memory[i] = states
+        else:
+            self.spill(i, as_numpy(states))
+
+    def spill(self, i: int, states: np.ndarray) -> None:
+        """Write one utterance's states to the memory-mapped file (created on first use)."""
+        if self.disk is None:
+            folder = str(self.folder) if self.folder else None
+            if folder:
+                os.makedirs(folder, exist_ok=True)
+            fd, self.disk_path = tempfile.mkstemp(prefix="encoder_states_", suffix=".f32", dir=folder)
+            os.close(fd)
+            self.disk = np.memmap(self.disk_path, dtype=np.float32, mode="w+", shape=(self.n, *self.shape))
+        self.disk[i] = states
+        self.on_disk[i] = True
+
+    def get(self, i: int):
+        """The states in memory (back-end array), or a numpy row read from disk."""
+        if i in self.memory:
+            return self.memory[i]
+        return np.asarray(self.disk[i])
+
+    def missing(self, indices: Sequence[int]) -> List[int]:
+        return [i for i in indices if not self.has(i)]
+
+    def close(self) -> None:
+        if self.disk is not None:
+            del self.disk
+            self.disk = None
+            if self.disk_path and os.path.exists(self.disk_path):
+                os.unlink(self.disk_path)
+        self.memory.clear()
+
+
+class CachedStates:
+    """Encoder states of an example set's utterances through a back end, computed on first use
+    (in batches) and then served from an EncoderCache."""
+
+    def __init__(self, examples, backend, memory_limit_bytes: int, folder: Optional[Path] = None, batch_size: int = 8):
+        self.examples, self.backend, self.batch_size = examples, backend, batch_size
+        self.cache = EncoderCache(len(examples), backend.states_shape, memory_limit_bytes, folder)
+
+    def __call__(self, indices: Sequence[int]) -> list:
+        missing = self.cache.missing(indices)
+        for start in range(0, len(missing), self.batch_size):
+            chunk = missing[start:start + self.batch_size]
+            for i, states in zip(chunk, self.backend.encode(self.examples, chunk)):
+                self.cache.put(i, states, self.backend.states_nbytes(states), self.backend.states_numpy)
+            self.examples.forget_mels(chunk)  # the log-mels are no longer needed
+        return [self.cache.get(i) for i in indices]
+
+    def fill(self, progress: Optional[Callable] = None) -> None:
+        """Compute every usable utterance's states now (with a progress bar)."""
+        todo = self.cache.missing(range(len(self.examples)))
+        chunks = [todo[i:i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
+        for chunk in (progress(chunks) if progress else chunks):
+            usable = self.examples.usable(chunk)
+            if usable:
+                self(usable)
+
+    def close(self) -> None:
+        self.cache.close()

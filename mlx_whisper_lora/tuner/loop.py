@@ -1,0 +1,283 @@
+"""The training loop, one for both back ends: batches, schedule, reports, validation, checkpoints,
+resume and Ctrl-C. The back end does only the framework parts (see `tuner/backend.py`).
+
+Checkpoints are `adapters.safetensors` + `optimizer_state.safetensors`, the step in both files'
+metadata, written atomically (a temporary file, then a rename), so an interruption or a full disk
+never leaves a half-written one. Resuming from a checkpoint continues the step count, the
+optimizer moments and the exact batch order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from ..data.examples import ExampleSet
+from ..data.labels import collate
+from ..data.manifests import epoch_batches
+from ..formats.adapter_files import ADAPTER_FILE, optimizer_file_for, saved_step, write_adapter_tensors
+from ..formats.safetensors_io import read_safetensors_with_metadata, write_safetensors
+from .encoder_cache import CachedStates
+from .schedule import learning_rate_at
+
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class TrainingArgs:
+    iters: int = 200
+    batch_size: int = 8
+    learning_rate: float = 1e-4
+    lr_schedule: str = "constant"  # constant | cosine | linear
+    warmup: int = 0
+    grad_accumulation_steps: int = 1
+    grad_checkpoint: bool = False
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    optimizer: str = "adamw"  # adam | adamw | sgd (the back end builds it)
+    weight_decay: float = 0.0
+    steps_per_report: int = 10
+    steps_per_eval: int = 100
+    val_batches: int = 25  # -1: the whole validation split
+    save_every: int = 100
+    seed: int = 0
+    bucket: bool = True
+    encoder_cache: bool = True  # keep frozen-encoder states (the loop asks the back end whether the encoder is frozen)
+    cache_memory_gb: float = 4.0
+
+
+def validates_at(step: int, start: int, args: TrainingArgs) -> bool:
+    """Validation loss is measured after the run's first step (the baseline), every steps_per_eval, and at the end."""
+    return step % args.steps_per_eval == 0 or step == args.iters or step == start + 1
+
+
+def report_entry(step: int, window: dict, lr: float, peak_gb: float) -> tuple:
+    """(metrics.jsonl entry, the line shown) for the steps accumulated in `window`."""
+    entry = {
+        "step": step,
+        "train_loss": round(window["loss"] / max(window["tokens"], 1), 5),
+        "learning_rate": float(f"{lr:.6g}"),
+        "iterations_per_second": round(window["steps"] / window["seconds"], 4),
+        "audio_seconds_per_second": round(window["audio"] / window["seconds"], 3),
+        "tokens": int(window["tokens"]),
+        "peak_memory_gb": peak_gb,
+    }
+    line = (f"step {step}: train loss {entry['train_loss']:.3f}, lr {lr:.2e}, "
+            f"{entry['iterations_per_second']:.3f} it/s, {entry['audio_seconds_per_second']:.1f} audio s/s, "
+            f"peak mem {peak_gb:.2f} GB")
+    return entry, line
+
+
+class StopFlag:
+    """First Ctrl-C: finish the current step, save, stop. Second: stop at once."""
+
+    def __init__(self, log):
+        self.requested = False
+        self.log = log
+        self.previous = None
+
+    def __enter__(self):
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread
+            self.previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.log("\ninterrupt: finishing this step, then saving (press Ctrl-C again to stop at once)")
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+
+# ---------------------------------------------------------------- inputs and losses
+def batch_states(states: Optional[CachedStates], indices: List[int]):
+    """Cached encoder states for a batch, or None (the back end then reads the log-mels)."""
+    return states(indices) if states is not None else None
+
+
+def cached_states(backend, examples: Optional[ExampleSet], args: TrainingArgs, folder: Optional[Path],
+                  share: float = 1.0) -> Optional[CachedStates]:
+    """An encoder-state cache for the example set when the encoder is frozen (and caching is on)."""
+    if examples is None or backend.encoder_trained or not args.encoder_cache:
+        return None
+    return CachedStates(examples, backend, int(args.cache_memory_gb * share * (1 << 30)), folder, args.batch_size)
+
+
+def evaluate_loss(backend, examples: ExampleSet, batch_size: int, num_batches: int = -1,
+                  states: Optional[CachedStates] = None) -> float:
+    """Token-weighted mean loss over the first `num_batches` batches (-1: all) in a fixed order."""
+    backend.set_training(False)
+    batches = epoch_batches(examples.lengths, batch_size, seed=0, epoch=0)
+    if num_batches >= 0:
+        batches = batches[:num_batches]
+    total = count = 0.0
+    for indices in batches:
+        indices = examples.usable(indices)
+        if not indices:
+            continue
+        loss_sum, tokens = backend.batch_loss(examples, indices, batch_states(states, indices),
+                                              collate([examples.labels[i] for i in indices], pad_token=0))
+        total += loss_sum
+        count += tokens
+    return total / count if count else float("nan")
+
+
+# ---------------------------------------------------------------- checkpoints
+def checkpoint_names(step: int, keep_step_copy: bool) -> List[str]:
+    names = [ADAPTER_FILE]
+    return names + ([f"{step:07d}_{ADAPTER_FILE}"] if keep_step_copy else [])
+
+
+def save_checkpoint(backend, folder: Path, step: int, keep_step_copy: bool) -> None:
+    """Adapters and optimizer state (and step-numbered copies), each file written atomically."""
+    weights, state = backend.adapter_tensors(), backend.optimizer_tensors()
+    meta = {"format": "mlx", "step": str(step), "back_end": backend.name}
+    for name in checkpoint_names(step, keep_step_copy):
+        write_adapter_tensors(folder / name, weights, step)
+        write_safetensors(optimizer_file_for(folder / name), state, meta)
+
+
+def restore_optimizer(backend, adapter_file: Path, log: Callable) -> int:
+    """Load the optimizer state saved with `adapter_file`; returns the step to continue from (0 if none)."""
+    step = saved_step(adapter_file)
+    state_file = optimizer_file_for(adapter_file)
+    if not state_file.exists():
+        legacy = state_file.with_suffix(".pt")
+        if legacy.exists():
+            state_file = backend.convert_legacy_optimizer_file(legacy, log)
+        else:
+            log(f"resume: no optimizer state beside {adapter_file}; the weights are loaded, the optimizer starts fresh at step 0")
+            return 0
+    arrays, meta = read_safetensors_with_metadata(state_file)
+    if int(meta.get("step", -1)) != step:
+        log(f"resume: {state_file} is from step {meta.get('step')}, the adapters from step {step}; "
+            "starting the optimizer fresh at step 0")
+        return 0
+    backend.load_optimizer_tensors(arrays)
+    log(f"resume: continuing from step {step} with its optimizer state and batch order")
+    return step
+
+
+# ---------------------------------------------------------------- the loop
+def train(backend, train_set: ExampleSet, valid_set: Optional[ExampleSet], args: TrainingArgs, adapter_dir: Path,
+          resume_file: Optional[Path] = None, log: Callable[[str], None] = print, progress: bool = True) -> Dict:
+    """Train the back end's trainable weights; returns a summary (steps done, last losses, status)."""
+    adapter_dir = Path(adapter_dir)
+    adapter_dir.mkdir(parents=True, exist_ok=True)
+    backend.start_training(args)
+    start = restore_optimizer(backend, Path(resume_file), log) if resume_file else 0
+    train_states = cached_states(backend, train_set, args, adapter_dir)
+    valid_states = cached_states(backend, valid_set, args, adapter_dir, share=1 / 8)
+    metrics_path = adapter_dir / METRICS_FILE
+    summary = {"status": "done", "start_step": start, "steps": start}
+
+    def record(entry: dict) -> None:
+        with open(metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def save(step: int, final: bool) -> bool:
+        try:
+            save_checkpoint(backend, adapter_dir, step, keep_step_copy=not final)
+            return True
+        except OSError as e:
+            log(f"warning: could not write the checkpoint of step {step} to {adapter_dir}: {e.strerror or e}; "
+                "the previous checkpoint is intact" + ("" if final else "; training goes on and saves again later"))
+            record({"step": step, "event": "checkpoint_failed", "error": str(e)})
+            return False
+
+    if train_states is not None:
+        bar = (lambda it: _progress_bar(it, "encoder states", "batch")) if progress else None
+        for states in (train_states, valid_states):
+            if states is not None:
+                states.fill(bar)
+    log(f"training on {len(train_set)} utterances ({train_set.seconds(range(len(train_set))) / 60:.1f} min of audio)")
+    bar = _progress_bar(None, "train", "step", total=args.iters, initial=start) if progress else None
+    say = bar.write if bar is not None else log
+    window = {"loss": 0.0, "tokens": 0.0, "seconds": 0.0, "audio": 0.0, "steps": 0}
+    per_epoch = math.ceil(len(train_set) / args.batch_size)
+    epochs: Dict[int, list] = {}
+    step = start
+    backend.set_training(True)
+    with StopFlag(log) as stop:
+        try:
+            while step < args.iters:
+                tic = time.perf_counter()
+                lr = learning_rate_at(step, args.learning_rate, args.iters, args.lr_schedule, args.warmup)
+                loss_sum = tok_sum = audio_seconds = 0.0
+                for k in range(args.grad_accumulation_steps):
+                    epoch, index = divmod(step * args.grad_accumulation_steps + k, per_epoch)
+                    if epoch not in epochs:
+                        epochs.clear()
+                        epochs[epoch] = epoch_batches(train_set.lengths, args.batch_size, args.seed, epoch, args.bucket)
+                    indices = train_set.usable(epochs[epoch][index])
+                    if not indices:
+                        continue
+                    labels = collate([train_set.labels[i] for i in indices], pad_token=0)
+                    batch_loss, tokens = backend.accumulate_gradients(train_set, indices, batch_states(train_states, indices),
+                                                                     labels, args.grad_accumulation_steps)
+                    loss_sum += batch_loss
+                    tok_sum += tokens
+                    audio_seconds += train_set.seconds(indices)
+                if tok_sum == 0:
+                    raise RuntimeError("no readable audio in this batch")
+                backend.update(lr, args.max_grad_norm)
+                step += 1
+                for key, value in (("loss", loss_sum), ("tokens", tok_sum), ("audio", audio_seconds),
+                                   ("seconds", time.perf_counter() - tic), ("steps", 1)):
+                    window[key] += value
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss_sum / max(tok_sum, 1):.3f}", lr=f"{lr:.2e}")
+                if step % args.steps_per_report == 0 or step == args.iters:
+                    entry, line = report_entry(step, window, lr, backend.peak_memory_gb())
+                    record(entry)
+                    say(line)
+                    summary["train_loss"] = entry["train_loss"]
+                    window = {k: 0.0 for k in window}
+                if valid_set is not None and len(valid_set) and validates_at(step, start, args):
+                    tic = time.perf_counter()
+                    val = evaluate_loss(backend, valid_set, args.batch_size, args.val_batches, valid_states)
+                    backend.set_training(True)
+                    record({"step": step, "val_loss": round(val, 5), "val_seconds": round(time.perf_counter() - tic, 2)})
+                    say(f"step {step}: val loss {val:.3f}")
+                    summary["val_loss"] = val
+                if args.save_every and step % args.save_every == 0 and step < args.iters:
+                    save(step, final=False)
+                if stop.requested:
+                    summary["status"] = "interrupted"
+                    break
+        except KeyboardInterrupt:
+            summary["status"] = "interrupted"
+        finally:
+            if bar is not None:
+                bar.close()
+            for states in (train_states, valid_states):
+                if states is not None:
+                    states.close()
+    backend.set_training(False)
+    summary["steps"] = step
+    summary["saved"] = save(step, final=True)
+    if summary["status"] == "interrupted":
+        log(f"interrupted at step {step}; adapters saved in {adapter_dir}. Resume with "
+            f"--resume-adapter-file {adapter_dir / ADAPTER_FILE}")
+    summary["skipped_audio"] = dict(train_set.failed)
+    for index, why in train_set.failed.items():
+        log(f"skipped during training: {train_set.utterances[index].id}: {why}")
+    return summary
+
+
+def _progress_bar(iterable, desc: str, unit: str, **kwargs):
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr, **kwargs)

@@ -1,0 +1,199 @@
+"""Every option of a `lora` run in one typed dataclass: defaults, help, YAML (`-c`) and flags.
+
+The argparse parser is generated from the fields, so a flag's default and help text are written
+once; values merge as flags over YAML over defaults, and are checked in one place.
+`adapter_config.json` records the run from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import List, Optional
+
+from ..errors import UserError
+from .loop import TrainingArgs
+
+
+def option(default, help: str, group: str = "training", flags: tuple = (), choices=None, kind=None, **extra):
+    """A field with what its flag needs: help, group, extra spellings, choices."""
+    meta = {"help": help, "group": group, "flags": flags, "choices": choices, "kind": kind, **extra}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class RunConfig:
+    # what to do
+    train: bool = option(False, "train adapters", "what to do")
+    test: bool = option(False, "report test loss, WER and CER", "what to do")
+    model: Optional[str] = option(None, "base model: folder, hub id, .pt file or short name "
+                                        "(default: the adapters' base model, else tiny.en)", "what to do")
+    adapter_path: str = option("adapters", "folder for adapters.safetensors, adapter_config.json, metrics", "what to do")
+    resume_adapter_file: Optional[str] = option(None, "continue from this adapters file (step, optimizer state, batch order)",
+                                                "what to do")
+    # data
+    data: Optional[str] = option(None, "folder with train/valid/test .jsonl or .csv (default: the bundled demo set)", "data")
+    hf_dataset: Optional[str] = option(None, "Hugging Face dataset id or a folder written by save_to_disk", "data")
+    hf_dataset_config: Optional[str] = option(None, "dataset configuration (for Common Voice: the language)", "data",
+                                              flags=("--hf-dataset-lang",))
+    audio_column: str = option("audio", "audio column of the dataset", "data")
+    text_column: Optional[str] = option(None, "text column (default: sentence, text, transcription or transcript)", "data")
+    train_split: str = option("train", "dataset split to train on", "data")
+    valid_split: str = option("validation", "dataset split to validate on (optional)", "data")
+    test_split: str = option("test", "dataset split to test on", "data")
+    streaming: bool = option(False, "read the dataset as a stream", "data")
+    language: Optional[str] = option(None, "language of utterances without one (multilingual models need it)", "data")
+    task: str = option("transcribe", "what the decoder is trained to do", "data", choices=("transcribe", "translate"))
+    max_duration: float = option(30.0, "skip utterances longer than this (seconds, at most 30)", "data")
+    timestamp_fraction: float = option(0.5, "share of utterances trained with timestamp targets, to keep segment "
+                                            "timestamps", "data")
+    case_style: str = option("auto", "auto: all-caps (or all-lowercase) training transcripts are learned in the case the "
+                                     "model's vocabulary knows and the adapters' transcripts rendered back in theirs; "
+                                     "keep: train on the text as written", "data", choices=("auto", "keep", "upper", "lower"))
+    base_style_targets: bool = option(False, "transcribe the training audio once with the base model and train on the "
+                                             "reference words written with its case and punctuation where they agree: for "
+                                             "one-case or unpunctuated data, the adapters learn the words rather than a new "
+                                             "style (which is rendered instead)", "data")
+    # adapters
+    fine_tune_type: str = option("lora", "what is trained", "adapters", choices=("lora", "dora", "full"))
+    rank: int = option(8, "LoRA rank", "adapters")
+    alpha: float = option(16.0, "LoRA alpha; scale = alpha / rank as in PEFT", "adapters")
+    dropout: float = option(0.0, "dropout on the adapters' input", "adapters")
+    lora_modules: Optional[List[str]] = option(None, "modules to adapt: attn.query attn.key attn.value attn.out "
+                                                     "cross_attn.query ... mlp1 mlp2, or query/key/value/out for both "
+                                                     "attentions, or all (default: query value)", "adapters", nargs="+")
+    num_layers: int = option(-1, "adapt the last N blocks of the encoder and of the decoder (-1: all)", "adapters",
+                             flags=("--lora-layers",))
+    freeze_encoder: bool = option(False, "no adapters in the encoder (its states are cached)", "adapters")
+    bits: Optional[int] = option(None, "quantize the frozen base's block layers to 8 or 4 bits at load (QLoRA): "
+                                       "bitsandbytes (LLM.int8 / NF4) in the torch back end, MLX affine quantization "
+                                       "in the MLX back end", "adapters", choices=(4, 8))
+    # training
+    iters: int = option(200, "optimizer steps")
+    batch_size: int = option(8, "utterances per step (and per decoding batch)")
+    learning_rate: float = option(1e-4, "peak learning rate")
+    lr_schedule: str = option("constant", "learning-rate schedule after warmup", choices=("constant", "cosine", "linear"))
+    warmup: int = option(0, "linear warmup steps")
+    grad_accumulation_steps: int = option(1, "micro-batches per optimizer step")
+    grad_checkpoint: bool = option(False, "recompute activations: less memory, slower")
+    max_grad_norm: float = option(1.0, "clip the gradient norm (0: no clipping)")
+    optimizer: str = option("adamw", "optimizer", choices=("adamw", "adam", "sgd"))
+    weight_decay: float = option(0.0, "weight decay (adamw, sgd)")
+    steps_per_report: int = option(10, "steps between train-loss reports")
+    steps_per_eval: int = option(100, "steps between validation losses")
+    val_batches: int = option(25, "validation batches (-1: the whole split)")
+    test_batches: int = option(-1, "test batches for the test loss (-1: all)")
+    save_every: int = option(100, "steps between checkpoints (0: only at the end)")
+    seed: int = option(0, "seed of adapters, batch order and timestamp targets")
+    encoder_cache: bool = option(True, "recompute frozen encoder states every step instead of caching them",
+                                 flags=("--no-encoder-cache",), kind="off_switch")
+    cache_memory_gb: float = option(4.0, "memory for cached encoder states before spilling to disk")
+    dtype: str = option("float32", "compute dtype", choices=("float32", "float16", "bfloat16"))
+    progress: bool = option(True, "hide progress bars", flags=("--no-progress",), kind="off_switch")
+    backend: str = option("auto", "training back end (default auto: MLX where it has a GPU, else PyTorch when installed)",
+                          choices=("auto", "mlx", "torch"))
+    device: Optional[str] = option(None, "torch back end device", choices=("cpu", "cuda"))
+
+    def __post_init__(self):
+        """YAML gives `1e-4` as a string and a user may write `rank: "8"`: numbers are converted to
+        the field's type here, and a value that is not one is refused naming the option."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kind = {"int": int, "float": float, "bool": bool}.get(str(f.type).replace("Optional[", "").rstrip("]"))
+            if value is None or kind is None or isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+                continue
+            name = f"{f.name} (--{f.name.replace('_', '-')})"
+            if kind is bool:
+                raise UserError(f"{name}: expected true or false, got {value!r}")
+            try:
+                converted = kind(float(value)) if kind is int else kind(value)
+                if kind is int and converted != float(value):
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise UserError(f"{name}: expected {'a whole number' if kind is int else 'a number'}, got {value!r}") from None
+            setattr(self, f.name, converted)
+
+    def check(self) -> "RunConfig":
+        """Refuse values no run can use, naming the flag."""
+        if not self.train and not self.test:
+            raise UserError("nothing to do: pass --train, --test or both")
+        for name in ("iters", "batch_size", "grad_accumulation_steps", "steps_per_report", "steps_per_eval"):
+            if int(getattr(self, name)) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if float(self.learning_rate) <= 0:
+            raise UserError(f"--learning-rate must be positive, got {self.learning_rate}")
+        return self
+
+    def training_args(self) -> TrainingArgs:
+        names = {f.name for f in fields(TrainingArgs)}
+        return TrainingArgs(**{k: v for k, v in asdict(self).items() if k in names})
+
+    def to_json(self) -> dict:
+        """The run as adapter_config.json's `run` records it."""
+        return {k: v for k, v in asdict(self).items() if k != "progress"}
+
+
+YAML_ALIASES = {"lora_layers": "num_layers", "hf_dataset_lang": "hf_dataset_config"}
+
+
+def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """Flags for every RunConfig field; unset flags stay unset, so YAML values and defaults fill them."""
+    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-c", "--config", default=None, help="YAML file of options, keys as the long flags (flags given here win)")
+    groups = {}
+    for f in fields(RunConfig):
+        meta = f.metadata
+        group = groups.get(meta["group"]) or groups.setdefault(meta["group"], p.add_argument_group(meta["group"]))
+        default = f.default if f.default is not MISSING else f.default_factory()
+        shown = f"{meta['help']} (default: {default})" if meta["kind"] != "off_switch" and default not in (None, False) \
+            else meta["help"]
+        if meta["kind"] == "off_switch":
+            group.add_argument(*meta["flags"], dest=f.name, action="store_false", default=argparse.SUPPRESS, help=shown)
+            continue
+        flags = ["--" + f.name.replace("_", "-"), *meta["flags"]]
+        if f.type in ("bool", bool):
+            group.add_argument(*flags, dest=f.name, action="store_true", default=argparse.SUPPRESS, help=shown)
+            continue
+        kind = {"int": int, "float": float}.get(str(f.type).replace("Optional[", "").rstrip("]"), None)
+        group.add_argument(*flags, dest=f.name, type=kind, default=argparse.SUPPRESS, help=shown,
+                           choices=meta["choices"], **({"nargs": meta["nargs"]} if "nargs" in meta else {}))
+    return p
+
+
+def read_yaml_options(config_path: str) -> dict:
+    """Options of a YAML file (mlx-lm's `lora_parameters` layout accepted); unknown keys are an error naming them."""
+    import yaml
+
+    path = Path(config_path)
+    if not path.exists():
+        raise UserError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path} must hold a mapping of option: value")
+    known = {f.name for f in fields(RunConfig)}
+    options = {}
+    for key, value in loaded.items():
+        key = key.replace("-", "_")
+        key = YAML_ALIASES.get(key, key)
+        if key == "lora_parameters" and isinstance(value, dict):  # mlx-lm's layout
+            options.update({k: value[k] for k in ("rank", "alpha", "dropout") if k in value})
+            if "keys" in value:
+                options["lora_modules"] = value["keys"]
+            continue
+        if key not in known:
+            raise UserError(f"{path}: unknown option {key!r}")
+        options[key] = value
+    return options
+
+
+def merge_options(cli: dict, config_path: Optional[str]) -> RunConfig:
+    """Flags over YAML values over the defaults."""
+    options = read_yaml_options(config_path) if config_path else {}
+    options.update(cli)
+    return RunConfig(**options)

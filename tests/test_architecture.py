@@ -1,0 +1,128 @@
+"""The package's shape, checked from its source: layers import downward only (no cycle, lazy imports
+included), no private name crosses a module, CLIs stay thin, framework-free layers stay free of
+MLX and PyTorch, and every module imports."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "mlx_whisper_lora"
+CLI_FILES = ("lora.py", "fuse.py", "transcribe.py", "convert.py")
+FRAMEWORK_FREE = ("text", "formats", "tuner", "data/labels.py", "data/manifests.py", "files.py", "errors.py")
+# The two places a framework-free layer may touch one, and why.
+FRAMEWORK_EXCEPTIONS = {
+    ("formats/checkpoint.py", "torch"),  # .pt and pytorch_model.bin files are torch pickles (read with weights_only)
+    ("tuner/backend_choice.py", "mlx"),  # --backend auto asks MLX whether it has a GPU here
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict:
+    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imports(path: Path):
+    """(imported module, names) for every import in the file, at any depth (lazy ones too)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, []
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            yield target, [alias.name for alias in node.names]
+
+
+def internal_edges() -> dict:
+    """module -> set of package modules it imports (`from . import x` counts as importing x)."""
+    known = modules()
+    graph = {name: set() for name in known}
+    for name, path in known.items():
+        for target, names in imports(path):
+            for candidate in [f"{target}.{n}" for n in names] + [target]:
+                if candidate in known and candidate != name:
+                    graph[name].add(candidate)
+                    if candidate != target:
+                        break
+    return graph
+
+
+def test_every_module_imports():
+    for name in modules():
+        if name.startswith("mlx_whisper_lora.backend_torch"):
+            pytest.importorskip("torch")
+        importlib.import_module(name)
+
+
+def test_no_import_cycles():
+    graph = internal_edges()
+    state, cycles = {}, []
+
+    def visit(node, stack):
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    # the package __init__ only preloads the BLAS; every module "imports" it implicitly, which is no cycle
+    cycles = [c for c in cycles if "mlx_whisper_lora" not in c]
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_no_private_name_is_imported_from_another_module():
+    offenders = []
+    for name, path in modules().items():
+        for target, names in imports(path):
+            if not target.startswith("mlx_whisper_lora") and not target.startswith("."):
+                continue
+            private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+            if private or any(part.startswith("_") and not part.startswith("__") for part in target.split(".")):
+                offenders.append(f"{name}: from {target} import {', '.join(names)}")
+    assert not offenders, offenders
+
+
+def test_cli_files_are_thin():
+    for file in CLI_FILES:
+        lines = len((PACKAGE / file).read_text().splitlines())
+        assert lines <= 200, f"{file} has {lines} lines; move library code out of it"
+
+
+@pytest.mark.parametrize("where", FRAMEWORK_FREE)
+def test_framework_free_layers_import_neither_mlx_nor_torch(where):
+    paths = [PACKAGE / where] if where.endswith(".py") else sorted((PACKAGE / where).rglob("*.py"))
+    for path in paths:
+        for target, _ in imports(path):
+            root = target.split(".")[0]
+            if (path.relative_to(PACKAGE).as_posix(), root) in FRAMEWORK_EXCEPTIONS:
+                continue
+            assert root not in ("mlx", "torch"), f"{path.relative_to(PACKAGE)} imports {target}"
+            if where in ("text", "formats"):  # the tuner alone may dispatch to a back end
+                assert not target.startswith(("mlx_whisper_lora.backend_", "mlx_whisper_lora.inference")), \
+                    f"{path.relative_to(PACKAGE)} imports {target}"
+
+
+def test_back_ends_import_neither_each_other_nor_the_tuner():
+    for side, other in (("backend_mlx", "backend_torch"), ("backend_torch", "backend_mlx")):
+        for path in sorted((PACKAGE / side).rglob("*.py")):
+            for target, _ in imports(path):
+                assert not target.startswith((f"mlx_whisper_lora.{other}", "mlx_whisper_lora.tuner")), \
+                    f"{path.relative_to(PACKAGE)} imports {target}"
