@@ -164,7 +164,7 @@ class MLXBackend:
     def decode(self, examples, indices: List[int], states, language: str, task: str) -> List[str]:
         model = self.model
         tokenizer = get_tokenizer(model.is_multilingual, model.num_languages, language=language, task=task,
-                                  model_dir=getattr(model, "folder", None))
+                                  model_dir=model.folder)
         options = DecodingOptions(task=task, language=language, without_timestamps=True, temperature=0.0)
         features = self.model_inputs(examples, indices, states)[0] if states is not None else \
             model.embed_audio(mx.array(examples.mels(indices)))

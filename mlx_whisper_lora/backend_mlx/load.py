@@ -96,13 +96,13 @@ def save_model(model: Whisper, path: Union[str, Path], dtype: Union[str, mx.Dtyp
     quant = getattr(model, "quantization", None)
     if quant:
         config["quantization"] = quant
-    if getattr(model, "case_style", None) in ("upper", "lower"):
+    if model.case_style in ("upper", "lower"):
         config["case_style"] = model.case_style
-    if getattr(model, "punctuation", "keep") == "none":
+    if model.punctuation == "none":
         config["punctuation"] = "none"
     atomic_write(path / "weights.safetensors", lambda tmp: mx.save_safetensors(str(tmp), weights, metadata={"format": "mlx"}))
     atomic_write_text(path / "config.json", json.dumps(config, indent=2) + "\n")
-    folder = getattr(model, "folder", None)
+    folder = model.folder
     if folder is not None:
         for name in ("tokenizer.json", "vocab.json", "merges.txt"):
             src = Path(folder) / name
@@ -128,4 +128,4 @@ def save_hf(model: Whisper, path: Union[str, Path]) -> Path:
     if getattr(model, "quantization", None):
         raise ValueError("dequantize the model before exporting it to transformers")
     weights = {k: np.array(v.astype(mx.float32)) for k, v in tree_flatten(model.parameters()) if k != "alignment_heads"}
-    return save_hf_folder(weights, model.dims, model.alignment_heads.tolist(), path, getattr(model, "folder", None))
+    return save_hf_folder(weights, model.dims, model.alignment_heads.tolist(), path, model.folder)

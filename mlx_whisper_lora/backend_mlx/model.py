@@ -214,6 +214,12 @@ class Whisper(nn.Module):
     def __init__(self, dims: ModelDimensions, dtype: mx.Dtype = mx.float32):
         super().__init__()
         self.dims = dims
+        # Where the weights came from and how transcripts are rendered: set by the loaders and by
+        # adapters (formats/adapter_files.add_saved_adapters), read by decoding and the exporters.
+        self.source: Optional[str] = None  # path or hub id, for messages and adapter configs
+        self.folder = None  # the checkpoint's folder, where a tokenizer vocabulary may be found
+        self.case_style: Optional[str] = None  # "upper"/"lower": transcripts rendered in that case (case_style.py)
+        self.punctuation = "keep"  # "none": transcripts rendered without punctuation
         self.encoder = AudioEncoder(
             dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer
         )

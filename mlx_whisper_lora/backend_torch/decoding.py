@@ -27,7 +27,7 @@ def greedy_decode(model, mel: Optional[torch.Tensor], language: Optional[str] = 
     their encoder states `features` when those are at hand."""
     model.eval()
     tok = get_tokenizer(model.is_multilingual, model.num_languages, language=language, task=task,
-                        model_dir=getattr(model, "folder", None))
+                        model_dir=model.folder)
     initial = list(tok.sot_sequence) + [tok.no_timestamps]
     options = DecodingOptions(language=language, task=task, without_timestamps=True)
     filters = [SuppressBlank(tok, len(initial)), SuppressTokens(suppressed_ids(options, tok))]
@@ -79,9 +79,9 @@ class TorchDecodingModel:
     def __init__(self, model, dtype: str = "float32"):
         self.model = model.eval()
         self.dims = model.dims
-        self.folder = getattr(model, "folder", None)
-        self.case_style = getattr(model, "case_style", None)
-        self.punctuation = getattr(model, "punctuation", "keep")
+        self.folder = model.folder
+        self.case_style = model.case_style
+        self.punctuation = model.punctuation
         self.device = next(model.parameters()).device
         self.dtype = DTYPES[dtype]
         self.decoder = _DecoderBridge(self)

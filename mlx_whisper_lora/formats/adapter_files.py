@@ -128,7 +128,7 @@ def add_saved_adapters(model, path, apply_adapters: Callable, load_weights_into:
     Adapters trained on a model of other shapes are refused. The model then renders transcripts in
     the adapters' text style (its `case_style` and `punctuation`)."""
     config = read_adapter_config(path)
-    check_dims(model.dims, getattr(model, "source", None), config, path)
+    check_dims(model.dims, model.source, config, path)
     weights = read_adapter_tensors(path)
     apply_adapters(model, config)
     load_weights_into(model, weights, path)

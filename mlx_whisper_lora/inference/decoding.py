@@ -366,7 +366,7 @@ def decode(
         raise ValueError("best_of applies to sampling, beam_size to beam search: give one of them")
 
     base_tok = tokenizer or get_tokenizer(model.is_multilingual, model.num_languages, task=options.task,
-                                          model_dir=getattr(model, "folder", None))
+                                          model_dir=model.folder)
     languages = [options.language] * n_audio
     language_probs: List[Optional[Dict[str, float]]] = [None] * n_audio
     if options.language is None and model.is_multilingual:
@@ -379,7 +379,7 @@ def decode(
     for lang in sorted(set(languages)):
         idx = [i for i, l in enumerate(languages) if l == lang]
         tok = get_tokenizer(model.is_multilingual, model.num_languages, language=lang, task=options.task,
-                            model_dir=getattr(model, "folder", None)) if tokenizer is None or model.is_multilingual else tokenizer
+                            model_dir=model.folder) if tokenizer is None or model.is_multilingual else tokenizer
         feats = audio_features if len(idx) == n_audio else audio_features[mx.array(idx)]
         for j, r in zip(idx, _decode_same_language(model, tok, options, feats, lang)):
             r.language_probs = language_probs[j]

@@ -198,8 +198,8 @@ class _FileTranscription:
                 "compression_ratio", "no_speech_prob")
         text = self.tokenizer.decode([t for s in self.segments for t in s["tokens"]])
         segments = [{k: s[k] for k in keys} for s in self.segments]
-        style = getattr(self.model, "case_style", None)  # adapters trained on all-caps data: case_style.py
-        punctuation = getattr(self.model, "punctuation", "keep")
+        style = self.model.case_style  # adapters trained on all-caps data: case_style.py
+        punctuation = self.model.punctuation
         if style in ("upper", "lower") or punctuation == "none":
             text = render_case(text, style, punctuation)
             for seg in segments:
@@ -235,7 +235,7 @@ def _prepare(model, mel, language, task, verbose, clip_timestamps, initial_promp
 
     Returns (state, features of the first window or None)."""
     clips = _parse_clip_timestamps(clip_timestamps, mel.shape[0] - N_FRAMES)
-    folder = getattr(model, "folder", None)
+    folder = model.folder
     if language is None and clips:
         if first_features is None:
             start, end = clips[0]

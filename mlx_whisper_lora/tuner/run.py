@@ -86,7 +86,7 @@ def read_splits(config: RunConfig, names: List[str]) -> Dict[str, Optional[list]
 
 
 def tokenizer_for(model, task: str):
-    return get_tokenizer(model.is_multilingual, model.num_languages, task=task, model_dir=getattr(model, "folder", None))
+    return get_tokenizer(model.is_multilingual, model.num_languages, task=task, model_dir=model.folder)
 
 
 def prepare_split(model, utterances, name: str, config: RunConfig, log: Callable, timestamps: bool,
@@ -172,7 +172,7 @@ def adapter_config_from(config: RunConfig, model) -> AdapterConfig:
     return AdapterConfig(
         fine_tune_type=config.fine_tune_type, rank=int(config.rank), alpha=float(config.alpha),
         dropout=float(config.dropout), modules=config.lora_modules, num_layers=int(config.num_layers),
-        freeze_encoder=bool(config.freeze_encoder), base_model=getattr(model, "source", config.model),
+        freeze_encoder=bool(config.freeze_encoder), base_model=model.source,
         dims=model.dims.to_dict(), language=config.language, task=config.task, run=config.to_json(),
     )
 
@@ -185,7 +185,7 @@ def resume_file(model, config: RunConfig) -> Optional[Path]:
     if not resume.exists():
         raise UserError(f"--resume-adapter-file {resume} not found")
     if (resume.parent / CONFIG_FILE).exists():
-        check_dims(model.dims, getattr(model, "source", None), read_adapter_config(resume), resume)
+        check_dims(model.dims, model.source, read_adapter_config(resume), resume)
     return resume
 
 
@@ -221,8 +221,8 @@ def run_test(backend, config: RunConfig, log: Callable, adapter_config: Optional
             log(f"testing with the adapters in {adapter_dir}")
         else:
             log(f"no adapters in {adapter_dir}: testing the base model")
-    style = adapter_config.case_style if adapter_config else getattr(backend.model, "case_style", None)
-    punctuation = adapter_config.punctuation if adapter_config else getattr(backend.model, "punctuation", "keep")
+    style = adapter_config.case_style if adapter_config else backend.model.case_style
+    punctuation = adapter_config.punctuation if adapter_config else backend.model.punctuation
     test_set, _ = prepare_split(backend.model, read_splits(config, ["test"])["test"], "test", config, log,
                                 timestamps=False, style=style or "keep")
     report = test_report(backend, test_set, config.task, int(config.batch_size), int(config.test_batches),
