@@ -100,3 +100,24 @@ def test_seed_recipe_config_reads_as_the_peft_recipe():
     assert config.scale == 2.0 and config.dropout == 0.05
     assert config.modules == ["attn.query", "attn.value", "cross_attn.query", "cross_attn.value"]
     assert options.backend == "torch" and options.batch_size == 8 and options.warmup == 50
+
+
+def test_both_back_ends_report_the_same_way(tmp_path, capsys):
+    """One loop: the same console lines, metrics.jsonl fields, files and test report keys whichever back end trains."""
+    pytest.importorskip("torch")
+    import re
+
+    runs = {}
+    for backend in ("mlx", "torch"):
+        out = tmp_path / backend
+        main(["--train", "--test", "--backend", backend, "--iters", "2", "--batch-size", "4", "--freeze-encoder",
+              "--steps-per-report", "1", "--save-every", "1", "--test-batches", "1", "--adapter-path", str(out),
+              "--no-progress"])
+        lines = capsys.readouterr().err.splitlines()
+        shape = [re.sub(r"[-\d.]+(e[-+]?\d+)?", "N", line.replace(str(out), "OUT").replace(backend, "BACKEND"))
+                 for line in lines if not line.startswith("back end:")]
+        metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        runs[backend] = (shape, [sorted(m) for m in metrics], sorted(p.name for p in out.iterdir()),
+                         sorted(json.loads((out / "test_results.json").read_text())))
+    assert runs["mlx"] == runs["torch"]
+    assert "optimizer_state.safetensors" in runs["mlx"][2] and not [n for n in runs["mlx"][2] if n.endswith(".pt")]

@@ -177,6 +177,7 @@ def load_base(config, log: Callable) -> MLXBackend:
     """The base model of a run (`config`: tuner.run_config.RunConfig), quantized when --bits asks."""
     from .load import load_model, quantize_model
 
+    log(f"mlx back end on {'gpu' if mx.default_device() == mx.gpu else 'cpu'}")
     mx.random.seed(int(config.seed))
     model = load_model(config.model, dtype=config.dtype)
     if config.bits:
