@@ -279,3 +279,16 @@ def test_torch_resume_equals_training_straight_through_and_old_pickle_state_is_c
     assert summary["start_step"] == 2 and any("converted optimizer_state.pt" in m for m in messages)
     for name, p in tlora.trainable_weights(converted).items():
         assert torch.allclose(p, weights[name], atol=1e-6), name
+
+
+def test_resuming_in_the_other_back_end_loads_the_weights_and_starts_the_optimizer_fresh(tiny_en_checkpoint, tmp_path):
+    _torch_run(tiny_en_checkpoint, tmp_path, 2)
+    mlx_model = build_model(tiny_en_checkpoint)
+    apply_adapters(mlx_model, AdapterConfig(rank=4, alpha=8, freeze_encoder=True))
+    backend = MLXBackend(mlx_model)
+    backend.start_training(TrainingArgs())
+    from mlx_whisper_lora.tuner.loop import restore_optimizer
+
+    messages = []
+    assert restore_optimizer(backend, tmp_path / "adapters.safetensors", messages.append) == 0
+    assert "torch back end's optimizer state" in messages[0]

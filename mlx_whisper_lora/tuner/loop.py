@@ -160,6 +160,11 @@ def restore_optimizer(backend, adapter_file: Path, log: Callable) -> int:
             log(f"resume: no optimizer state beside {adapter_file}; the weights are loaded, the optimizer starts fresh at step 0")
             return 0
     arrays, meta = read_safetensors_with_metadata(state_file)
+    saved_by = meta.get("back_end", "mlx")  # files of version 0.1 are the MLX back end's
+    if saved_by != backend.name:
+        log(f"resume: {state_file} holds the {saved_by} back end's optimizer state, which the {backend.name} back end "
+            "cannot read; the weights are loaded, the optimizer starts fresh at step 0")
+        return 0
     if int(meta.get("step", -1)) != step:
         log(f"resume: {state_file} is from step {meta.get('step')}, the adapters from step {step}; "
             "starting the optimizer fresh at step 0")
