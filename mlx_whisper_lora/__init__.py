@@ -4,4 +4,4 @@ from . import blas
 
 blas.preload()  # must run before mlx.core is imported anywhere in this process
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -47,7 +47,7 @@ def fuse(model_name: Optional[str], adapter_path, save_path, export_format: str 
             f"that, so apply str.{config.case_style}() to its transcripts. The mlx export keeps it in config.json.")
     if config.punctuation == "none" and export_format != "mlx":
         log(f"note: the training transcripts had no punctuation, so transcripts made with these adapters are rendered "
-            f"without it (mlx_whisper_lora.case_style.strip_punctuation); a {export_format} export cannot carry that.")
+            f"without it (mlx_whisper_lora.text.case_style.strip_punctuation); a {export_format} export cannot carry that.")
     if export_format == "peft":
         return export_peft(trainable_numpy(model), config, save_path, base_model_name=name)
     fuse_adapters(model, dequantize=dequantize or export_format == "hf")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 
 from .errors import cli_entry
-from .tuner.run import BASE_STYLE_FILE, run  # noqa: F401 - BASE_STYLE_FILE: the file name scripts look for
+from .formats.adapter_files import BASE_STYLE_FILE  # noqa: F401 - the file name scripts and tests look for
 from .tuner.run_config import build_parser, merge_options
 
 
@@ -26,6 +26,8 @@ def main(argv=None):
     parser = build_parser("python -m mlx_whisper_lora.lora", __doc__.split("\n\n")[0])
     cli = vars(parser.parse_args(argv))
     config = merge_options(cli, cli.pop("config", None))
+    from .tuner.run import run  # after parsing: --help and flag errors answer without loading MLX or torch
+
     result = run(config, log)
     if result.get("train", {}).get("status") == "interrupted":
         raise SystemExit(130)

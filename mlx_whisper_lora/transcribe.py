@@ -17,9 +17,30 @@ import numpy as np
 
 from .errors import UserError, cli_entry
 from .formats.adapter_files import read_adapter_config
-from .inference.transcriber import transcribe, transcribe_many
+from .inference import transcriber
 
 __all__ = ["transcribe", "transcribe_many", "load_for_inference", "main"]
+
+
+def transcribe(audio, model=None, **options) -> dict:
+    """Transcribe (or translate) audio of any length; returns {"text", "segments", "language"}.
+    `model`: a loaded model, or anything `load_model` accepts (default: the offline tiny.en); the
+    options are `inference.transcriber.transcribe`'s (openai-whisper's names)."""
+    return transcriber.transcribe(audio, loaded(model), **options)
+
+
+def transcribe_many(audios, model=None, **options) -> list:
+    """Several files, their first windows decoded `batch_size` at a time (`inference.transcriber.transcribe_many`)."""
+    return transcriber.transcribe_many(audios, loaded(model), **options)
+
+
+def loaded(model):
+    """`model` itself, or the MLX model it names."""
+    if model is None or isinstance(model, (str, Path)):
+        from .backend_mlx.load import load_model
+
+        return load_model(model)
+    return model
 
 
 def build_parser() -> argparse.ArgumentParser:

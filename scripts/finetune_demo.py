@@ -9,7 +9,7 @@ the base model writes mixed case with punctuation, so its raw WER is high althou
 WER is low. The references being all upper case without punctuation, `--case-style auto` renders
 the adapted model's transcripts that way, and `--base-style-targets` trains on the references'
 words written in the base model's own case and punctuation, so the adapters learn words and
-speakers rather than a style (see mlx_whisper_lora/case_style.py). The table also shows what the
+speakers rather than a style (see mlx_whisper_lora/text/case_style.py). The table also shows what the
 rendering alone gives on the base model's transcripts, without any training.
 Prints the base and adapted scores, the trainable share and the adapter size, and checks the
 acceptance targets: raw WER -50% or better, normalized WER not higher, <2% trainable, <5 MB.

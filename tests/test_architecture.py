@@ -29,11 +29,24 @@ def modules() -> dict:
     return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
+def type_checking_only(tree) -> set:
+    """Import nodes under `if TYPE_CHECKING:` (annotations only; never run)."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
+            out.update(id(n) for child in node.body for n in ast.walk(child))
+    return out
+
+
 def imports(path: Path):
-    """(imported module, names) for every import in the file, at any depth (lazy ones too)."""
+    """(imported module, names) for every import in the file that can run, at any depth (lazy ones too)."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    skipped = type_checking_only(tree)
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
         if isinstance(node, ast.Import):
             for alias in node.names:
                 yield alias.name, []
@@ -88,6 +101,37 @@ def test_no_import_cycles():
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
+def layer(module: str) -> str:
+    """The folder a module belongs to (text, formats, tuner, ...), or the module itself at the top."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def test_layers_form_no_cycle():
+    """Folders import each other in one direction only (text, formats -> data, inference -> back ends -> tuner -> CLIs)."""
+    edges = {}
+    for module, targets in internal_edges().items():
+        for target in targets:
+            a, b = layer(module), layer(target)
+            if a != b and b != "mlx_whisper_lora":
+                edges.setdefault(a, set()).add(b)
+    state, cycles = {}, []
+
+    def visit(node, stack):
+        state[node] = "open"
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node, [node])
+    assert not cycles, "cycles between folders: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
 def test_no_private_name_is_imported_from_another_module():
     offenders = []
     for name, path in modules().items():
@@ -126,3 +170,20 @@ def test_back_ends_import_neither_each_other_nor_the_tuner():
             for target, _ in imports(path):
                 assert not target.startswith((f"mlx_whisper_lora.{other}", "mlx_whisper_lora.tuner")), \
                     f"{path.relative_to(PACKAGE)} imports {target}"
+
+
+def test_both_engines_implement_the_training_backend_interface():
+    pytest.importorskip("torch")
+    from mlx_whisper_lora.backend_mlx.engine import MLXBackend
+    from mlx_whisper_lora.backend_mlx.model import Whisper as MLXWhisper
+    from mlx_whisper_lora.backend_torch.engine import TorchBackend
+    from mlx_whisper_lora.backend_torch.model import Whisper as TorchWhisper
+    from mlx_whisper_lora.formats.dims import ModelDimensions
+    from mlx_whisper_lora.tuner.backend import TrainingBackend
+
+    dims = ModelDimensions(n_mels=80, n_audio_ctx=30, n_audio_state=32, n_audio_head=2, n_audio_layer=1,
+                           n_vocab=51864, n_text_ctx=16, n_text_state=32, n_text_head=2, n_text_layer=1)
+    for backend in (MLXBackend(MLXWhisper(dims)), TorchBackend(TorchWhisper(dims))):
+        assert isinstance(backend, TrainingBackend), type(backend).__name__
+        missing = [name for name in dir(TrainingBackend) if not name.startswith("_") and not hasattr(backend, name)]
+        assert not missing, (type(backend).__name__, missing)

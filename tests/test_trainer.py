@@ -8,6 +8,7 @@ import os
 import signal
 
 import mlx.core as mx
+from mlx.utils import tree_flatten
 import pytest
 
 from mlx_whisper_lora.backend_mlx.adapters import AdapterConfig, apply_adapters, load_adapters, trainable_weights
@@ -165,3 +166,29 @@ def test_validation_loss_matches_training_objective(fresh_tiny_en):
     examples = _examples(fresh_tiny_en, _demo_utterances(2))
     loss = evaluate_loss(MLXBackend(fresh_tiny_en), examples, batch_size=2)
     assert 0.0 < loss < 5.0
+
+
+def test_bfloat16_full_fine_tune_checkpoints_and_resumes(tiny_en_checkpoint, tmp_path):
+    """numpy has no bfloat16: weights and optimizer moments are written widened and cast back on resume."""
+    from mlx_whisper_lora.backend_mlx.load import build_model
+    from mlx_whisper_lora.formats.adapter_files import read_adapter_tensors
+
+    def run(iters, resume=None):
+        model = build_model(tiny_en_checkpoint, dtype="bfloat16")
+        apply_adapters(model, AdapterConfig(fine_tune_type="full", num_layers=1, freeze_encoder=True))
+        if resume is not None:
+            from mlx_whisper_lora.backend_mlx.adapters import load_weights_into
+
+            load_weights_into(model, read_adapter_tensors(resume), resume)
+        args = TrainingArgs(iters=iters, batch_size=2, learning_rate=1e-4, save_every=1, steps_per_eval=1000)
+        backend = MLXBackend(model)
+        summary = train(backend, _examples(model, _demo_utterances(2)), None, args, tmp_path, resume_file=resume,
+                        log=lambda m: None, progress=False)
+        return backend, summary
+
+    _, summary = run(1)
+    assert summary["saved"] and (tmp_path / "optimizer_state.safetensors").exists()
+    backend, summary = run(2, tmp_path / "adapters.safetensors")
+    assert summary["start_step"] == 1 and summary["steps"] == 2
+    moments = [v for k, v in tree_flatten(backend.optimizer.state) if k.endswith((".m", ".v"))]
+    assert moments and all(v.dtype == mx.bfloat16 for v in moments)

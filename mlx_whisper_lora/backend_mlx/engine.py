@@ -80,13 +80,19 @@ class MLXBackend:
         return bool(tree_flatten(self.model.encoder.trainable_parameters()))
 
     # ---- encoder states
-    def encode(self, examples, indices) -> list:
+    def encode(self, examples, indices, for_training: bool = True) -> list:
         states = self.model.embed_audio(mx.array(examples.mels(indices)))
         mx.eval(states)
         return [s.astype(mx.float32) for s in states]
 
     def states_nbytes(self, states) -> int:
         return states.size * 4
+
+    def extras_nbytes(self, states) -> int:
+        return 0  # MLX keeps nothing beside the states
+
+    def without_extras(self, states):
+        return states
 
     def states_numpy(self, states) -> np.ndarray:
         return np.array(states)
@@ -152,13 +158,19 @@ class MLXBackend:
         return adapters.trainable_numpy(self.model)
 
     def optimizer_tensors(self) -> Dict[str, np.ndarray]:
-        return {k: np.array(v) for k, v in tree_flatten(self.optimizer.state)}
+        """The optimizer state as numpy (bfloat16 moments widened to float32, numpy has no bfloat16)."""
+        return {k: np.array(v.astype(mx.float32) if v.dtype == mx.bfloat16 else v)
+                for k, v in tree_flatten(self.optimizer.state)}
 
     def load_optimizer_tensors(self, tensors: Dict[str, np.ndarray]) -> None:
-        self.optimizer.state = tree_unflatten([(k, mx.array(v)) for k, v in tensors.items()])
+        dtypes = {k: v.dtype for k, v in tree_flatten(self.optimizer.state)}  # as initialised for these weights
+        self.optimizer.state = tree_unflatten([(k, mx.array(v).astype(dtypes[k]) if k in dtypes else mx.array(v))
+                                               for k, v in tensors.items()])
 
     def convert_legacy_optimizer_file(self, path, log: Callable):
-        raise UserError(f"{path} is a PyTorch optimizer file; resume it with --backend torch")
+        log(f"resume: {path} is the torch back end's optimizer state of an earlier version, which the MLX back "
+            "end does not read; the weights are loaded, the optimizer starts fresh at step 0")
+        return None
 
     # ---- decoding
     def decode(self, examples, indices: List[int], states, language: str, task: str) -> List[str]:

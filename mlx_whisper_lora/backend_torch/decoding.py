@@ -71,7 +71,7 @@ class _DecoderBridge:
 
 
 class TorchDecodingModel:
-    """The torch Whisper seen through the interface `mlx_whisper_lora.decoding` and `.transcribe`
+    """The torch Whisper seen through the interface `inference.decoding` and `inference.transcriber`
     call (embed_audio, logits, decoder with a cache), so `transcribe --backend torch` shares the
     long-form logic instead of copying it. Arrays cross as numpy: audio features once per window,
     logits once per step."""

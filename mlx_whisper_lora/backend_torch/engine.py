@@ -83,19 +83,25 @@ class TorchBackend:
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
 
-    def encode(self, examples, indices) -> list:
+    def encode(self, examples, indices, for_training: bool = True) -> list:
+        """(states, cross-attention base K/V per layer, or None) per utterance; the K/V only for
+        training steps, and only while the keys and values carry no trained base weight."""
         with torch.no_grad():
             states = self.model.embed_audio(self._tensor(examples.mels(indices)))
             kv = [None] * len(indices)
-            if self.model.decoder.cross_kv_cacheable():
+            if for_training and self.model.decoder.cross_kv_cacheable():
                 layers = self.model.decoder.base_cross_kv(states)
-                kv = [[(k[j], v[j]) for k, v in layers] for j in range(len(indices))]
+                kv = [[(k[j].clone(), v[j].clone()) for k, v in layers] for j in range(len(indices))]
         return [(s.clone(), item) for s, item in zip(states, kv)]
 
     def states_nbytes(self, states) -> int:
-        tensor, kv = states
-        tensors = [tensor] + [t for layer in (kv or []) for t in layer]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return states[0].numel() * states[0].element_size()
+
+    def extras_nbytes(self, states) -> int:
+        return sum(t.numel() * t.element_size() for layer in (states[1] or []) for t in layer)
+
+    def without_extras(self, states):
+        return states[0], None
 
     def states_numpy(self, states) -> np.ndarray:
         return states[0].float().cpu().numpy()

@@ -1,6 +1,6 @@
 """Whisper in PyTorch with the MLX model's parameter names and shapes (conv kernels aside).
 
-Parameter names match `mlx_whisper_lora.model` exactly (`decoder.blocks.3.cross_attn.query.weight`),
+Parameter names match `mlx_whisper_lora.backend_mlx.model` exactly (`decoder.blocks.3.cross_attn.query.weight`),
 so adapter files are shared as they are. Only the two conv kernels differ in layout: PyTorch keeps
 (out, in, kernel), MLX (out, kernel, in); `load_mlx_weights` / `mlx_weights` transpose them.
 """
@@ -255,7 +255,7 @@ def mlx_weights(model: Whisper) -> Dict[str, np.ndarray]:
 
 
 def load_model(path_or_id: Optional[str] = None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Whisper:
-    """Whisper from any source `mlx_whisper_lora.load` reads (folders, hub ids, .pt, CTranslate2)."""
+    """Whisper from any source `formats.checkpoint.resolve` reads (folders, hub ids, .pt, CTranslate2)."""
     from ..formats.checkpoint import resolve
     from ..formats.offline_models import DEFAULT_MODEL
 

@@ -1,11 +1,8 @@
-"""How adapters are put into Whisper (framework-free): modules, blocks, rank, scale, text style.
+"""How adapters are put into Whisper (framework-free): fine-tune type, modules, blocks, rank, scale, text style.
 
-`AdapterConfig` is what `adapter_config.json` holds; `formats/adapter_files.py` reads and writes
-the folder. An adapter folder holds `adapters.safetensors` (the trainable weights only, in model names such as
-`decoder.blocks.3.attn.query.lora_a`, lora_a (in, rank) and lora_b (rank, out), conv kernels in
-MLX's (out, kernel, in) layout) and `adapter_config.json` (everything needed to rebuild the same
-model: base model, dimensions, fine-tune type, modules, rank, alpha, layers, run options). Both
-back ends read and write exactly these files through this module, as numpy arrays.
+`AdapterConfig` is what `adapter_config.json` holds (formats/adapter_files.py reads and writes the
+folder); `adapted_blocks` and `adapted_layers` pick the same blocks and linear layers in either
+back end's model, whose attribute names are the same.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from .safetensors_io import read_metadata, read_safetensors, write_safetensors
 ADAPTER_FILE = "adapters.safetensors"
 CONFIG_FILE = "adapter_config.json"
 OPTIMIZER_FILE = "optimizer_state.safetensors"
+BASE_STYLE_FILE = "base_style_targets.jsonl"  # --base-style-targets' restyled references, reused on resume
 
 
 # ---------------------------------------------------------------- files
@@ -84,13 +85,16 @@ def saved_step(path: Union[str, Path]) -> int:
     """The training step recorded in a weights or optimizer-state file (0 when none)."""
     try:
         return int(read_metadata(path).get("step", 0))
-    except (OSError, ValueError):
+    except Exception:  # noqa: BLE001 - a file written elsewhere may have no or odd metadata
         return 0
 
 
-def optimizer_file_for(adapter_file: Union[str, Path]) -> Path:
-    """optimizer_state.safetensors beside adapters.safetensors (0000100_adapters... -> 0000100_optimizer_state...)."""
+def optimizer_file_for(adapter_file: Union[str, Path]) -> Optional[Path]:
+    """optimizer_state.safetensors beside adapters.safetensors (0000100_adapters... -> 0000100_optimizer_state...);
+    None for a weights file named otherwise (no optimizer state goes with it)."""
     adapter_file = Path(adapter_file)
+    if ADAPTER_FILE not in adapter_file.name:
+        return None
     return adapter_file.with_name(adapter_file.name.replace(ADAPTER_FILE, OPTIMIZER_FILE))
 
 

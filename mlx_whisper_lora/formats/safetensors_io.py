@@ -18,20 +18,25 @@ from ..files import atomic_write
 
 
 def _read_with_bfloat16(path: Path) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
+    """Tensor by tensor from the file's header (memory-mapped, so a large checkpoint is never held twice)."""
     with open(path, "rb") as f:
         (header_len,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(header_len))
-        data = f.read()
     meta = header.pop("__metadata__", None) or {}
     out = {}
     for name, info in header.items():
         start, end = info["data_offsets"]
-        raw = data[start:end]
+        shape = tuple(info["shape"])
+        if end == start:
+            out[name] = np.zeros(shape, dtype=np.float32 if info["dtype"] == "BF16" else _numpy_dtype(info["dtype"]))
+            continue
+        raw_dtype = np.dtype("<u2") if info["dtype"] == "BF16" else _numpy_dtype(info["dtype"])
+        raw = np.memmap(path, dtype=raw_dtype, mode="r", offset=8 + header_len + start, shape=shape)
         if info["dtype"] == "BF16":
-            array = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+            out[name] = (raw.astype(np.uint32) << 16).view(np.float32)
         else:
-            array = np.frombuffer(raw, dtype=_numpy_dtype(info["dtype"]))
-        out[name] = array.reshape(info["shape"]).copy()
+            out[name] = np.array(raw)
+        del raw
     return out, meta
 
 
@@ -71,6 +76,6 @@ def write_safetensors(path: Union[str, Path], tensors: Dict[str, np.ndarray], me
     """Write numpy tensors atomically (the previous file stays intact on any failure)."""
     from safetensors.numpy import save_file
 
-    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    arrays = {k: np.require(v, requirements="C") for k, v in tensors.items()}  # 0-d arrays stay 0-d
     meta = {k: str(v) for k, v in (metadata or {}).items()}
     return atomic_write(path, lambda tmp: save_file(arrays, str(tmp), metadata=meta))

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 
 import mlx.core as mx
 import numpy as np
 
 from ..data.audio import CHUNK_LENGTH, N_FRAMES
-from ..backend_mlx.model import Whisper
 from ..text.tokenizer import Tokenizer, get_tokenizer
+
+if TYPE_CHECKING:  # annotations only: any model with this interface decodes (the torch bridge too)
+    from ..backend_mlx.model import Whisper
 
 
 @dataclass(frozen=True)

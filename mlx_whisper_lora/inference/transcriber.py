@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
 
 import mlx.core as mx
 import numpy as np
@@ -27,8 +27,10 @@ from ..data.audio import (
 from .decoding import DecodingOptions, DecodingResult, decode, detect_language
 from ..errors import UserError
 from ..text.languages import language_code
-from ..backend_mlx.model import Whisper
 from ..text.tokenizer import get_tokenizer
+
+if TYPE_CHECKING:  # annotations only: decoding drives any model with this interface (the torch one too)
+    from ..backend_mlx.model import Whisper
 
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
@@ -253,14 +255,13 @@ def _prepare(model, mel, language, task, verbose, clip_timestamps, initial_promp
 
 def _setup(model, temperature, compression_ratio_threshold, logprob_threshold, no_speech_threshold,
            word_timestamps, decode_options: dict):
-    """Load the model if given by name, build the fallback rules, and take language and task out of
-    decode_options (validated against the model). Returns (model, rules, language, task)."""
+    """Build the fallback rules, and take language and task out of decode_options (validated
+    against the model). Returns (model, rules, language, task)."""
     if word_timestamps:
         raise UserError("word timestamps are not implemented yet; run without --word-timestamps")
     if model is None or isinstance(model, (str, Path)):
-        from ..backend_mlx.load import load_model
-
-        model = load_model(model)
+        raise TypeError("inference.transcriber takes a loaded model; mlx_whisper_lora.transcribe.transcribe "
+                        "also takes a name or path")
     temperatures = (temperature,) if isinstance(temperature, (int, float)) else tuple(temperature)
     rules = FallbackRules(temperatures, compression_ratio_threshold, logprob_threshold, no_speech_threshold)
     task = decode_options.pop("task", "transcribe")
@@ -271,7 +272,7 @@ def _setup(model, temperature, compression_ratio_threshold, logprob_threshold, n
 
 def transcribe(
     audio: Union[str, Path, np.ndarray, mx.array],
-    model: Union[Whisper, str, None] = None,
+    model: Whisper,
     *,
     verbose: Optional[bool] = None,
     temperature: Union[float, Sequence[float]] = DEFAULT_TEMPERATURES,
@@ -287,7 +288,7 @@ def transcribe(
 ) -> dict:
     """Transcribe (or translate) audio of any length; returns {"text", "segments", "language"}.
 
-    `model` is a loaded Whisper or anything `load_model` accepts. Extra keyword arguments are
+    `model` is a loaded Whisper (`mlx_whisper_lora.transcribe.transcribe` also takes a name). Extra keyword arguments are
     DecodingOptions fields (language, task, beam_size, best_of, patience, ...).
     """
     model, rules, language, task = _setup(model, temperature, compression_ratio_threshold, logprob_threshold,
@@ -319,7 +320,7 @@ def transcribe(
 
 def transcribe_many(
     audios: Sequence[Union[str, Path, np.ndarray]],
-    model: Union[Whisper, str, None] = None,
+    model: Whisper,
     *,
     batch_size: int = 8,
     verbose: Optional[bool] = None,

@@ -4,29 +4,52 @@ files, resume, Ctrl-C, the encoder-state cache) is the same code for both.
 
 Arrays cross this boundary as numpy: labels from `data.labels.collate`, log-mels from
 `ExampleSet.mels`, adapter and optimizer tensors for the file writers. Encoder states stay in the
-back end's own arrays (they are only ever handed back to it).
+back end's own arrays while cached in memory; states spilled to disk come back as numpy rows, which
+the back end converts.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import Dict, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 import numpy as np
 
 
+@runtime_checkable
 class TrainingBackend(Protocol):
     name: str  # "mlx" or "torch"
-    model: object
+    model: object  # the back end's Whisper: dims, is_multilingual, num_languages, source, folder, case_style, punctuation
     encoder_trained: bool  # adapters (or full fine-tuning) in the encoder: no state cache
     states_shape: Tuple[int, int]  # (audio frames, width) of one utterance's encoder states
 
+    # ---- the model (run.py)
+    def apply_adapters(self, config) -> None:
+        """Freeze the model and add adapters as `config` (formats/adapter_config.AdapterConfig) says."""
+
+    def load_adapter_weights(self, weights: Dict[str, np.ndarray], source) -> None:
+        """Set the adapters' weights (the files' names and layout), checking every name and shape."""
+
+    def load_adapters(self, path):
+        """Add the adapters saved at `path` (either back end's, or PEFT's); returns their AdapterConfig."""
+
+    def count_parameters(self) -> Tuple[int, int]:
+        """(trainable, total)."""
+
     # ---- encoder states (frozen encoder)
-    def encode(self, examples, indices: Sequence[int]) -> list:
-        """Per-utterance encoder states, no gradient."""
+    def encode(self, examples, indices: Sequence[int], for_training: bool = True) -> list:
+        """Per-utterance encoder states, no gradient; `for_training`: extras that only training steps
+        use may be kept with them (the torch back end's cross-attention K/V)."""
 
-    def states_nbytes(self, states) -> int: ...
+    def states_nbytes(self, states) -> int:
+        """Bytes of the states themselves (counted against the cache's memory)."""
 
-    def states_numpy(self, states) -> np.ndarray: ...
+    def extras_nbytes(self, states) -> int:
+        """Bytes of the extras kept with the states (kept only while the cache's memory allows)."""
+
+    def without_extras(self, states): ...
+
+    def states_numpy(self, states) -> np.ndarray:
+        """The states alone as float32 numpy (written to the cache's file when memory is full)."""
 
     # ---- steps
     def start_training(self, args) -> None:
@@ -57,7 +80,8 @@ class TrainingBackend(Protocol):
     def load_optimizer_tensors(self, tensors: Dict[str, np.ndarray]) -> None: ...
 
     def convert_legacy_optimizer_file(self, path, log):
-        """An optimizer file of an earlier version (torch pickle) converted to safetensors, or a UserError."""
+        """An optimizer_state.pt of an earlier version: the safetensors file converted from it, or None
+        (logged why) when this back end cannot use it."""
 
     # ---- decoding (test reports, base-style targets)
     def decode(self, examples, indices: List[int], states: Optional[list], language: str, task: str) -> List[str]:

@@ -79,16 +79,21 @@ class CachedStates:
     """Encoder states of an example set's utterances through a back end, computed on first use
     (in batches) and then served from an EncoderCache."""
 
-    def __init__(self, examples, backend, memory_limit_bytes: int, folder: Optional[Path] = None, batch_size: int = 8):
+    def __init__(self, examples, backend, memory_limit_bytes: int, folder: Optional[Path] = None, batch_size: int = 8,
+                 for_training: bool = True):
         self.examples, self.backend, self.batch_size = examples, backend, batch_size
+        self.for_training = for_training  # the back end may keep extras that only training steps use
         self.cache = EncoderCache(len(examples), backend.states_shape, memory_limit_bytes, folder)
 
     def __call__(self, indices: Sequence[int]) -> list:
         missing = self.cache.missing(indices)
         for start in range(0, len(missing), self.batch_size):
             chunk = missing[start:start + self.batch_size]
-            for i, states in zip(chunk, self.backend.encode(self.examples, chunk)):
+            for i, states in zip(chunk, self.backend.encode(self.examples, chunk, self.for_training)):
                 self.cache.put(i, states, self.backend.states_nbytes(states), self.backend.states_numpy)
+                extra = self.backend.extras_nbytes(states) if i in self.cache.memory else 0
+                if extra and not self.cache.reserve(extra):  # the states fit, their extras do not
+                    self.cache.memory[i] = self.backend.without_extras(states)
             self.examples.forget_mels(chunk)  # the log-mels are no longer needed
         return [self.cache.get(i) for i in indices]
 

@@ -49,16 +49,18 @@ def transcribe_examples(backend, examples: ExampleSet, task: str = "transcribe",
 
 def test_report(backend, examples: ExampleSet, task: str = "transcribe", batch_size: int = 8,
                 num_batches: int = -1, progress: bool = True, case_style: Optional[str] = None,
-                punctuation: Optional[str] = "keep") -> dict:
-    """Test loss, and raw and normalized WER and CER (percent), with the transcripts. Each
-    utterance is encoded once for both (nothing trains here)."""
+                punctuation: Optional[str] = "keep", cache_memory_gb: float = 4.0, encoder_cache: bool = True) -> dict:
+    """Test loss, and raw and normalized WER and CER (percent), with the transcripts. With the
+    encoder cache on, each utterance is encoded once for both (in memory up to `cache_memory_gb`)."""
     tic = time.perf_counter()
-    states = CachedStates(examples, backend, 4 << 30, None, batch_size)
+    states = CachedStates(examples, backend, int(cache_memory_gb * (1 << 30)), None, batch_size,
+                          for_training=False) if encoder_cache else None
     try:
         loss = evaluate_loss(backend, examples, batch_size, num_batches, states)
         indices, hyps = transcribe_examples(backend, examples, task, batch_size, progress, num_batches, states)
     finally:
-        states.close()
+        if states is not None:
+            states.close()
     return build_report(examples, indices, hyps, loss, time.perf_counter() - tic, case_style, punctuation)
 
 

@@ -14,7 +14,6 @@ import math
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -25,30 +24,9 @@ from ..formats.adapter_files import ADAPTER_FILE, optimizer_file_for, saved_step
 from ..formats.safetensors_io import read_safetensors_with_metadata, write_safetensors
 from .encoder_cache import CachedStates
 from .schedule import learning_rate_at
+from .training_args import TrainingArgs
 
 METRICS_FILE = "metrics.jsonl"
-
-
-@dataclass
-class TrainingArgs:
-    iters: int = 200
-    batch_size: int = 8
-    learning_rate: float = 1e-4
-    lr_schedule: str = "constant"  # constant | cosine | linear
-    warmup: int = 0
-    grad_accumulation_steps: int = 1
-    grad_checkpoint: bool = False
-    max_grad_norm: float = 1.0  # 0 disables clipping
-    optimizer: str = "adamw"  # adam | adamw | sgd (the back end builds it)
-    weight_decay: float = 0.0
-    steps_per_report: int = 10
-    steps_per_eval: int = 100
-    val_batches: int = 25  # -1: the whole validation split
-    save_every: int = 100
-    seed: int = 0
-    bucket: bool = True
-    encoder_cache: bool = True  # keep frozen-encoder states (the loop asks the back end whether the encoder is frozen)
-    cache_memory_gb: float = 4.0
 
 
 def validates_at(step: int, start: int, args: TrainingArgs) -> bool:
@@ -152,13 +130,13 @@ def restore_optimizer(backend, adapter_file: Path, log: Callable) -> int:
     """Load the optimizer state saved with `adapter_file`; returns the step to continue from (0 if none)."""
     step = saved_step(adapter_file)
     state_file = optimizer_file_for(adapter_file)
-    if not state_file.exists():
-        legacy = state_file.with_suffix(".pt")
-        if legacy.exists():
-            state_file = backend.convert_legacy_optimizer_file(legacy, log)
-        else:
-            log(f"resume: no optimizer state beside {adapter_file}; the weights are loaded, the optimizer starts fresh at step 0")
+    if state_file is not None and not state_file.exists() and state_file.with_suffix(".pt").exists():
+        state_file = backend.convert_legacy_optimizer_file(state_file.with_suffix(".pt"), log)
+        if state_file is None:  # the back end logged why
             return 0
+    if state_file is None or not state_file.exists():
+        log(f"resume: no optimizer state beside {adapter_file}; the weights are loaded, the optimizer starts fresh at step 0")
+        return 0
     arrays, meta = read_safetensors_with_metadata(state_file)
     saved_by = meta.get("back_end", "mlx")  # files of version 0.1 are the MLX back end's
     if saved_by != backend.name:
@@ -201,22 +179,24 @@ def train(backend, train_set: ExampleSet, valid_set: Optional[ExampleSet], args:
             record({"step": step, "event": "checkpoint_failed", "error": str(e)})
             return False
 
-    if train_states is not None:
-        bar = (lambda it: _progress_bar(it, "encoder states", "batch")) if progress else None
-        for states in (train_states, valid_states):
-            if states is not None:
-                states.fill(bar)
-    log(f"training on {len(train_set)} utterances ({train_set.seconds(range(len(train_set))) / 60:.1f} min of audio)")
-    bar = _progress_bar(None, "train", "step", total=args.iters, initial=start) if progress else None
-    say = bar.write if bar is not None else log
     window = {"loss": 0.0, "tokens": 0.0, "seconds": 0.0, "audio": 0.0, "steps": 0}
     per_epoch = math.ceil(len(train_set) / args.batch_size)
     epochs: Dict[int, list] = {}
     step = start
-    backend.set_training(True)
+    bar = None
     with StopFlag(log) as stop:
         try:
-            while step < args.iters:
+            fill_bar = (lambda it: _progress_bar(it, "encoder states", "batch")) if progress else None
+            for states in (train_states, valid_states):
+                if states is not None and not stop.requested:
+                    states.fill(fill_bar)
+            log(f"training on {len(train_set)} utterances ({train_set.seconds(range(len(train_set))) / 60:.1f} min of audio)")
+            bar = _progress_bar(None, "train", "step", total=args.iters, initial=start) if progress else None
+            say = bar.write if bar is not None else log
+            backend.set_training(True)
+            if stop.requested:
+                summary["status"] = "interrupted"
+            while step < args.iters and not stop.requested:
                 tic = time.perf_counter()
                 lr = learning_rate_at(step, args.learning_rate, args.iters, args.lr_schedule, args.warmup)
                 loss_sum = tok_sum = audio_seconds = 0.0
@@ -276,9 +256,10 @@ def train(backend, train_set: ExampleSet, valid_set: Optional[ExampleSet], args:
     if summary["status"] == "interrupted":
         log(f"interrupted at step {step}; adapters saved in {adapter_dir}. Resume with "
             f"--resume-adapter-file {adapter_dir / ADAPTER_FILE}")
-    summary["skipped_audio"] = dict(train_set.failed)
-    for index, why in train_set.failed.items():
-        log(f"skipped during training: {train_set.utterances[index].id}: {why}")
+    summary["skipped_audio"] = {train_set.utterances[i].id: why for i, why in train_set.failed.items()}
+    for examples in (train_set, valid_set):
+        for index, why in (examples.failed.items() if examples is not None else ()):
+            log(f"skipped during training: {examples.utterances[index].id}: {why}")
     return summary
 
 

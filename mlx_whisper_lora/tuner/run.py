@@ -15,7 +15,8 @@ from ..data.manifests import DataError, check_utterances, load_folder_split, loa
 from ..errors import QuantizedBase, UserError
 from ..files import atomic_write_text
 from ..formats.adapter_config import AdapterConfig
-from ..formats.adapter_files import CONFIG_FILE, check_dims, read_adapter_config, read_adapter_tensors, save_adapter_config
+from ..formats.adapter_files import (BASE_STYLE_FILE, CONFIG_FILE, check_dims, read_adapter_config,
+                                     read_adapter_tensors, save_adapter_config)
 from ..text import case_style
 from ..text.tokenizer import get_tokenizer
 from .backend_choice import choose_backend
@@ -23,7 +24,6 @@ from .evaluation import log_report, test_report, transcribe_examples
 from .loop import train
 from .run_config import RunConfig
 
-BASE_STYLE_FILE = "base_style_targets.jsonl"
 TEST_RESULTS_FILE = "test_results.json"
 
 
@@ -47,6 +47,7 @@ def open_backend(config: RunConfig, log: Callable):
     if config.model is None and existing is not None and existing.base_model:
         config.model = existing.base_model
         log(f"model: {config.model} (from {CONFIG_FILE})")
+    config.backend = name  # adapter_config.json records the back end that ran
     if name == "torch":
         from ..backend_torch.engine import load_base  # a UserError when torch is missing
 
@@ -57,8 +58,6 @@ def open_backend(config: RunConfig, log: Callable):
                 raise
             log("back end: mlx (the base model is MLX-quantized; the torch back end loads floating-point weights)")
             config.backend = "mlx"
-    else:
-        config.backend = name
     from ..backend_mlx.engine import load_base
 
     return load_base(config, log)
@@ -226,7 +225,7 @@ def run_test(backend, config: RunConfig, log: Callable, adapter_config: Optional
     test_set, _ = prepare_split(backend.model, read_splits(config, ["test"])["test"], "test", config, log,
                                 timestamps=False, style=style or "keep")
     report = test_report(backend, test_set, config.task, int(config.batch_size), int(config.test_batches),
-                         config.progress, style, punctuation)
+                         config.progress, style, punctuation, float(config.cache_memory_gb), bool(config.encoder_cache))
     log_report(report, log)
     if adapter_dir.exists() or config.train:
         out = atomic_write_text(adapter_dir / TEST_RESULTS_FILE, json.dumps(report, indent=2) + "\n")

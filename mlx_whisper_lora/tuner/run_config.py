@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..errors import UserError
-from .loop import TrainingArgs
+from .training_args import TrainingArgs
 
 
 def option(default, help: str, group: str = "training", flags: tuple = (), choices=None, kind=None, **extra):
@@ -120,6 +120,11 @@ class RunConfig:
         """Refuse values no run can use, naming the flag."""
         if not self.train and not self.test:
             raise UserError("nothing to do: pass --train, --test or both")
+        for f in fields(self):  # YAML values are not checked by argparse
+            value, choices = getattr(self, f.name), f.metadata.get("choices")
+            if choices and value is not None and value not in choices:
+                raise UserError(f"{f.name} (--{f.name.replace('_', '-')}) {value!r}: use one of "
+                                f"{', '.join(map(str, choices))}")
         for name in ("iters", "batch_size", "grad_accumulation_steps", "steps_per_report", "steps_per_eval"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -148,8 +153,8 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
         meta = f.metadata
         group = groups.get(meta["group"]) or groups.setdefault(meta["group"], p.add_argument_group(meta["group"]))
         default = f.default if f.default is not MISSING else f.default_factory()
-        shown = f"{meta['help']} (default: {default})" if meta["kind"] != "off_switch" and default not in (None, False) \
-            else meta["help"]
+        has_default = default is not None and default is not False and meta["kind"] != "off_switch"
+        shown = f"{meta['help']} (default: {default})" if has_default else meta["help"]
         if meta["kind"] == "off_switch":
             group.add_argument(*meta["flags"], dest=f.name, action="store_false", default=argparse.SUPPRESS, help=shown)
             continue

@@ -1,0 +1,27 @@
+"""What the training loop needs to know, as one dataclass (`RunConfig.training_args()` fills it from a run's options)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class TrainingArgs:
+    iters: int = 200
+    batch_size: int = 8
+    learning_rate: float = 1e-4
+    lr_schedule: str = "constant"  # constant | cosine | linear
+    warmup: int = 0
+    grad_accumulation_steps: int = 1
+    grad_checkpoint: bool = False
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    optimizer: str = "adamw"  # adam | adamw | sgd (the back end builds it)
+    weight_decay: float = 0.0
+    steps_per_report: int = 10
+    steps_per_eval: int = 100
+    val_batches: int = 25  # -1: the whole validation split
+    save_every: int = 100
+    seed: int = 0
+    bucket: bool = True
+    encoder_cache: bool = True  # keep frozen-encoder states (the loop asks the back end whether the encoder is frozen)
+    cache_memory_gb: float = 4.0
