@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Callable, Dict, TextIO
+
+from ..files import atomic_write
 
 
 def format_timestamp(seconds: float, always_include_hours: bool = False, decimal_marker: str = ".") -> str:
@@ -59,9 +60,8 @@ def write_result(result: dict, output_dir, stem: str, fmt: str) -> Path:
     """Write one format atomically (temporary file, then rename) and return its path."""
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{stem}.{fmt}"
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        FORMATS[fmt](result, f)
-    os.replace(tmp, path)
-    return path
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            FORMATS[fmt](result, f)
+
+    return atomic_write(out_dir / f"{stem}.{fmt}", write)
