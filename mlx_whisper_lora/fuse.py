@@ -22,8 +22,9 @@ EXPORT_FORMATS = ("mlx", "hf", "peft")
 
 
 def fuse(model_name: Optional[str], adapter_path, save_path, export_format: str = "mlx",
-         dequantize: bool = False, log=print) -> Path:
-    """Load base + adapters and write the result in `export_format`; returns the folder written."""
+         dequantize: bool = False, log=print, dtype: str = "float16") -> Path:
+    """Load base + adapters and write the result in `export_format`; returns the folder written.
+    `dtype`: the floating-point type of the mlx export (float16, as mlx-whisper runs by default)."""
     from .backend_mlx.adapters import fuse_adapters, load_adapters, trainable_numpy
     from .backend_mlx.load import load_model, save_hf, save_model
     from .formats.adapter_files import read_adapter_config
@@ -53,7 +54,7 @@ def fuse(model_name: Optional[str], adapter_path, save_path, export_format: str 
     fuse_adapters(model, dequantize=dequantize or export_format == "hf")
     if export_format == "hf":
         return save_hf(model, save_path)
-    return save_model(model, save_path)
+    return save_model(model, save_path, dtype=dtype)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,13 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-path", default="fused_model", help="output folder")
     p.add_argument("--export-format", default="mlx", choices=EXPORT_FORMATS)
     p.add_argument("--dequantize", action="store_true", help="write a floating-point model from a quantized base")
+    p.add_argument("--dtype", default="float16", choices=["float16", "float32", "bfloat16"],
+                   help="weights of the mlx export (default: float16, which mlx-whisper runs with its defaults)")
     return p
 
 
 @cli_entry
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    out = fuse(args.model, args.adapter_path, args.save_path, args.export_format, args.dequantize)
+    out = fuse(args.model, args.adapter_path, args.save_path, args.export_format, args.dequantize, dtype=args.dtype)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

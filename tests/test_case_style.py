@@ -83,7 +83,8 @@ def test_all_caps_data_trains_lower_case_and_reports_upper_case(tmp_path, capsys
     from mlx_whisper_lora.transcribe import transcribe
 
     fused = fuse(None, out, tmp_path / "fused", log=lambda m: None)
-    assert json.loads((fused / "config.json").read_text())["case_style"] == "upper"
+    assert json.loads((fused / "mlx_whisper_lora.json").read_text())["case_style"] == "upper"
+    assert "case_style" not in json.loads((fused / "config.json").read_text())  # mlx-whisper reads config.json
     model = load_model(str(fused))
     assert model.case_style == "upper"
     result = transcribe(str(ASSETS / "demo_data" / "audio" / "test-0000.flac"), model, language="en")

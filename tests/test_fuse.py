@@ -46,7 +46,7 @@ def test_fused_equals_unfused(adapted, mel, tiny_en_checkpoint, tmp_path):
     model, folder = adapted
     tokens = mx.array([TOKENS])
     unfused = model(mel, tokens)
-    out = fuse(None, folder, tmp_path / "fused")
+    out = fuse(None, folder, tmp_path / "fused", dtype="float32")
     fused = load_model(out)
     assert not any(isinstance(m, LoRALinear) for _, m in fused.named_modules())
     assert float(mx.abs(fused(mel, tokens) - unfused).max()) <= 1e-4
@@ -61,7 +61,7 @@ def test_fused_folder_loads_in_mlx_whisper(adapted, mel, tmp_path):
     from mlx_whisper.load_models import load_model as mw_load
 
     model, folder = adapted
-    out = fuse(None, folder, tmp_path / "fused")
+    out = fuse(None, folder, tmp_path / "fused", dtype="float32")
     theirs = mw_load(str(out), dtype=mx.float32)
     tokens = mx.array([TOKENS])
     ours = model(mel, tokens)
@@ -125,3 +125,51 @@ def test_transcribe_cli_uses_adapters_unfused(adapted, tmp_path, capsys):
 
     expected = transcribe(str(ASSETS / "demo.flac"), model, language="en", verbose=False, temperature=(0.0,))["text"]
     assert written == " ".join(expected.split())
+
+
+def test_default_mlx_export_runs_in_mlx_whisper_with_its_defaults_and_keeps_the_text_style(adapted, tmp_path):
+    """mlx-whisper builds its ModelDimensions from config.json and decodes in float16 by default: the
+    export holds float16 weights and keeps this package's extras (text style) in a file of its own."""
+    mlx_whisper = pytest.importorskip("mlx_whisper", reason="PyPI mlx-whisper (reference) not installed")
+    import json
+
+    from mlx_whisper_lora.formats.adapter_files import read_adapter_config, save_adapter_config
+    from mlx_whisper_lora.text.case_style import render
+    from mlx_whisper_lora.transcribe import transcribe
+
+    model, folder = adapted
+    styled = tmp_path / "styled"
+    styled.mkdir()
+    config = read_adapter_config(folder)
+    config.case_style, config.punctuation = "upper", "none"
+    save_adapter_config(config, styled)
+    (styled / "adapters.safetensors").write_bytes((folder / "adapters.safetensors").read_bytes())
+    out = fuse(None, styled, tmp_path / "fused", log=lambda m: None)
+    assert set(json.loads((out / "config.json").read_text())) <= {
+        "n_mels", "n_audio_ctx", "n_audio_state", "n_audio_head", "n_audio_layer", "n_vocab", "n_text_ctx",
+        "n_text_state", "n_text_head", "n_text_layer", "model_type", "quantization"}
+    audio = load_audio(ASSETS / "demo.flac")
+    theirs = mlx_whisper.transcribe(audio, path_or_hf_repo=str(out), verbose=None)["text"]  # fp16, its defaults
+    ours = transcribe(audio, load_model(out), verbose=False)["text"]
+    assert ours == ours.upper() and ours.strip()  # the style travels with the folder for this package
+    assert render(theirs, "upper", "none").split() == ours.split()
+
+
+def test_console_and_files_show_the_same_rendered_text(adapted, tmp_path, capsys):
+    from mlx_whisper_lora.formats.adapter_files import read_adapter_config, save_adapter_config
+    from mlx_whisper_lora.transcribe import main
+
+    model, folder = adapted
+    config = read_adapter_config(folder)
+    config.case_style = "upper"
+    save_adapter_config(config, folder)
+    try:
+        main([str(ASSETS / "demo.flac"), "--adapter-path", str(folder), "--language", "en", "--output-dir",
+              str(tmp_path), "--output-format", "srt"])
+    finally:
+        config.case_style = "keep"
+        save_adapter_config(config, folder)
+    printed = [line.split("] ", 1)[1] for line in capsys.readouterr().out.splitlines() if "] " in line]
+    written = [line for line in (tmp_path / "demo.srt").read_text().splitlines()
+               if line.strip() and "-->" not in line and not line.strip().isdigit()]
+    assert printed and printed == written and all(p == p.upper() for p in printed)

@@ -17,7 +17,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from ..errors import UserError
 from ..files import atomic_write, atomic_write_text
-from ..formats.checkpoint import Checkpoint, ModelLoadError, resolve
+from ..formats.checkpoint import EXTRAS_FILE, Checkpoint, ModelLoadError, resolve
 from ..formats.offline_models import DEFAULT_MODEL
 from .model import Whisper
 
@@ -81,7 +81,8 @@ def load_model(path_or_id: Union[str, Path, None] = None, dtype: Union[str, mx.D
 
 
 def save_model(model: Whisper, path: Union[str, Path], dtype: Union[str, mx.Dtype, None] = None) -> Path:
-    """Write an MLX folder (config.json + weights.safetensors) that this package and mlx-whisper load.
+    """Write an MLX folder (config.json + weights.safetensors) that this package and mlx-whisper load;
+    what mlx-whisper does not read (text style, source) goes to mlx_whisper_lora.json beside them.
 
     Alignment heads travel inside the weights file, as mlx-whisper's model attribute of that name.
     The tokenizer vocabulary of the source folder is copied along when there is one.
@@ -96,12 +97,14 @@ def save_model(model: Whisper, path: Union[str, Path], dtype: Union[str, mx.Dtyp
     quant = getattr(model, "quantization", None)
     if quant:
         config["quantization"] = quant
+    extras = {"source": model.source}
     if model.case_style in ("upper", "lower"):
-        config["case_style"] = model.case_style
+        extras["case_style"] = model.case_style
     if model.punctuation == "none":
-        config["punctuation"] = "none"
+        extras["punctuation"] = "none"
     atomic_write(path / "weights.safetensors", lambda tmp: mx.save_safetensors(str(tmp), weights, metadata={"format": "mlx"}))
     atomic_write_text(path / "config.json", json.dumps(config, indent=2) + "\n")
+    atomic_write_text(path / EXTRAS_FILE, json.dumps(extras, indent=2, default=str) + "\n")
     folder = model.folder
     if folder is not None:
         for name in ("tokenizer.json", "vocab.json", "merges.txt"):

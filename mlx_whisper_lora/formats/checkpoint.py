@@ -32,6 +32,9 @@ SHORT_NAMES = {
 SHORT_NAMES.update({"large": "openai/whisper-large-v3", "turbo": "openai/whisper-large-v3-turbo"})
 
 MLX_WEIGHT_FILES = ("weights.safetensors", "model.safetensors", "weights.npz")
+# What this package adds to an MLX folder (text style, provenance), kept out of config.json, which
+# mlx-whisper turns into its ModelDimensions and so must hold nothing else.
+EXTRAS_FILE = "mlx_whisper_lora.json"
 
 
 class ModelLoadError(UserError):
@@ -81,8 +84,9 @@ def _read_mlx_weights(path: Path) -> Dict[str, np.ndarray]:
 def read_mlx_folder(folder: Path) -> Checkpoint:
     config = _read_json(folder / "config.json")
     quantization = config.pop("quantization", None)
-    case_style = config.pop("case_style", None)
-    punctuation = config.pop("punctuation", "keep")
+    extras = _read_json(folder / EXTRAS_FILE) if (folder / EXTRAS_FILE).exists() else {}
+    case_style = extras.get("case_style", config.pop("case_style", None))  # config.json: folders fused by 0.1
+    punctuation = extras.get("punctuation", config.pop("punctuation", "keep"))
     weight_file = next((folder / f for f in MLX_WEIGHT_FILES if (folder / f).exists()), None)
     if weight_file is None:
         raise ModelLoadError(f"{folder} has config.json but none of {', '.join(MLX_WEIGHT_FILES)}")

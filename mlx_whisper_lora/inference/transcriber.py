@@ -186,7 +186,7 @@ class _FileTranscription:
         for s in segments:
             s.update(id=len(self.segments), seek=previous, temperature=result.temperature,
                      avg_logprob=result.avg_logprob, compression_ratio=result.compression_ratio,
-                     no_speech_prob=result.no_speech_prob)
+                     no_speech_prob=result.no_speech_prob, text=self.render(s["text"]))
             self.segments.append(s)
             self.tokens.extend(s["tokens"])
             if self.verbose:
@@ -198,15 +198,14 @@ class _FileTranscription:
     def result(self) -> dict:
         keys = ("id", "seek", "start", "end", "text", "tokens", "temperature", "avg_logprob",
                 "compression_ratio", "no_speech_prob")
-        text = self.tokenizer.decode([t for s in self.segments for t in s["tokens"]])
+        text = self.render(self.tokenizer.decode([t for s in self.segments for t in s["tokens"]]))
         segments = [{k: s[k] for k in keys} for s in self.segments]
-        style = self.model.case_style  # adapters trained on all-caps data: case_style.py
-        punctuation = self.model.punctuation
-        if style in ("upper", "lower") or punctuation == "none":
-            text = render_case(text, style, punctuation)
-            for seg in segments:
-                seg["text"] = render_case(seg["text"], style, punctuation)
         return {"text": text, "segments": segments, "language": self.options.language}
+
+    def render(self, text: str) -> str:
+        """Text in the model's style (adapters trained on all-caps or unpunctuated data, text/case_style.py),
+        the same on screen, in the files and in the returned result."""
+        return render_case(text, self.model.case_style, self.model.punctuation)
 
 
 def _check_language_and_task(model: Whisper, language: Optional[str], task: str) -> Optional[str]:
