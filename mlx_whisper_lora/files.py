@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Callable, Union
 
+from .errors import UserError
+
 
 def temporary_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}.tmp{path.suffix}")
@@ -30,6 +32,20 @@ def atomic_write(path: Union[str, Path], write: Callable[[Path], None]) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def check_writable(folder: Union[str, Path], fix: str) -> Path:
+    """Create `folder` if needed and write a probe file in it, before any long work whose results
+    would go there; a UserError naming the folder and `fix` when that fails."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to {folder} ({e.strerror or e}); {fix}") from None
+    return folder
 
 
 def atomic_write_bytes(path: Union[str, Path], data: bytes) -> Path:

@@ -16,6 +16,7 @@ from typing import Optional
 import numpy as np
 
 from .errors import UserError, cli_entry
+from .files import check_writable
 from .formats.adapter_files import read_adapter_config
 from .inference import transcriber
 
@@ -134,6 +135,7 @@ def main(argv=None):
     for path in audio_paths:  # fail before loading the model when a path is wrong
         if not Path(path).exists():
             raise UserError(f"audio file not found: {path}")
+    check_writable(args.output_dir, "pass another --output-dir")  # before the transcription, not after
     model = load_for_inference(args.model, args.adapter_path, args.dtype, args.backend, args.device)
     if args.temperature_increment_on_fallback > 0:
         temperatures = tuple(np.arange(args.temperature, 1.0 + 1e-6, args.temperature_increment_on_fallback))

@@ -296,3 +296,51 @@ def test_resuming_in_the_other_back_end_loads_the_weights_and_starts_the_optimiz
     messages.clear()
     assert restore_optimizer(backend, tmp_path / "adapters.safetensors", messages.append) == 0
     assert "does not read" in messages[0] and not (tmp_path / "optimizer_state.safetensors").exists()
+
+
+class _Planted:
+    """Unpickling this creates a file: what a crafted checkpoint in a shared folder would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.touch, (pathlib.Path(self.marker),)
+
+
+def test_a_planted_pickle_in_an_old_optimizer_file_never_runs(tiny_en_checkpoint, tmp_path):
+    from mlx_whisper_lora.errors import UserError
+
+    folder = tmp_path / "shared"
+    _torch_run(tiny_en_checkpoint, folder, 2)
+    (folder / "optimizer_state.safetensors").unlink()
+    marker = tmp_path / "code_ran"
+    torch.save({"step": 2, "optimizer": _Planted(str(marker))}, folder / "optimizer_state.pt")
+    with pytest.raises(UserError, match="cannot read the old optimizer file"):
+        _torch_run(tiny_en_checkpoint, folder, 4, folder / "adapters.safetensors")
+    assert not marker.exists()
+
+
+def test_unwritable_output_folders_are_named_before_any_work(tmp_path, capsys):
+    import os
+
+    from mlx_whisper_lora.lora import main as lora_main
+    from mlx_whisper_lora.transcribe import main as transcribe_main
+
+    if os.geteuid() == 0:  # root writes anywhere: a file where a folder should be fails for everyone
+        blocked = tmp_path / "a_file"
+        blocked.write_text("")
+        target = blocked / "out"
+    else:
+        blocked = tmp_path / "read_only"
+        blocked.mkdir(mode=0o500)
+        target = blocked / "out"
+    for main, argv in ((lora_main, ["--train", "--adapter-path", str(target), "--no-progress"]),
+                       (transcribe_main, ["--output-dir", str(target)])):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and f"cannot write to {target}" in err and "Traceback" not in err
+        assert "back end:" not in err  # refused before loading anything

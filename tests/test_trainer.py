@@ -192,3 +192,28 @@ def test_bfloat16_full_fine_tune_checkpoints_and_resumes(tiny_en_checkpoint, tmp
     assert summary["start_step"] == 1 and summary["steps"] == 2
     moments = [v for k, v in tree_flatten(backend.optimizer.state) if k.endswith((".m", ".v"))]
     assert moments and all(v.dtype == mx.bfloat16 for v in moments)
+
+
+def test_nan_audio_is_skipped_and_a_nan_loss_stops_before_anything_is_saved(fresh_tiny_en, tmp_path):
+    import numpy as np
+
+    model = fresh_tiny_en
+    apply_adapters(model, AdapterConfig(freeze_encoder=True, rank=4, alpha=8))
+    clean = np.zeros(16000, dtype=np.float32)
+    bad = clean.copy()
+    bad[100] = np.nan
+    utterances = [Utterance(clean, TARGET, id="clean"), Utterance(bad, TARGET, id="nan-samples")]
+    examples = _examples(model, utterances)
+    assert examples.usable([0, 1]) == [0] and "not numbers" in examples.failed[1]  # skipped and named
+
+    backend = MLXBackend(model)
+    original = backend.accumulate_gradients
+    backend.accumulate_gradients = lambda *a, **k: (float("nan"), original(*a, **k)[1])  # a diverging step
+    before = {k: np.array(v) for k, v in trainable_weights(model).items()}
+    from mlx_whisper_lora.errors import UserError
+
+    with pytest.raises(UserError, match="loss of step 1 is not a number.*clean"):
+        train(backend, examples, None, TrainingArgs(iters=3, batch_size=2, save_every=1), tmp_path,
+              log=lambda m: None, progress=False)
+    assert not (tmp_path / "adapters.safetensors").exists()
+    assert all(np.array_equal(np.array(v), before[k]) for k, v in trainable_weights(model).items())

@@ -81,7 +81,16 @@ def load_audio(path: Union[str, Path], sr: int = SAMPLE_RATE) -> np.ndarray:
         audio = resample(data.mean(axis=1), file_sr, sr)
     if audio.size == 0:
         raise AudioError(f"audio file holds no samples: {path}")
-    return np.ascontiguousarray(audio, dtype=np.float32)
+    return finite(np.ascontiguousarray(audio, dtype=np.float32), path)
+
+
+def finite(audio: np.ndarray, name) -> np.ndarray:
+    """`audio` unchanged, or an AudioError when a sample is NaN or infinite (such a clip makes every
+    loss and every adapter weight NaN, and transcripts nonsense)."""
+    if not np.isfinite(audio).all():
+        bad = int(np.size(audio) - np.count_nonzero(np.isfinite(audio)))
+        raise AudioError(f"{name} has {bad} samples that are not numbers (NaN or infinite); repair or drop the file")
+    return audio
 
 
 def pad_or_trim(array, length: int = N_SAMPLES, axis: int = -1):

@@ -17,7 +17,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Union
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, AudioError, resample, load_audio
+from .audio import SAMPLE_RATE, AudioError, finite, load_audio, resample
 from ..errors import UserError
 from ..text.languages import language_code
 
@@ -42,16 +42,17 @@ class Utterance:
 
     def load(self) -> np.ndarray:
         """Mono float32 samples at 16 kHz."""
+        name = self.id or "an example"
         if isinstance(self.audio, np.ndarray):
-            return resample(np.asarray(self.audio, dtype=np.float32), self.sampling_rate, SAMPLE_RATE)
+            return finite(resample(np.asarray(self.audio, dtype=np.float32), self.sampling_rate, SAMPLE_RATE), name)
         if isinstance(self.audio, bytes):
             import soundfile as sf
 
             try:
                 data, sr = sf.read(io.BytesIO(self.audio), dtype="float32", always_2d=True)
             except Exception as e:  # noqa: BLE001 - any decoder failure
-                raise AudioError(f"cannot decode the audio of {self.id or 'an example'}: {e}") from None
-            return resample(data.mean(axis=1), sr, SAMPLE_RATE)
+                raise AudioError(f"cannot decode the audio of {name}: {e}") from None
+            return finite(resample(data.mean(axis=1), sr, SAMPLE_RATE), name)
         return load_audio(self.audio)
 
 

@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Optional
 from ..data.examples import ExampleSet
 from ..data.labels import collate
 from ..data.manifests import epoch_batches
+from ..errors import UserError
 from ..formats.adapter_files import ADAPTER_FILE, optimizer_file_for, saved_step, write_adapter_tensors
 from ..formats.safetensors_io import read_safetensors_with_metadata, write_safetensors
 from .encoder_cache import CachedStates
@@ -200,6 +201,7 @@ def train(backend, train_set: ExampleSet, valid_set: Optional[ExampleSet], args:
                 tic = time.perf_counter()
                 lr = learning_rate_at(step, args.learning_rate, args.iters, args.lr_schedule, args.warmup)
                 loss_sum = tok_sum = audio_seconds = 0.0
+                step_indices: List[int] = []
                 for k in range(args.grad_accumulation_steps):
                     epoch, index = divmod(step * args.grad_accumulation_steps + k, per_epoch)
                     if epoch not in epochs:
@@ -208,6 +210,7 @@ def train(backend, train_set: ExampleSet, valid_set: Optional[ExampleSet], args:
                     indices = train_set.usable(epochs[epoch][index])
                     if not indices:
                         continue
+                    step_indices += indices
                     labels = collate([train_set.labels[i] for i in indices], pad_token=0)
                     batch_loss, tokens = backend.accumulate_gradients(train_set, indices, batch_states(train_states, indices),
                                                                      labels, args.grad_accumulation_steps)
@@ -216,6 +219,11 @@ def train(backend, train_set: ExampleSet, valid_set: Optional[ExampleSet], args:
                     audio_seconds += train_set.seconds(indices)
                 if tok_sum == 0:
                     raise RuntimeError("no readable audio in this batch")
+                if not math.isfinite(loss_sum):  # before the update: the weights and the checkpoints stay good
+                    names = [train_set.utterances[i].id for i in step_indices]
+                    raise UserError(f"the loss of step {step + 1} is not a number (batch: {', '.join(names[:8])}); "
+                                    f"training stopped, the last checkpoint in {adapter_dir} is intact. Check those "
+                                    "utterances, or lower --learning-rate")
                 backend.update(lr, args.max_grad_norm)
                 step += 1
                 for key, value in (("loss", loss_sum), ("tokens", tok_sum), ("audio", audio_seconds),

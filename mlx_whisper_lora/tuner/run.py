@@ -13,7 +13,7 @@ from ..assets_dir import ASSETS
 from ..data.examples import ExampleSet
 from ..data.manifests import DataError, check_utterances, load_folder_split, load_hf_split
 from ..errors import QuantizedBase, UserError
-from ..files import atomic_write_text
+from ..files import atomic_write_text, check_writable
 from ..formats.adapter_config import AdapterConfig
 from ..formats.adapter_files import (BASE_STYLE_FILE, CONFIG_FILE, check_dims, read_adapter_config,
                                      read_adapter_tensors, save_adapter_config)
@@ -236,6 +236,8 @@ def run_test(backend, config: RunConfig, log: Callable, adapter_config: Optional
 def run(config: RunConfig, log: Callable) -> dict:
     """Train and/or test as `config` says; returns {"train": summary, "test": report}."""
     config.check()
+    if config.train:  # before hours of work whose results would have nowhere to go
+        check_writable(config.adapter_path, "pass another --adapter-path")
     backend = open_backend(config, log)
     result = {}
     adapter_config = None
