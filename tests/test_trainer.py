@@ -217,3 +217,32 @@ def test_nan_audio_is_skipped_and_a_nan_loss_stops_before_anything_is_saved(fres
               log=lambda m: None, progress=False)
     assert not (tmp_path / "adapters.safetensors").exists()
     assert all(np.array_equal(np.array(v), before[k]) for k, v in trainable_weights(model).items())
+
+
+def test_a_kill_between_checkpoint_files_resumes_from_a_matching_pair(tiny_en_checkpoint, tmp_path):
+    """Killed after the new optimizer state was written but before the adapters: the adapters (step 2)
+    resume with the optimizer state of step 2, kept as .previous, and end where a straight run ends."""
+    from safetensors.numpy import load_file, save_file
+
+    from mlx_whisper_lora.backend_mlx.adapters import load_weights_into
+    from mlx_whisper_lora.formats.adapter_files import read_adapter_tensors
+
+    straight = _adapted(tiny_en_checkpoint)
+    _run(straight, tmp_path / "a", iters=4)
+    folder = tmp_path / "b"
+    _run(_adapted(tiny_en_checkpoint), folder, iters=2)
+    state = folder / "optimizer_state.safetensors"
+    os.replace(state, folder / "optimizer_state.previous.safetensors")  # the torn step-4 save
+    save_file(load_file(str(folder / "optimizer_state.previous.safetensors")), str(state),
+              metadata={"format": "mlx", "step": "4", "back_end": "mlx"})
+    resumed = _adapted(tiny_en_checkpoint)
+    load_weights_into(resumed, read_adapter_tensors(folder / "adapters.safetensors"), folder)
+    messages = []
+    args = TrainingArgs(iters=4, batch_size=2, learning_rate=1e-3, save_every=2, steps_per_report=1,
+                        steps_per_eval=1000, lr_schedule="cosine", warmup=1)
+    summary = train(MLXBackend(resumed), _examples(resumed, _demo_utterances()), None, args, folder,
+                    resume_file=folder / "adapters.safetensors", log=messages.append, progress=False)
+    assert summary["start_step"] == 2
+    assert any("continuing from step 2" in m and "previous" in m for m in messages)
+    a, b = trainable_weights(straight), trainable_weights(resumed)
+    assert max(float(mx.abs(a[k] - b[k]).max()) for k in a) < 1e-6

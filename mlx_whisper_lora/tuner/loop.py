@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -118,13 +119,24 @@ def checkpoint_names(step: int, keep_step_copy: bool) -> List[str]:
     return names + ([f"{step:07d}_{ADAPTER_FILE}"] if keep_step_copy else [])
 
 
+def previous_state_file(state_file: Path) -> Path:
+    """Where the optimizer state of the checkpoint before stays while a new one is written."""
+    return state_file.with_name(state_file.stem + ".previous" + state_file.suffix)
+
+
 def save_checkpoint(backend, folder: Path, step: int, keep_step_copy: bool) -> None:
-    """Adapters and optimizer state (and step-numbered copies), each file written atomically."""
+    """Adapters and optimizer state (and step-numbered copies), each file written atomically, in an
+    order that a kill at any moment cannot turn into a disagreeing pair: the current optimizer state
+    is first kept as `.previous`, then the new one is written, then the adapters. Resuming picks the
+    optimizer state whose step matches the adapters'."""
     weights, state = backend.adapter_tensors(), backend.optimizer_tensors()
     meta = {"format": "mlx", "step": str(step), "back_end": backend.name}
     for name in checkpoint_names(step, keep_step_copy):
+        state_file = optimizer_file_for(folder / name)
+        if state_file.exists():
+            os.replace(state_file, previous_state_file(state_file))
+        write_safetensors(state_file, state, meta)
         write_adapter_tensors(folder / name, weights, step)
-        write_safetensors(optimizer_file_for(folder / name), state, meta)
 
 
 def restore_optimizer(backend, adapter_file: Path, log: Callable) -> int:
@@ -135,21 +147,25 @@ def restore_optimizer(backend, adapter_file: Path, log: Callable) -> int:
         state_file = backend.convert_legacy_optimizer_file(state_file.with_suffix(".pt"), log)
         if state_file is None:  # the back end logged why
             return 0
-    if state_file is None or not state_file.exists():
+    candidates = [f for f in (state_file, state_file and previous_state_file(state_file)) if f is not None and f.exists()]
+    if not candidates:
         log(f"resume: no optimizer state beside {adapter_file}; the weights are loaded, the optimizer starts fresh at step 0")
         return 0
-    arrays, meta = read_safetensors_with_metadata(state_file)
+    found = [(f, *read_safetensors_with_metadata(f)) for f in candidates]
+    match = next(((f, arrays, meta) for f, arrays, meta in found if int(meta.get("step", -1)) == step), None)
+    if match is None:
+        steps = ", ".join(f"{f.name}: step {meta.get('step')}" for f, _, meta in found)
+        log(f"resume: the adapters are from step {step}, the optimizer state is not ({steps}); "
+            "the weights are loaded, the optimizer starts fresh at step 0")
+        return 0
+    state_file, arrays, meta = match
     saved_by = meta.get("back_end", "mlx")  # files of version 0.1 are the MLX back end's
     if saved_by != backend.name:
         log(f"resume: {state_file} holds the {saved_by} back end's optimizer state, which the {backend.name} back end "
             "cannot read; the weights are loaded, the optimizer starts fresh at step 0")
         return 0
-    if int(meta.get("step", -1)) != step:
-        log(f"resume: {state_file} is from step {meta.get('step')}, the adapters from step {step}; "
-            "starting the optimizer fresh at step 0")
-        return 0
     backend.load_optimizer_tensors(arrays)
-    log(f"resume: continuing from step {step} with its optimizer state and batch order")
+    log(f"resume: continuing from step {step} with its optimizer state ({state_file.name}) and batch order")
     return step
 
 
