@@ -183,8 +183,11 @@ def train(backend, train_set: ExampleSet, valid_set: Optional[ExampleSet], args:
     summary = {"status": "done", "start_step": start, "steps": start}
 
     def record(entry: dict) -> None:
-        with open(metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry) + "\n")
+        try:
+            with open(metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(entry) + "\n")
+        except OSError as e:  # a full disk loses a metrics line, not the run
+            log(f"warning: could not append to {metrics_path}: {e.strerror or e}")
 
     def save(step: int, final: bool) -> bool:
         try:
