@@ -38,6 +38,7 @@ def check_writable(folder: Union[str, Path], fix: str) -> Path:
     """Create `folder` if needed and write a probe file in it, before any long work whose results
     would go there; a UserError naming the folder and `fix` when that fails."""
     folder = Path(folder)
+    created = [p for p in [folder, *folder.parents] if not p.exists()]  # removed again: the run creates them
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-test-{os.getpid()}"
@@ -45,6 +46,12 @@ def check_writable(folder: Union[str, Path], fix: str) -> Path:
         probe.unlink()
     except OSError as e:
         raise UserError(f"cannot write to {folder} ({e.strerror or e}); {fix}") from None
+    finally:
+        for path in created:  # deepest first
+            try:
+                path.rmdir()
+            except OSError:
+                pass
     return folder
 
 
