@@ -16,7 +16,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from ..errors import UserError
-from ..files import atomic_write, atomic_write_text
+from ..files import atomic_write, atomic_write_bytes, atomic_write_text
 from ..formats.checkpoint import EXTRAS_FILE, Checkpoint, ModelLoadError, resolve
 from ..formats.offline_models import DEFAULT_MODEL
 from .model import Whisper
@@ -110,7 +110,7 @@ def save_model(model: Whisper, path: Union[str, Path], dtype: Union[str, mx.Dtyp
         for name in ("tokenizer.json", "vocab.json", "merges.txt"):
             src = Path(folder) / name
             if src.exists() and src.resolve() != (path / name).resolve():
-                (path / name).write_bytes(src.read_bytes())
+                atomic_write_bytes(path / name, src.read_bytes())
     return path
 
 

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from ..files import atomic_write_text
+from ..files import atomic_write_bytes, atomic_write_text
 from . import weight_names
 from .dims import ModelDimensions, sinusoids
 from .safetensors_io import write_safetensors
@@ -66,5 +66,5 @@ def save_hf_folder(weights: Dict[str, np.ndarray], dims: ModelDimensions, alignm
     }
     atomic_write_text(path / "generation_config.json", json.dumps(generation, indent=2) + "\n")
     if tokenizer_folder is not None and (Path(tokenizer_folder) / "tokenizer.json").exists():
-        (path / "tokenizer.json").write_bytes((Path(tokenizer_folder) / "tokenizer.json").read_bytes())
+        atomic_write_bytes(path / "tokenizer.json", (Path(tokenizer_folder) / "tokenizer.json").read_bytes())
     return path

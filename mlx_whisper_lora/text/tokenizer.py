@@ -21,6 +21,7 @@ from .languages import LANGUAGES, language_code
 from .tokenizer_bytes import byte_decoder as _byte_decoder
 
 from ..assets_dir import ASSETS
+from ..files import atomic_write_text
 UNREACHABLE_TOKEN = b"\xff\xfe"
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
@@ -62,7 +63,7 @@ def read_tiktoken_file(path: Path) -> Dict[bytes, int]:
 
 def write_tiktoken_file(ranks: Dict[bytes, int], path: Path) -> None:
     lines = [f"{base64.b64encode(t).decode()} {r}" for t, r in sorted(ranks.items(), key=lambda kv: kv[1])]
-    Path(path).write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 class Tokenizer:
