@@ -23,7 +23,7 @@ from ..data.labels import collate
 from ..data.manifests import epoch_batches
 from ..errors import UserError
 from ..formats.adapter_files import ADAPTER_FILE, optimizer_file_for, saved_step, write_adapter_tensors
-from ..formats.safetensors_io import read_safetensors_with_metadata, write_safetensors
+from ..formats.safetensors_io import read_metadata, read_safetensors, write_safetensors
 from .encoder_cache import CachedStates
 from .schedule import learning_rate_at
 from .training_args import TrainingArgs
@@ -151,20 +151,20 @@ def restore_optimizer(backend, adapter_file: Path, log: Callable) -> int:
     if not candidates:
         log(f"resume: no optimizer state beside {adapter_file}; the weights are loaded, the optimizer starts fresh at step 0")
         return 0
-    found = [(f, *read_safetensors_with_metadata(f)) for f in candidates]
-    match = next(((f, arrays, meta) for f, arrays, meta in found if int(meta.get("step", -1)) == step), None)
+    found = [(f, read_metadata(f)) for f in candidates]  # headers only: pick the file, then read its tensors
+    match = next(((f, meta) for f, meta in found if int(meta.get("step", -1)) == step), None)
     if match is None:
-        steps = ", ".join(f"{f.name}: step {meta.get('step')}" for f, _, meta in found)
+        steps = ", ".join(f"{f.name}: step {meta.get('step')}" for f, meta in found)
         log(f"resume: the adapters are from step {step}, the optimizer state is not ({steps}); "
             "the weights are loaded, the optimizer starts fresh at step 0")
         return 0
-    state_file, arrays, meta = match
+    state_file, meta = match
     saved_by = meta.get("back_end", "mlx")  # files of version 0.1 are the MLX back end's
     if saved_by != backend.name:
         log(f"resume: {state_file} holds the {saved_by} back end's optimizer state, which the {backend.name} back end "
             "cannot read; the weights are loaded, the optimizer starts fresh at step 0")
         return 0
-    backend.load_optimizer_tensors(arrays)
+    backend.load_optimizer_tensors(read_safetensors(state_file))
     log(f"resume: continuing from step {step} with its optimizer state ({state_file.name}) and batch order")
     return step
 
