@@ -19,15 +19,16 @@ from .errors import UserError, cli_entry
 from .files import check_writable
 from .formats.adapter_files import read_adapter_config
 from .inference import transcriber
+from .inference.timing import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS
 
 __all__ = ["transcribe", "transcribe_many", "load_for_inference", "main"]
 
 
-def transcribe(audio, model=None, **options) -> dict:
+def transcribe(audio, model=None, *, path_or_hf_repo=None, **options) -> dict:
     """Transcribe (or translate) audio of any length; returns {"text", "segments", "language"}.
-    `model`: a loaded model, or anything `load_model` accepts (default: the offline tiny.en); the
-    options are `inference.transcriber.transcribe`'s (openai-whisper's names)."""
-    return transcriber.transcribe(audio, loaded(model), **options)
+    `model` (or mlx-whisper's `path_or_hf_repo`): a loaded model, or anything `load_model` accepts
+    (default: the offline tiny.en); options: `inference.transcriber.transcribe`'s (openai-whisper's)."""
+    return transcriber.transcribe(audio, loaded(path_or_hf_repo if model is None else model), **options)
 
 
 def transcribe_many(audios, model=None, **options) -> list:
@@ -76,7 +77,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="files whose first windows are decoded together")
     p.add_argument("--output-dir", "-o", default=".")
     p.add_argument("--output-format", "-f", default="txt", choices=sorted(FORMATS) + ["all"])
-    p.add_argument("--word-timestamps", type=_str2bool, nargs="?", const=True, default=False)
+    p.add_argument("--word-timestamps", type=_str2bool, nargs="?", const=True, default=False,
+                   help="time every word (cross-attention alignment, as openai-whisper); adds 'words' to the segments")
+    p.add_argument("--prepend-punctuations", default=PREPEND_PUNCTUATIONS,
+                   help="with --word-timestamps: these symbols are merged into the next word")
+    p.add_argument("--append-punctuations", default=APPEND_PUNCTUATIONS,
+                   help="with --word-timestamps: these symbols are merged into the previous word")
+    p.add_argument("--highlight-words", type=_str2bool, default=False,
+                   help="with --word-timestamps: underline each word as it is spoken in srt/vtt")
+    p.add_argument("--max-line-width", type=int, default=None,
+                   help="with --word-timestamps: most characters on a subtitle line")
+    p.add_argument("--max-line-count", type=int, default=None,
+                   help="with --max-line-width: most lines in a subtitle (words flow across segments)")
+    p.add_argument("--max-words-per-line", type=int, default=None,
+                   help="with --word-timestamps (and no --max-line-width): most words on a subtitle line")
+    p.add_argument("--hallucination-silence-threshold", type=float, default=None,
+                   help="with --word-timestamps: skip silences longer than this many seconds around a "
+                        "likely hallucination")
+    p.add_argument("--carry-initial-prompt", type=_str2bool, default=False,
+                   help="keep --initial-prompt at the head of every window's prompt, not only the first")
     p.add_argument("--verbose", type=_str2bool, default=True)
     return p
 
@@ -114,6 +133,14 @@ def load_for_inference(model_name: Optional[str], adapter_path: Optional[str], d
     return model
 
 
+def _subtitle_options(args):
+    from .formats.transcript_writers import SubtitleOptions
+
+    return SubtitleOptions.checked(args.word_timestamps, max_line_width=args.max_line_width,
+                                   max_line_count=args.max_line_count, highlight_words=args.highlight_words,
+                                   max_words_per_line=args.max_words_per_line)
+
+
 def _str2bool(value: str) -> bool:
     v = str(value).lower()
     if v in ("1", "true", "yes", "y", "on"):
@@ -129,8 +156,7 @@ def main(argv=None):
     from .formats.transcript_writers import FORMATS, write_result
 
     args = build_parser().parse_args(argv)
-    if args.word_timestamps:
-        raise UserError("--word-timestamps is not implemented yet (word alignment comes in a later release)")
+    subtitles = _subtitle_options(args)
     audio_paths = args.audio or [str(ASSETS / "demo.flac")]
     for path in audio_paths:  # fail before loading the model when a path is wrong
         if not Path(path).exists():
@@ -150,6 +176,9 @@ def main(argv=None):
         condition_on_previous_text=args.condition_on_previous_text, initial_prompt=args.initial_prompt,
         language=args.language, task=args.task, beam_size=args.beam_size, best_of=args.best_of,
         patience=args.patience, length_penalty=args.length_penalty, suppress_tokens=args.suppress_tokens,
+        word_timestamps=args.word_timestamps, prepend_punctuations=args.prepend_punctuations,
+        append_punctuations=args.append_punctuations, carry_initial_prompt=args.carry_initial_prompt,
+        hallucination_silence_threshold=args.hallucination_silence_threshold,
     )
     if len(audio_paths) > 1 and args.clip_timestamps.strip() in ("", "0"):
         results = transcribe_many(audio_paths, model, batch_size=max(1, args.batch_size), **common)
@@ -159,7 +188,7 @@ def main(argv=None):
         if not result["text"].strip():
             print(f"warning: no speech found in {path}; its outputs are empty", file=sys.stderr)
         for fmt in formats:
-            written = write_result(result, out_dir, Path(path).stem, fmt)
+            written = write_result(result, out_dir, Path(path).stem, fmt, subtitles)
             if args.verbose:
                 print(f"wrote {written}", file=sys.stderr)
     return 0

@@ -55,11 +55,14 @@ def test_segments_from_tokens_split_at_timestamp_pairs():
     tb = tok.timestamp_begin
     hello, world = tok.encode(" hello"), tok.encode(" world")
     tokens = [tb] + hello + [tb + 50, tb + 50] + world + [tb + 120]
-    segments, consumed = _segments_from_tokens(tokens, tok, time_offset=10.0, window_frames=3000, precision=0.02)
+    segments, consumed, single_ending = _segments_from_tokens(tokens, tok, time_offset=10.0, window_frames=3000,
+                                                              precision=0.02)
+    assert single_ending
     assert [(s["start"], s["end"], s["text"]) for s in segments] == [(10.0, 11.0, " hello"), (11.0, 12.4, " world")]
     assert consumed == 3000  # ended on a single timestamp: the whole window is used
     tokens = [tb] + hello + [tb + 50, tb + 50] + world + [tb + 120, tb + 120]
-    _, consumed = _segments_from_tokens(tokens, tok, 0.0, 3000, 0.02)
+    _, consumed, single_ending = _segments_from_tokens(tokens, tok, 0.0, 3000, 0.02)
+    assert not single_ending
     assert consumed == 240  # resume where the last complete segment ended
 
 
@@ -114,7 +117,7 @@ def _bad_inputs(tmp_path, tiny_en_checkpoint):
         "non-audio file": ([str(text)], "cannot decode"),
         "wrong model path": (["--model", str(tmp_path / "no-model")], "not found"),
         "truncated weights": (["--model", str(truncated)], "truncated"),
-        "word timestamps": (["--word-timestamps"], "not implemented"),
+        "hallucination threshold alone": (["--hallucination-silence-threshold", "2"], "needs word timestamps"),
     }
 
 

@@ -258,6 +258,15 @@ class Whisper(nn.Module):
     def logits(self, tokens: mx.array, audio_features: mx.array) -> mx.array:
         return self.decoder(tokens, audio_features)[0]
 
+    def alignment_scores(self, tokens: np.ndarray, audio_features: mx.array, heads=None) -> Tuple[np.ndarray, np.ndarray]:
+        """For word timing (inference/timing.py): float32 logits (tokens, vocab) of one token sequence
+        (1, n) and the pre-softmax cross-attention scores of the given (layer, head) pairs (heads,
+        tokens, audio positions); heads default to the model's alignment heads."""
+        logits, _, cross_qk = self.decoder(mx.array(np.asarray(tokens, dtype=np.int32)), audio_features)
+        pairs = self.alignment_heads.tolist() if heads is None else [list(h) for h in heads]
+        qk = mx.stack([cross_qk[layer][0, head] for layer, head in pairs])
+        return np.array(logits[0].astype(mx.float32)), np.array(qk.astype(mx.float32))
+
     def __call__(self, mel: mx.array, tokens: mx.array) -> mx.array:
         """Logits with exact, differentiable ops (the training forward pass)."""
         return self.decoder(tokens, self.encoder(mel.astype(self.dtype)))[0]

@@ -107,5 +107,22 @@ class TorchDecodingModel:
             features = self.model.embed_audio(self.to_torch(mel))
         return mx.array(features.float().cpu().numpy())
 
+    @property
+    def alignment_heads(self):
+        return self.model.alignment_heads
+
+    def set_alignment_heads(self, heads) -> None:
+        self.model.alignment_heads = [(int(a), int(b)) for a, b in heads]
+
+    def alignment_scores(self, tokens: np.ndarray, audio_features: mx.array, heads=None):
+        """The MLX model's `alignment_scores`: float32 logits (tokens, vocab) and the chosen heads'
+        cross-attention scores (heads, tokens, audio positions), as numpy."""
+        with torch.no_grad(), self.autocast():
+            logits, scores = self.model.decoder.cross_attention_scores(
+                torch.from_numpy(np.asarray(tokens, dtype=np.int64)).to(self.device), self.to_torch(audio_features))
+        pairs = self.model.alignment_heads if heads is None else heads
+        qk = torch.stack([scores[int(layer)][0, int(head)] for layer, head in pairs])
+        return logits[0].float().cpu().numpy(), qk.float().cpu().numpy()
+
     def logits(self, tokens: mx.array, audio_features: mx.array) -> mx.array:
         return self.decoder(tokens, audio_features)[0]

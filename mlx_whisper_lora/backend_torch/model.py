@@ -191,6 +191,32 @@ class TextDecoder(nn.Module):
         idx = torch.as_tensor(np.asarray(rows), dtype=torch.long, device=cache[0][0].device)
         return [(k.index_select(0, idx), v.index_select(0, idx), ck, cv) for k, v, ck, cv in cache]
 
+    @torch.no_grad()
+    def cross_attention_scores(self, tokens: torch.Tensor, xa: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Logits of a whole token sequence and, per block, its cross-attention scores before the
+        softmax (batch, heads, tokens, audio positions), queries and keys each scaled by head_dim^-1/4
+        as openai-whisper returns them (word timing reads them)."""
+        n = tokens.shape[-1]
+        x = (self.token_embedding(tokens) + self.positional_embedding[:n]).to(xa.dtype)
+        scores = []
+        for block in self.blocks:
+            x = x + block.attn(block.attn_ln(x), causal=True)
+            attn = block.cross_attn
+            y = block.cross_attn_ln(x)
+            b, _, d = y.shape
+            h = attn.n_head
+            scale = (d // h) ** -0.25
+            q = attn.query(y).view(b, n, h, d // h).transpose(1, 2) * scale
+            k, v = attn.keys_values(xa)
+            k = k.view(b, xa.shape[1], h, d // h).transpose(1, 2) * scale
+            v = v.view(b, xa.shape[1], h, d // h).transpose(1, 2)
+            qk = (q @ k.transpose(-1, -2)).float()
+            out = torch.softmax(qk, dim=-1).to(v.dtype) @ v
+            x = x + attn.out(out.transpose(1, 2).reshape(b, n, d))
+            x = x + block.mlp2(F.gelu(block.mlp1(block.mlp_ln(x))))
+            scores.append(qk)
+        return self.logits(self.ln(x)), scores
+
     def cross_kv_cacheable(self) -> bool:
         return all(block.cross_attn.frozen_keys_values() for block in self.blocks)
 
@@ -211,6 +237,10 @@ class Whisper(nn.Module):
         self.punctuation = "keep"  # "none": transcripts rendered without punctuation
         self.encoder = AudioEncoder(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer)
         self.decoder = TextDecoder(dims.n_vocab, dims.n_text_ctx, dims.n_text_state, dims.n_text_head, dims.n_text_layer)
+        # Cross-attention heads that follow the audio in time (word timing); openai-whisper's default,
+        # every head of the decoder's second half, until the checkpoint names its own.
+        self.alignment_heads: List[Tuple[int, int]] = [
+            (layer, head) for layer in range(dims.n_text_layer // 2, dims.n_text_layer) for head in range(dims.n_text_head)]
 
     def forward(self, mel: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         return self.decoder(tokens, self.encoder(mel))
@@ -267,4 +297,6 @@ def load_model(path_or_id: Optional[str] = None, device: str = "cpu", dtype: tor
     load_mlx_weights(model, ckpt.weights)
     model.source = ckpt.source
     model.folder = ckpt.folder
+    if ckpt.alignment_heads:
+        model.alignment_heads = [(int(a), int(b)) for a, b in ckpt.alignment_heads]
     return model.to(device=device, dtype=dtype).eval()

@@ -8,7 +8,7 @@ The model is the MLX Whisper, or the torch one behind the same interface
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
 
@@ -24,6 +24,7 @@ from ..data.audio import (
     log_mel_spectrogram,
     pad_or_trim,
 )
+from . import timing
 from .decoding import DecodingOptions, DecodingResult, decode, detect_language
 from ..errors import UserError
 from ..text.languages import language_code
@@ -104,7 +105,9 @@ def _parse_clip_timestamps(clip: Union[str, Sequence[float]], total_frames: int)
 
 
 def _segments_from_tokens(tokens: List[int], tokenizer, time_offset: float, window_frames: int, precision: float):
-    """Split one window's tokens at timestamp pairs; return (segments, frames consumed)."""
+    """Split one window's tokens at timestamp pairs; return (segments, frames consumed, whether the
+    window ends on a single timestamp: no speech after it). Empty or instantaneous segments are kept
+    here (their tokens take part in word alignment) and dropped once the window is done."""
     tb = tokenizer.timestamp_begin
     is_ts = [t >= tb for t in tokens]
     single_ending = len(is_ts) >= 2 and is_ts[-2:] == [False, True]
@@ -115,10 +118,8 @@ def _segments_from_tokens(tokens: List[int], tokenizer, time_offset: float, wind
     window_end = time_offset + window_frames / FRAMES_PER_SECOND
 
     def add(start, end, toks):
-        text = tokenizer.decode(toks)
-        end = min(end, window_end)  # timestamps past the audio's end are hallucinated
-        if end > start and text.strip():
-            segments.append({"start": round(start, 3), "end": round(end, 3), "text": text, "tokens": toks})
+        end = min(end, window_end)  # timestamps past the audio's end are hallucinated (README: "Departures")
+        segments.append({"start": round(start, 3), "end": round(end, 3), "text": tokenizer.decode(toks), "tokens": toks})
 
     if consecutive:
         slices = consecutive + ([len(tokens)] if single_ending else [])
@@ -138,7 +139,43 @@ def _segments_from_tokens(tokens: List[int], tokenizer, time_offset: float, wind
             duration = (stamps[-1] - tb) * precision
         add(time_offset, time_offset + duration, tokens)
         consumed = window_frames
-    return segments, consumed
+    return segments, consumed, single_ending
+
+
+@dataclass(frozen=True)
+class WordOptions:
+    """Word timestamps and the options that build on them (openai-whisper's names and defaults)."""
+
+    word_timestamps: bool = False
+    prepend_punctuations: str = timing.PREPEND_PUNCTUATIONS
+    append_punctuations: str = timing.APPEND_PUNCTUATIONS
+    hallucination_silence_threshold: Optional[float] = None  # seconds; needs word timestamps
+
+
+_PUNCTUATION = timing.PREPEND_PUNCTUATIONS + timing.APPEND_PUNCTUATIONS
+
+
+def _word_anomaly(word: dict) -> float:
+    """How unlike real speech a word looks: improbable, or far too short or long."""
+    duration = word["end"] - word["start"]
+    score = 1.0 if word.get("probability", 0.0) < 0.15 else 0.0
+    if duration < 0.133:
+        score += (0.133 - duration) * 15
+    if duration > 2.0:
+        score += duration - 2.0
+    return score
+
+
+def _is_anomaly(segment: Optional[dict]) -> bool:
+    if segment is None or not segment["words"]:
+        return False
+    words = [w for w in segment["words"] if w["word"] not in _PUNCTUATION][:8]
+    score = sum(_word_anomaly(w) for w in words)
+    return score >= 3 or score + 0.01 >= len(words)
+
+
+def _next_with_words(segments: List[dict]) -> Optional[dict]:
+    return next((s for s in segments if s["words"]), None)
 
 
 class _FileTranscription:
@@ -147,15 +184,19 @@ class _FileTranscription:
 
     def __init__(self, model: Whisper, mel: mx.array, options: DecodingOptions, tokenizer, clips,
                  initial_prompt: Optional[str], rules: FallbackRules, condition_on_previous_text: bool,
-                 verbose: Optional[bool]):
+                 verbose: Optional[bool], words: WordOptions = WordOptions(), carry_initial_prompt: bool = False):
         self.model, self.mel, self.options, self.tokenizer = model, mel, options, tokenizer
         self.rules, self.condition, self.verbose = rules, condition_on_previous_text, verbose
+        self.words, self.carry_initial_prompt = words, carry_initial_prompt
         self.clips = list(clips)
         self.clip_index = 0
         self.seek = self.clips[0][0] if self.clips else 0
+        self.content_frames = mel.shape[0] - N_FRAMES
         self.precision = 30.0 / model.dims.n_audio_ctx  # seconds per timestamp token (0.02)
-        self.tokens: List[int] = tokenizer.encode(" " + initial_prompt.strip()) if initial_prompt else []
+        self.initial_prompt_tokens: List[int] = tokenizer.encode(" " + initial_prompt.strip()) if initial_prompt else []
+        self.tokens: List[int] = list(self.initial_prompt_tokens)
         self.prompt_reset_since = 0
+        self.last_speech_timestamp = 0.0
         self.segments: List[dict] = []
 
     @property
@@ -171,33 +212,110 @@ class _FileTranscription:
         return pad_or_trim(self.mel[self.seek : self.seek + frames], N_FRAMES, axis=0), frames
 
     def window_options(self) -> DecodingOptions:
-        prompt = self.tokens[self.prompt_reset_since :]
+        if self.carry_initial_prompt:  # the initial prompt stays at the head of every window's prompt
+            initial = self.initial_prompt_tokens
+            room = self.model.dims.n_text_ctx // 2 - 1 - len(initial)
+            recent = self.tokens[max(len(initial), self.prompt_reset_since) :]
+            prompt = initial + (recent[-room:] if room > 0 else [])
+        else:
+            prompt = self.tokens[self.prompt_reset_since :]
         return replace(self.options, prompt=prompt or None)
 
-    def accept(self, result: DecodingResult, window_frames: int) -> int:
-        """Add the window's segments and move on; returns the frames advanced."""
+    def accept(self, result: DecodingResult, window_frames: int, audio_features=None) -> int:
+        """Add the window's segments (and their words, given the window's audio features) and move
+        on; returns the frames advanced."""
         previous = self.seek
         if self.rules.is_silence(result):
             self.seek += window_frames
             return window_frames
         time_offset = self.seek / FRAMES_PER_SECOND
-        segments, consumed = _segments_from_tokens(result.tokens, self.tokenizer, time_offset, window_frames, self.precision)
+        segments, consumed, single_ending = _segments_from_tokens(
+            result.tokens, self.tokenizer, time_offset, window_frames, self.precision)
         self.seek += consumed if consumed > 0 else window_frames
         for s in segments:
+            s["text"] = self.render(s["text"])
+        if self.words.word_timestamps:
+            if audio_features is None:
+                audio_features = self.model.embed_audio(self.window_at(previous, window_frames)[None])
+            timing.add_word_timestamps(
+                segments=segments, model=self.model, tokenizer=self.tokenizer, audio_features=audio_features,
+                num_frames=window_frames, time_offset=time_offset,
+                prepend_punctuations=self.words.prepend_punctuations,
+                append_punctuations=self.words.append_punctuations,
+                last_speech_timestamp=self.last_speech_timestamp, render=self.render)
+            end = timing.last_word_end(segments)
+            if not single_ending and end is not None and end > time_offset:
+                self.seek = round(end * FRAMES_PER_SECOND)
+            if self.words.hallucination_silence_threshold is not None:
+                if self._skip_hallucinations(segments, previous, window_frames, time_offset, single_ending):
+                    return self._advanced(previous, window_frames)
+            end = timing.last_word_end(segments)
+            if end is not None:
+                self.last_speech_timestamp = end
+        for s in segments:
+            if s["start"] == s["end"] or not s["text"].strip():
+                continue  # openai-whisper keeps these with empty text; they carry nothing
             s.update(id=len(self.segments), seek=previous, temperature=result.temperature,
                      avg_logprob=result.avg_logprob, compression_ratio=result.compression_ratio,
-                     no_speech_prob=result.no_speech_prob, text=self.render(s["text"]))
+                     no_speech_prob=result.no_speech_prob)
             self.segments.append(s)
             self.tokens.extend(s["tokens"])
             if self.verbose:
                 print(f"[{_clock(s['start'])} --> {_clock(s['end'])}] {s['text'].strip()}")
         if not self.condition or result.temperature > 0.5:
             self.prompt_reset_since = len(self.tokens)  # a hot fallback: do not feed it forward
+        return self._advanced(previous, window_frames)
+
+    def _advanced(self, previous: int, window_frames: int) -> int:
+        if self.seek <= previous:  # never stall on a window (a word ending at its very start)
+            self.seek = previous + window_frames
         return self.seek - previous
+
+    def window_at(self, seek: int, frames: int) -> mx.array:
+        return pad_or_trim(self.mel[seek : seek + frames], N_FRAMES, axis=0)
+
+    def _skip_hallucinations(self, segments: List[dict], previous: int, window_frames: int, time_offset: float,
+                             single_ending: bool) -> bool:
+        """openai-whisper's --hallucination-silence-threshold: after a long silence, words that look
+        like a hallucination (improbable, too short or long) are dropped and decoding resumes after
+        the silence. Returns True when the whole window is dropped."""
+        threshold = self.words.hallucination_silence_threshold
+        window_end_time = (previous + N_FRAMES) / FRAMES_PER_SECOND
+        window_duration = window_frames / FRAMES_PER_SECOND
+        if not single_ending:
+            end = timing.last_word_end(segments)
+            if end is not None and end > time_offset:
+                remaining = window_end_time - end
+                self.seek = round(end * FRAMES_PER_SECOND) if remaining > threshold else previous + window_frames
+        first = _next_with_words(segments)
+        if first is not None and _is_anomaly(first):
+            gap = first["start"] - time_offset
+            if gap > threshold:  # a possible hallucination after leading silence: skip the silence
+                self.seek = previous + round(gap * FRAMES_PER_SECOND)
+                return True
+        last_end = self.last_speech_timestamp
+        for i, segment in enumerate(segments):
+            if not segment["words"]:
+                continue
+            if _is_anomaly(segment):
+                following = _next_with_words(segments[i + 1 :])
+                next_start = following["words"][0]["start"] if following else time_offset + window_duration
+                silence_before = (segment["start"] - last_end > threshold or segment["start"] < threshold
+                                  or segment["start"] - time_offset < 2.0)
+                silence_after = (next_start - segment["end"] > threshold or _is_anomaly(following)
+                                 or window_end_time - segment["end"] < 2.0)
+                if silence_before and silence_after:
+                    self.seek = round(max(time_offset + 1, segment["start"]) * FRAMES_PER_SECOND)
+                    if self.content_frames / FRAMES_PER_SECOND - segment["end"] < threshold:
+                        self.seek = self.content_frames
+                    del segments[i:]
+                    break
+            last_end = segment["end"]
+        return False
 
     def result(self) -> dict:
         keys = ("id", "seek", "start", "end", "text", "tokens", "temperature", "avg_logprob",
-                "compression_ratio", "no_speech_prob")
+                "compression_ratio", "no_speech_prob") + (("words",) if self.words.word_timestamps else ())
         text = self.render(self.tokenizer.decode([t for s in self.segments for t in s["tokens"]]))
         segments = [{k: s[k] for k in keys} for s in self.segments]
         return {"text": text, "segments": segments, "language": self.options.language}
@@ -230,43 +348,79 @@ def _padded_mel(model: Whisper, audio) -> mx.array:
     return log_mel_spectrogram(audio, model.dims.n_mels, padding=N_SAMPLES)
 
 
-def _prepare(model, mel, language, task, verbose, clip_timestamps, initial_prompt, rules,
-             condition_on_previous_text, decode_options, first_features=None):
+@dataclass
+class _Settings:
+    """Everything about a transcription call that is the same for every file of it."""
+
+    rules: FallbackRules
+    language: Optional[str]
+    task: str
+    decode_options: dict
+    words: WordOptions
+    initial_prompt: Optional[str]
+    carry_initial_prompt: bool
+    condition_on_previous_text: bool
+    verbose: Optional[bool]
+
+
+def _prepare(model, mel, settings: _Settings, clip_timestamps="0", first_features=None):
     """Build the file's state; detect the language on its first window when none is given.
 
     Returns (state, features of the first window or None)."""
     clips = _parse_clip_timestamps(clip_timestamps, mel.shape[0] - N_FRAMES)
     folder = model.folder
+    language = settings.language
     if language is None and clips:
         if first_features is None:
             start, end = clips[0]
             first_features = model.embed_audio(pad_or_trim(mel[start : start + min(N_FRAMES, end - start)], N_FRAMES, axis=0)[None])
         language = detect_language(model, first_features, get_tokenizer(True, model.num_languages, model_dir=folder))[0][0]
-        if verbose:
+        if settings.verbose:
             print(f"Detected language: {language}")
     language = language or "en"
-    tokenizer = get_tokenizer(model.is_multilingual, model.num_languages, language=language, task=task, model_dir=folder)
-    options = DecodingOptions(language=language, task=task, **decode_options)
-    state = _FileTranscription(model, mel, options, tokenizer, clips, initial_prompt, rules,
-                               condition_on_previous_text, verbose)
+    tokenizer = get_tokenizer(model.is_multilingual, model.num_languages, language=language, task=settings.task,
+                              model_dir=folder)
+    options = DecodingOptions(language=language, task=settings.task, **settings.decode_options)
+    state = _FileTranscription(model, mel, options, tokenizer, clips, settings.initial_prompt, settings.rules,
+                               settings.condition_on_previous_text, settings.verbose, settings.words,
+                               settings.carry_initial_prompt)
     return state, first_features
 
 
+_DECODING_FIELDS = {f.name for f in fields(DecodingOptions)}
+
+
 def _setup(model, temperature, compression_ratio_threshold, logprob_threshold, no_speech_threshold,
-           word_timestamps, decode_options: dict):
-    """Build the fallback rules, and take language and task out of decode_options (validated
-    against the model). Returns (model, rules, language, task)."""
-    if word_timestamps:
-        raise UserError("word timestamps are not implemented yet; run without --word-timestamps")
+           initial_prompt, carry_initial_prompt, condition_on_previous_text, verbose, words: WordOptions,
+           decode_options: dict) -> _Settings:
+    """Check the call's options (openai-whisper's and mlx-whisper's names) and bundle them."""
     if model is None or isinstance(model, (str, Path)):
         raise TypeError("inference.transcriber takes a loaded model; mlx_whisper_lora.transcribe.transcribe "
                         "also takes a name or path")
+    decode_options = dict(decode_options)
+    fp16 = decode_options.pop("fp16", None)
+    if fp16 and getattr(model, "dtype", None) is not None and "float32" in str(model.dtype) and verbose:
+        # openai-whisper on a CPU does the same: it warns and computes in float32.
+        print("note: fp16=True: this model was loaded in float32 and runs so; load it with "
+              "dtype float16 (--dtype float16) for half precision", file=sys.stderr)
+    unknown = sorted(set(decode_options) - _DECODING_FIELDS - {"task", "language"})
+    if unknown:
+        raise UserError(f"transcribe() got an unknown option {unknown[0]!r}; options are openai-whisper's: "
+                        f"{', '.join(sorted(_DECODING_FIELDS | {'fp16', 'word_timestamps'}))}, ...")
+    if words.hallucination_silence_threshold is not None and not words.word_timestamps:
+        raise UserError("hallucination_silence_threshold needs word timestamps: pass word_timestamps=True "
+                        "(--word-timestamps True)")
+    if carry_initial_prompt and not initial_prompt:
+        raise UserError("carry_initial_prompt=True needs an initial_prompt to carry (--initial-prompt TEXT)")
     temperatures = (temperature,) if isinstance(temperature, (int, float)) else tuple(temperature)
     rules = FallbackRules(temperatures, compression_ratio_threshold, logprob_threshold, no_speech_threshold)
     task = decode_options.pop("task", "transcribe")
+    if words.word_timestamps and task == "translate" and verbose is not False:
+        print("warning: word-level timestamps on translations may not be reliable", file=sys.stderr)
     language = _check_language_and_task(model, decode_options.pop("language", None), task)
     decode_options.setdefault("best_of", 5)
-    return model, rules, language, task
+    return _Settings(rules, language, task, decode_options, words, initial_prompt, carry_initial_prompt,
+                     condition_on_previous_text, verbose)
 
 
 def transcribe(
@@ -280,20 +434,26 @@ def transcribe(
     no_speech_threshold: Optional[float] = 0.6,
     condition_on_previous_text: bool = True,
     initial_prompt: Optional[str] = None,
-    clip_timestamps: Union[str, Sequence[float]] = "0",
+    carry_initial_prompt: bool = False,
     word_timestamps: bool = False,
+    prepend_punctuations: str = timing.PREPEND_PUNCTUATIONS,
+    append_punctuations: str = timing.APPEND_PUNCTUATIONS,
+    clip_timestamps: Union[str, Sequence[float]] = "0",
+    hallucination_silence_threshold: Optional[float] = None,
     progress: Optional[bool] = None,
     **decode_options,
 ) -> dict:
-    """Transcribe (or translate) audio of any length; returns {"text", "segments", "language"}.
+    """Transcribe (or translate) audio of any length; returns {"text", "segments", "language"}, and
+    per segment "words" [{"word", "start", "end", "probability"}] with word_timestamps=True.
 
-    `model` is a loaded Whisper (`mlx_whisper_lora.transcribe.transcribe` also takes a name). Extra keyword arguments are
-    DecodingOptions fields (language, task, beam_size, best_of, patience, ...).
+    The keyword arguments are openai-whisper's (and mlx-whisper's), with its defaults; extra ones are
+    DecodingOptions fields (language, task, beam_size, best_of, patience, ...). `model` is a loaded
+    Whisper (`mlx_whisper_lora.transcribe.transcribe` also takes a name).
     """
-    model, rules, language, task = _setup(model, temperature, compression_ratio_threshold, logprob_threshold,
-                                          no_speech_threshold, word_timestamps, decode_options)
-    state, feats = _prepare(model, _padded_mel(model, audio), language, task, verbose, clip_timestamps, initial_prompt,
-                            rules, condition_on_previous_text, decode_options)
+    words = WordOptions(word_timestamps, prepend_punctuations, append_punctuations, hallucination_silence_threshold)
+    settings = _setup(model, temperature, compression_ratio_threshold, logprob_threshold, no_speech_threshold,
+                      initial_prompt, carry_initial_prompt, condition_on_previous_text, verbose, words, decode_options)
+    state, feats = _prepare(model, _padded_mel(model, audio), settings, clip_timestamps)
     total = state.mel.shape[0] - N_FRAMES
     show = progress if progress is not None else (verbose is not False and total > N_FRAMES)
     bar = None
@@ -306,11 +466,11 @@ def transcribe(
             window, frames = state.window()
             if feats is None:
                 feats = model.embed_audio(window[None])
-            result = decode_with_fallback(model, feats, state.window_options(), rules)
+            result = decode_with_fallback(model, feats, state.window_options(), settings.rules)
+            advanced = state.accept(result, frames, feats)
             feats = None
-            advanced = state.accept(result, frames)
             if bar:
-                bar.update(min(advanced, total - bar.n))
+                bar.update(max(0, min(advanced, total - bar.n)))
     finally:
         if bar:
             bar.close()
@@ -329,6 +489,11 @@ def transcribe_many(
     no_speech_threshold: Optional[float] = 0.6,
     condition_on_previous_text: bool = True,
     initial_prompt: Optional[str] = None,
+    carry_initial_prompt: bool = False,
+    word_timestamps: bool = False,
+    prepend_punctuations: str = timing.PREPEND_PUNCTUATIONS,
+    append_punctuations: str = timing.APPEND_PUNCTUATIONS,
+    hallucination_silence_threshold: Optional[float] = None,
     progress: Optional[bool] = None,
     **decode_options,
 ) -> List[dict]:
@@ -338,8 +503,10 @@ def transcribe_many(
     decoded in a batch at the first temperature (one encoder and decoder pass for the batch); windows
     that need a fallback, and the later windows of long files, are decoded one at a time.
     """
-    model, rules, language, task = _setup(model, temperature, compression_ratio_threshold, logprob_threshold,
-                                          no_speech_threshold, False, decode_options)
+    words = WordOptions(word_timestamps, prepend_punctuations, append_punctuations, hallucination_silence_threshold)
+    settings = _setup(model, temperature, compression_ratio_threshold, logprob_threshold, no_speech_threshold,
+                      initial_prompt, carry_initial_prompt, condition_on_previous_text, verbose, words, decode_options)
+    rules = settings.rules
     results: List[Optional[dict]] = [None] * len(audios)
     bar = None
     if progress or (progress is None and verbose is not False and len(audios) > 1):
@@ -353,11 +520,7 @@ def transcribe_many(
             # One encoder pass for the first window of every file in the batch.
             firsts = [pad_or_trim(m[: min(N_FRAMES, m.shape[0] - N_FRAMES)], N_FRAMES, axis=0) for m in mels]
             feats = model.embed_audio(mx.stack(firsts))
-            states = [
-                _prepare(model, m, language, task, verbose, "0", initial_prompt, rules,
-                         condition_on_previous_text, dict(decode_options), feats[j : j + 1])[0]
-                for j, m in enumerate(mels)
-            ]
+            states = [_prepare(model, m, settings, "0", feats[j : j + 1])[0] for j, m in enumerate(mels)]
             batchable = [j for j, s in enumerate(states) if not s.done]
             first_results = {}
             for lang in sorted({states[j].options.language for j in batchable}):
@@ -375,7 +538,7 @@ def transcribe_many(
                         window_feats = model.embed_audio(window[None])
                     result = decode_with_fallback(model, window_feats, state.window_options(), rules, first=first)
                     first = None
-                    state.accept(result, frames)
+                    state.accept(result, frames, window_feats)
                 results[chunk[j]] = state.result()
                 if bar:
                     bar.update(1)

@@ -213,12 +213,20 @@ class Tokenizer:
                     result.add(tokens[0])
         return tuple(sorted(result))
 
+    def to_language_token(self, language: str) -> int:
+        """openai-whisper's name for `language_token_for`."""
+        return self.language_token_for(language)
+
     def split_to_word_tokens(self, tokens: List[int]) -> Tuple[List[str], List[List[int]]]:
         """Group tokens into words (split at spaces and punctuation; per character for CJK-like scripts)."""
         if self.language in {"zh", "ja", "th", "lo", "my", "yue"}:
-            return self._split_by_unicode(tokens)
+            return self.split_tokens_on_unicode(tokens)
+        return self.split_tokens_on_spaces(tokens)
+
+    def split_tokens_on_spaces(self, tokens: List[int]) -> Tuple[List[str], List[List[int]]]:
+        """Words that start at a space or are punctuation, each with its tokens."""
         words, word_tokens = [], []
-        sub_words, sub_tokens = self._split_by_unicode(tokens)
+        sub_words, sub_tokens = self.split_tokens_on_unicode(tokens)
         for sw, st in zip(sub_words, sub_tokens):
             special = st[0] >= self.eot
             starts_with_space = sw.startswith(" ")
@@ -231,7 +239,8 @@ class Tokenizer:
                 word_tokens[-1].extend(st)
         return words, word_tokens
 
-    def _split_by_unicode(self, tokens: List[int]):
+    def split_tokens_on_unicode(self, tokens: List[int]) -> Tuple[List[str], List[List[int]]]:
+        """Pieces of whole characters: tokens are grouped until they decode without a broken UTF-8 sequence."""
         words, word_tokens, current = [], [], []
         decoded_full = self.decode_with_timestamps(tokens)
         pos = 0
