@@ -122,6 +122,8 @@ def run_ours(spec: dict) -> dict:
         argv += ["--device", spec["device"]]
     if spec["config"] == "decoder":
         argv += ["--freeze-encoder"]
+    if spec.get("grad_checkpoint"):
+        argv += ["--grad-checkpoint"]
     lora.main(argv)
     entries = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
     steps = [e for e in entries if "iterations_per_second" in e]
@@ -158,6 +160,8 @@ def run_peft(spec: dict) -> dict:
     if not spec["bits"]:
         model = model.to(device)
     targets = ["q_proj", "v_proj"] if spec["config"] == "encdec" else r".*decoder\.layers\.\d+\.(self_attn|encoder_attn)\.(q_proj|v_proj)"
+    if spec.get("grad_checkpoint"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = get_peft_model(model, LoraConfig(r=spec["rank"], lora_alpha=spec["alpha"], target_modules=targets,
                                              lora_dropout=0.0, bias="none"))
     model.train()
@@ -245,6 +249,9 @@ def main(argv=None):
     p.add_argument("--device", default=None, choices=[None, "cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--bits", type=int, default=0, choices=[0, 4, 8])
+    p.add_argument("--grad-checkpoint", action="store_true", help="recompute activations on both sides (less memory)")
+    p.add_argument("--work", type=Path, default=None,
+                   help="folder for the models and inputs, reused by later runs with the same --model/--dims")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -254,8 +261,14 @@ def main(argv=None):
 
     if args.bits and "ours" in args.systems.split(",") and args.backend == "mlx":
         sys.exit("--bits compares bitsandbytes bases: use --backend torch (or auto) for ours")
-    work = Path(tempfile.mkdtemp(prefix="bench_train_"))
-    models = prepare_models(args, work)
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench_train_"))
+    prepared = work / f"prepared_{args.model}_{args.dims}.json"
+    if prepared.exists():
+        models = json.loads(prepared.read_text())
+    else:
+        (work / f"{args.model}_{args.dims}").mkdir(parents=True, exist_ok=True)
+        models = prepare_models(args, work / f"{args.model}_{args.dims}")
+        prepared.write_text(json.dumps(models))
     data = work / "data"
     make_inputs(data, args.batch_size)
     peak = sgemm_peak_gflops()
@@ -263,13 +276,15 @@ def main(argv=None):
     systems = args.systems.split(",")
     print(f"machine: {os.cpu_count()} CPUs, numpy sgemm peak {peak:.0f} GFLOP/s; model {args.model}"
           f"{' (large-v2 dims, random weights)' if args.dims == 'large-v2' else ''}; batch {args.batch_size}, "
-          f"r={args.rank}, alpha={args.alpha:g}, {args.dtype}{f', {args.bits}-bit base' if args.bits else ''}", flush=True)
+          f"r={args.rank}, alpha={args.alpha:g}, {args.dtype}{f', {args.bits}-bit base' if args.bits else ''}"
+          f"{', gradient checkpointing' if args.grad_checkpoint else ''}", flush=True)
     results: dict = {}
     for round_ in range(args.rounds):
         for config in configs:
             for system in systems:
                 spec = dict(system=system, config=config, steps=args.steps, batch_size=args.batch_size, rank=args.rank,
                             alpha=args.alpha, backend=args.backend, device=args.device, dtype=args.dtype, bits=args.bits,
+                            grad_checkpoint=args.grad_checkpoint,
                             data=str(data), work=str(work), n_mels=models["dims"]["n_mels"], **models)
                 tic = time.perf_counter()
                 proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True)
