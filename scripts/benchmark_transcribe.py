@@ -6,6 +6,9 @@ same English clips from ../shared/data, greedy, with tiny.en weights. Prints the
 the ratio to this package. Systems that are not installed are skipped.
 
 Usage: python scripts/benchmark_transcribe.py [--model tiny.en] [--systems ours,faster-whisper-int8,...]
+
+A system name ending in `-words` runs the same system with word timestamps (`ours-words`,
+`faster-whisper-int8-words`, `mlx-whisper-words`): the cost of word timing, against the same run without.
 """
 
 from __future__ import annotations
@@ -37,19 +40,21 @@ def clips():
 WORKER = r'''
 import json, sys, time
 system, model_name = sys.argv[1], sys.argv[2]
+words = system.endswith("-words")
+system = system[: -len("-words")] if words else system
 items = json.load(sys.stdin)
 if system == "ours":
     import mlx_whisper_lora
     from mlx_whisper_lora.backend_mlx.load import load_model
     from mlx_whisper_lora.transcribe import transcribe
     model = load_model(model_name)
-    run = lambda p: transcribe(p, model, progress=False, language="en")["text"]
+    run = lambda p: transcribe(p, model, progress=False, language="en", word_timestamps=words)["text"]
 elif system.startswith("faster-whisper"):
     from faster_whisper import WhisperModel
     from mlx_whisper_lora.formats.offline_models import OFFLINE_MODELS
     folder = OFFLINE_MODELS[model_name].locate().folder
     fw = WhisperModel(str(folder), device="cpu", compute_type=system.rsplit("-", 1)[1], cpu_threads=2)
-    run = lambda p: "".join(s.text for s in fw.transcribe(p, beam_size=1, language="en")[0])
+    run = lambda p: "".join(s.text for s in fw.transcribe(p, beam_size=1, language="en", word_timestamps=words)[0])
 else:
     if system == "mlx-whisper-mkl":
         import mlx_whisper_lora  # loads MKL before mlx
@@ -61,7 +66,7 @@ else:
     save_model(load_model(model_name), folder)  # the same weights, as an MLX folder
     from mlx_whisper_lora.data.audio import load_audio  # mlx-whisper reads files only through ffmpeg
     run = lambda p: mlx_whisper.transcribe(load_audio(p), path_or_hf_repo=folder, language="en", fp16=False,
-                                           verbose=None)["text"]
+                                           verbose=None, word_timestamps=words)["text"]
 run(items[0]["path"])
 start = time.perf_counter()
 texts = [run(i["path"]) for i in items]
@@ -70,6 +75,7 @@ print(json.dumps({"texts": texts, "seconds": time.perf_counter() - start}))
 
 
 def available(system: str) -> bool:
+    system = system[: -len("-words")] if system.endswith("-words") else system
     module = {"ours": "mlx_whisper_lora", "mlx-whisper": "mlx_whisper", "mlx-whisper-mkl": "mlx_whisper"}.get(system, "faster_whisper")
     return subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode == 0
 

@@ -68,7 +68,7 @@ def compare(ours: dict, theirs: dict) -> dict:
     tb = [(float(s["start"]), float(s["end"])) for s in theirs["segments"] if s["text"].strip()]
     boundaries = len(ob) == len(tb) and all(abs(a - c) <= TOLERANCE + 1e-9 and abs(b - d) <= TOLERANCE + 1e-9
                                             for (a, b), (c, d) in zip(ob, tb))
-    return {"same_words": same_words, "words": len(tw), "close": close, "segments_agree": boundaries}
+    return {"same_words": bool(same_words), "words": len(tw), "close": int(close), "segments_agree": bool(boundaries)}
 
 
 def run(model_name: str, backends, sets, limit, log=print) -> dict:

@@ -173,6 +173,10 @@ class MLXBackend:
         return None
 
     # ---- decoding
+    def decoding_model(self):
+        self.set_training(False)
+        return self.model
+
     def decode(self, examples, indices: List[int], states, language: str, task: str) -> List[str]:
         model = self.model
         tokenizer = get_tokenizer(model.is_multilingual, model.num_languages, language=language, task=task,

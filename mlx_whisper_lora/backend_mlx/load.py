@@ -102,6 +102,7 @@ def save_model(model: Whisper, path: Union[str, Path], dtype: Union[str, mx.Dtyp
         extras["case_style"] = model.case_style
     if model.punctuation == "none":
         extras["punctuation"] = "none"
+    extras["alignment_heads"] = model.alignment_heads.tolist()  # also in the weights, where mlx-whisper reads them
     atomic_write(path / "weights.safetensors", lambda tmp: mx.save_safetensors(str(tmp), weights, metadata={"format": "mlx"}))
     atomic_write_text(path / "config.json", json.dumps(config, indent=2) + "\n")
     atomic_write_text(path / EXTRAS_FILE, json.dumps(extras, indent=2, default=str) + "\n")

@@ -112,7 +112,7 @@ class TorchDecodingModel:
         return self.model.alignment_heads
 
     def set_alignment_heads(self, heads) -> None:
-        self.model.alignment_heads = [(int(a), int(b)) for a, b in heads]
+        self.model.set_alignment_heads(heads)
 
     def alignment_scores(self, tokens: np.ndarray, audio_features: mx.array, heads=None):
         """The MLX model's `alignment_scores`: float32 logits (tokens, vocab) and the chosen heads'

@@ -207,6 +207,11 @@ class TorchBackend:
         return target
 
     # ---- decoding
+    def decoding_model(self):
+        from .decoding import TorchDecodingModel
+
+        return TorchDecodingModel(self.model)
+
     def decode(self, examples, indices: List[int], states, language: str, task: str) -> List[str]:
         if states is not None:
             features = self.model_inputs(examples, indices, states)[0]

@@ -245,6 +245,9 @@ class Whisper(nn.Module):
     def forward(self, mel: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         return self.decoder(tokens, self.encoder(mel))
 
+    def set_alignment_heads(self, heads) -> None:
+        self.alignment_heads = [(int(a), int(b)) for a, b in heads]
+
     def embed_audio(self, mel: torch.Tensor) -> torch.Tensor:
         return self.encoder(mel)
 

@@ -82,6 +82,9 @@ class AdapterConfig:
     case_style: str = "keep"  # "upper"/"lower": one-case data, trained in the vocabulary's case, rendered back (case_style.py)
     punctuation: str = "keep"  # "none": the training transcripts had no punctuation, so transcripts are rendered without
     run: dict = field(default_factory=dict)
+    # Decoder heads for word timing, re-selected after training when others follow the audio better
+    # than the base model's (inference/alignment_heads.py); None: the base model's heads.
+    alignment_heads: Optional[List[List[int]]] = None
 
     def __post_init__(self):
         if self.fine_tune_type not in FINE_TUNE_TYPES:

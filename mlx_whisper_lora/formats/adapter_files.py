@@ -138,4 +138,6 @@ def add_saved_adapters(model, path, apply_adapters: Callable, load_weights_into:
     load_weights_into(model, weights, path)
     model.eval()
     model.case_style, model.punctuation = config.case_style, config.punctuation
+    if config.alignment_heads:
+        model.set_alignment_heads(config.alignment_heads)
     return config

@@ -101,6 +101,24 @@ def attention_matrix(qk: np.ndarray, num_frames: int, medfilt_width: int = 7, qk
     return median_filter(weights, medfilt_width).mean(axis=0)
 
 
+def alignment_inputs(tokenizer: Tokenizer, text_tokens: List[int]) -> List[int]:
+    """The token sequence the decoder reads for alignment: start of transcript, no timestamps, text, end."""
+    return [*tokenizer.sot_sequence, tokenizer.no_timestamps, *text_tokens, tokenizer.eot]
+
+
+def word_times(matrix: np.ndarray, tokenizer: Tokenizer, text_tokens: List[int]):
+    """Words of text_tokens and their (start, end) seconds along the DTW path through `matrix`, whose
+    rows are the positions from <|notimestamps|> to the last text token. None when there is no word."""
+    text_indices, time_indices = dtw(-matrix)
+    words, word_tokens = tokenizer.split_to_word_tokens(text_tokens + [tokenizer.eot])
+    if len(word_tokens) <= 1:
+        return None  # only the end-of-text token: nothing to time
+    boundaries = np.pad(np.cumsum([len(t) for t in word_tokens[:-1]]), (1, 0))
+    jumps = np.pad(np.diff(text_indices), (1, 0), constant_values=1).astype(bool)
+    jump_times = time_indices[jumps] / TOKENS_PER_SECOND
+    return words, word_tokens, boundaries, jump_times[boundaries[:-1]], jump_times[boundaries[1:]]
+
+
 def find_alignment(model, tokenizer: Tokenizer, text_tokens: List[int], audio_features, num_frames: int, *,
                    heads: Optional[Sequence] = None, medfilt_width: int = 7, qk_scale: float = 1.0) -> List[WordTiming]:
     """Words of text_tokens with start/end (seconds from the window's start) and mean token probability.
@@ -108,23 +126,14 @@ def find_alignment(model, tokenizer: Tokenizer, text_tokens: List[int], audio_fe
     audio_features: the window's encoder states (1, positions, width); num_frames: mel frames of speech in it."""
     if not text_tokens:
         return []
-    tokens = [*tokenizer.sot_sequence, tokenizer.no_timestamps, *text_tokens, tokenizer.eot]
-    logits, qk = model.alignment_scores(np.array([tokens]), audio_features, heads)
+    logits, qk = model.alignment_scores(np.array([alignment_inputs(tokenizer, text_tokens)]), audio_features, heads)
     begin = len(tokenizer.sot_sequence)
     token_probs = _softmax(logits[begin : begin + len(text_tokens), : tokenizer.eot].astype(np.float64))
     text_token_probs = token_probs[np.arange(len(text_tokens)), text_tokens]
-
-    matrix = attention_matrix(qk, num_frames, medfilt_width, qk_scale)[begin:-1]
-    text_indices, time_indices = dtw(-matrix)
-
-    words, word_tokens = tokenizer.split_to_word_tokens(text_tokens + [tokenizer.eot])
-    if len(word_tokens) <= 1:
-        return []  # only the end-of-text token: nothing to time
-    boundaries = np.pad(np.cumsum([len(t) for t in word_tokens[:-1]]), (1, 0))
-    jumps = np.pad(np.diff(text_indices), (1, 0), constant_values=1).astype(bool)
-    jump_times = time_indices[jumps] / TOKENS_PER_SECOND
-    starts = jump_times[boundaries[:-1]]
-    ends = jump_times[boundaries[1:]]
+    found = word_times(attention_matrix(qk, num_frames, medfilt_width, qk_scale)[begin:-1], tokenizer, text_tokens)
+    if found is None:
+        return []
+    words, word_tokens, boundaries, starts, ends = found
     probs = [float(np.mean(text_token_probs[i:j])) for i, j in zip(boundaries[:-1], boundaries[1:])]
     return [WordTiming(w, t, float(s), float(e), p) for w, t, s, e, p in zip(words, word_tokens, starts, ends, probs)]
 

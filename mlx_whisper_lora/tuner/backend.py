@@ -83,6 +83,10 @@ class TrainingBackend(Protocol):
         """An optimizer_state.pt of an earlier version: the safetensors file converted from it, or None
         (logged why) when this back end cannot use it."""
 
-    # ---- decoding (test reports, base-style targets)
+    # ---- decoding (test reports, base-style targets, alignment heads)
+    def decoding_model(self):
+        """The model behind the interface `inference/` decodes and aligns through (embed_audio,
+        logits, decoder, alignment_scores, alignment_heads), in evaluation mode."""
+
     def decode(self, examples, indices: List[int], states: Optional[list], language: str, task: str) -> List[str]:
         """Greedy transcripts without timestamps, language and task forced."""

@@ -19,6 +19,7 @@ from ..formats.adapter_files import (BASE_STYLE_FILE, CONFIG_FILE, check_dims, r
                                      read_adapter_tensors, save_adapter_config)
 from ..text import case_style
 from ..text.tokenizer import get_tokenizer
+from .alignment import HeadReselection
 from .backend_choice import choose_backend
 from .evaluation import log_report, test_report, transcribe_examples
 from .loop import train
@@ -204,8 +205,14 @@ def run_training(backend, config: RunConfig, log: Callable) -> dict:
         valid_set, _ = prepare_split(backend.model, splits["valid"], "valid", config, log, timestamps=True,
                                      style=adapter_config.case_style)
     save_adapter_config(adapter_config, config.adapter_path)
+    heads = None
+    if config.alignment_heads == "auto" and not resume:  # a resumed run has no base model to compare against
+        heads = HeadReselection(backend, train_set, config.task, log)
     summary = train(backend, train_set, valid_set, config.training_args(), Path(config.adapter_path), resume, log,
                     config.progress)
+    if heads is not None and summary.get("saved") and summary.get("status") != "interrupted":
+        if heads.choose(backend, adapter_config) and adapter_config.alignment_heads:
+            save_adapter_config(adapter_config, config.adapter_path)
     summary["data"] = train_report.to_json()
     summary["adapter_config"] = adapter_config
     return summary

@@ -71,6 +71,10 @@ class RunConfig:
     bits: Optional[int] = option(None, "quantize the frozen base's block layers to 8 or 4 bits at load (QLoRA): "
                                        "bitsandbytes (LLM.int8 / NF4) in the torch back end, MLX affine quantization "
                                        "in the MLX back end", "adapters", choices=(4, 8))
+    alignment_heads: str = option("auto", "word-timing heads after training: auto re-selects them when other decoder "
+                                          "heads follow the audio better than the base model's (checked on a few "
+                                          "training utterances); keep: the base model's", "adapters",
+                                  choices=("auto", "keep"))
     # training
     iters: int = option(200, "optimizer steps")
     batch_size: int = option(8, "utterances per step (and per decoding batch)")
