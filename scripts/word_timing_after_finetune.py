@@ -4,8 +4,11 @@
                                                  [--split test] [--limit N] [--out DIR]
 
 Fuses the adapter (`python -m mlx_whisper_lora.fuse`), then transcribes every utterance of the split with
-word timestamps by the base model and by the fused model twice: with the base model's alignment heads
-and with the heads the fused model carries (re-selected after training when other heads fit better).
+word timestamps by the base model and by the fused model with four sets of alignment heads: the base
+model's; the ones the fused model carries (re-selected after training when other heads fit better);
+openai-whisper's default when a model lists none (every head of the decoder's second half: what a
+transformers repo without `alignment_heads` gives); and heads re-selected from that default against
+the base model's word boundaries on a few training utterances.
 Words are paired where the two transcripts agree (lowercase, punctuation removed, matched in order);
 printed: the share of paired words whose start and end are both within 0.2 s of the base model's, and
 the mean distance of their boundaries. Reading the base model's times as the reference is the issue's
@@ -27,6 +30,7 @@ import numpy as np
 
 import mlx_whisper_lora  # noqa: F401  (fast BLAS before mlx)
 from mlx_whisper_lora.backend_mlx.load import load_model
+from mlx_whisper_lora.inference import alignment_heads
 from mlx_whisper_lora.inference.alignment_heads import model_heads
 from mlx_whisper_lora.inference.transcriber import transcribe
 
@@ -54,6 +58,24 @@ def summarize(pairs) -> dict:
     return {"words": len(pairs), "within": float(np.mean(close)), "mean_error": float(np.mean(error))}
 
 
+def selection_items(base, data: Path, count: int):
+    """Training utterances with the base model's own transcript as the text to align."""
+    from mlx_whisper_lora.data.audio import FRAMES_PER_SECOND, N_FRAMES, load_audio, log_mel_spectrogram, pad_or_trim
+    from mlx_whisper_lora.text.tokenizer import get_tokenizer
+
+    rows = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines() if line.strip()]
+    rows = rows[:: max(1, len(rows) // count)][:count]
+    items = []
+    for row in rows:
+        audio = load_audio(row["audio"] if Path(row["audio"]).is_absolute() else data / row["audio"])
+        tok = get_tokenizer(base.is_multilingual, base.num_languages, language=row.get("language", "en"))
+        text = transcribe(audio, base, temperature=0.0, language=row.get("language", "en"))["text"]
+        mel = np.array(log_mel_spectrogram(pad_or_trim(audio, 480000), base.dims.n_mels)[:N_FRAMES])
+        frames = min(N_FRAMES, int(round(len(audio) / 16000 * FRAMES_PER_SECOND)))
+        items.append(alignment_heads.AlignmentItem(mel, tok.encode(" " + text.strip()), frames, tok))
+    return items
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--adapter-path", type=Path, required=True)
@@ -62,6 +84,7 @@ def main(argv=None) -> int:
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="where the fused model goes (default: a temporary folder)")
+    p.add_argument("--selection-utterances", type=int, default=8, help="training utterances to re-select heads on")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
 
@@ -77,15 +100,29 @@ def main(argv=None) -> int:
     base_heads, fused_heads = model_heads(base), model_heads(fused)
     print(f"base heads {base_heads}\nfused model's heads {fused_heads}", flush=True)
 
-    pairs = {"base heads": [], "fused model's heads": []}
+    # A transformers repo without alignment_heads gives openai-whisper's default: every head of the
+    # decoder's second half. Re-selecting from there against the base model's boundaries on a few
+    # training utterances is what the package does after training.
+    dims = fused.dims
+    default_heads = [(layer, head) for layer in range(dims.n_text_layer // 2, dims.n_text_layer)
+                     for head in range(dims.n_text_head)]
+    fused.set_alignment_heads(default_heads)
+    items = selection_items(base, data, args.selection_utterances)
+    reference_boundaries = alignment_heads.reference_boundaries(base, items)
+    choice = alignment_heads.select_heads(fused, items, reference_boundaries, keep=len(base_heads))
+    print(f"re-selected from the default heads on {len(items)} training utterances: {choice.heads} "
+          f"({choice.previous_error:.3f} s -> {choice.error:.3f} s)", flush=True)
+    variants = {"base heads": base_heads, "fused model's heads": fused_heads,
+                "openai's default (a transformers repo without alignment_heads)": default_heads,
+                "re-selected from the default": choice.heads}
+    pairs = {name: [] for name in variants}
     for row in rows:
         audio = row["audio"] if Path(row["audio"]).is_absolute() else str(data / row["audio"])
         options = dict(temperature=0.0, word_timestamps=True, language=row.get("language", "en"))
         reference = transcribe(audio, base, **options)
-        fused.set_alignment_heads(base_heads)
-        pairs["base heads"] += paired_words(reference, transcribe(audio, fused, **options))
-        fused.set_alignment_heads(fused_heads)
-        pairs["fused model's heads"] += paired_words(reference, transcribe(audio, fused, **options))
+        for name, heads in variants.items():
+            fused.set_alignment_heads(heads)
+            pairs[name] += paired_words(reference, transcribe(audio, fused, **options))
     report = {name: summarize(p) for name, p in pairs.items()}
     print(f"\n{len(rows)} utterances of {data / args.split}.jsonl; words paired where base and fused transcripts agree")
     print(f"| alignment heads of the fused model | words paired | within {TOLERANCE} s of the base model's | mean boundary distance s |")

@@ -7,7 +7,6 @@ import sys
 from types import SimpleNamespace
 
 import numpy as np
-import pytest
 
 from mlx_whisper_lora.inference import alignment_heads
 from mlx_whisper_lora.text.tokenizer import get_tokenizer
@@ -95,7 +94,6 @@ def _held_out(shared_data, count):
     return [shared_data / "librispeech_2spk" / r["audio"] for r in rows if r["id"].startswith("4088-158079")][:count]
 
 
-@pytest.mark.slow
 def test_times_survive_fine_tuning(shared_data, tmp_path):
     """A decoder LoRA adapter trained on two LibriSpeech speakers (with timestamp targets on part of the
     data): on held-out utterances of the same speakers, words the base and adapted models agree on start
@@ -113,7 +111,7 @@ def test_times_survive_fine_tuning(shared_data, tmp_path):
     adapters = tmp_path / "adapters"
     lora.main(["--train", "--model", "tiny.en", "--data", str(tmp_path / "data"), "--adapter-path", str(adapters),
                "--iters", "40", "--freeze-encoder", "--learning-rate", "1e-3", "--timestamp-fraction", "0.5",
-               "--steps-per-eval", "1000", "--save-every", "0", "--no-progress", "--backend", "mlx"])
+               "--steps-per-eval", "1000", "--save-every", "0", "--no-progress"])
     base = load_model("tiny.en")
     tuned = load_model("tiny.en")
     load_adapters(tuned, adapters)
