@@ -16,8 +16,8 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     || echo "setup: PyTorch not installed; tests that compare against torch references will be skipped"
 fi
 if .venv/bin/python -c "import torch" 2>/dev/null; then
-  $PIP install -q -e ".[test,reference,quantize]"
+  $PIP install -q -e ".[test,reference,quantize,exports]"
 else
-  $PIP install -q -e ".[test]"
+  $PIP install -q -e ".[test,exports]"
 fi
 echo "setup: ready (.venv)"

@@ -125,11 +125,15 @@ def quantize_model(model: Whisper, bits: int = 4, group_size: int = 64) -> Whisp
     return model
 
 
-def save_hf(model: Whisper, path: Union[str, Path]) -> Path:
+def float_weights(model: Whisper) -> dict:
+    """Every floating-point parameter as float32 numpy, in MLX names (alignment heads left out)."""
+    return {k: np.array(v.astype(mx.float32)) for k, v in tree_flatten(model.parameters()) if k != "alignment_heads"}
+
+
+def save_hf(model: Whisper, path: Union[str, Path], dtype: str = "float32") -> Path:
     """The model as a transformers folder (formats/hf_export.py); a quantized model is refused."""
     from ..formats.hf_export import save_hf_folder
 
     if getattr(model, "quantization", None):
         raise ValueError("dequantize the model before exporting it to transformers")
-    weights = {k: np.array(v.astype(mx.float32)) for k, v in tree_flatten(model.parameters()) if k != "alignment_heads"}
-    return save_hf_folder(weights, model.dims, model.alignment_heads.tolist(), path, model.folder)
+    return save_hf_folder(float_weights(model), model.dims, model.alignment_heads.tolist(), path, model.folder, dtype)
