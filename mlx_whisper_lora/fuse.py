@@ -10,6 +10,7 @@ mlx: a folder PyPI mlx-whisper loads with its defaults (float16). hf: a transfor
 generation and preprocessor configs, tokenizer) for `pipeline(...)` and `generate(...)`. peft: an adapter
 for `PeftModel.from_pretrained`, with its base written as a transformers folder (`--base-path`). ct2: a
 faster-whisper folder. ggml: ggml-model.bin for whisper.cpp. Every folder gets a model card (README.md).
+`--verify [N]` then runs N held-out clips here and in the export's runtime and prints how they agree.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from .errors import UserError, cli_entry
 
 def fuse(model_name: Optional[str], adapter_path, save_path, export_format: str = "mlx",
          dequantize: bool = False, log=print, dtype: Optional[str] = None, quantize: Optional[str] = None,
-         base_path: Optional[str] = None) -> Path:
-    """Load base + adapters and write the result in `export_format`; returns the folder written."""
+         base_path: Optional[str] = None, verify: int = 0) -> Path:
+    """Load base + adapters and write the result in `export_format`; returns the folder written.
+    `verify`: decode that many held-out clips here and in the export's runtime, and print how they agree."""
     from .backend_mlx.adapters import load_adapters
     from .backend_mlx.export import check_export_options, export_model
     from .backend_mlx.load import load_model
@@ -42,8 +44,15 @@ def fuse(model_name: Optional[str], adapter_path, save_path, export_format: str 
         raise UserError(f"the adapters in {adapter_path} do not name their base model; pass --model")
     model = load_model(name)
     config = load_adapters(model, adapter_path)
-    return export_model(model, config, adapter_path, save_path, export_format, dtype, quantize, name, base_path,
-                        dequantize, log)
+    out = export_model(model, config, adapter_path, save_path, export_format, dtype, quantize, name, base_path,
+                       dequantize, log)
+    if verify:
+        from .backend_mlx.export_verify import verify_export
+
+        reference = load_model(name)
+        load_adapters(reference, adapter_path)
+        verify_export(export_format, out, adapter_path, reference, verify, log)
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-path", default=None,
                    help="peft: where the base model is written as a transformers folder (default: SAVE_PATH_base; "
                         "a hub id base is named as it is unless this is given)")
+    p.add_argument("--verify", type=int, nargs="?", const=20, default=0, metavar="N",
+                   help="decode N held-out clips (default 20; the adapter's test split) with this package and with the "
+                        "export's runtime, and print how many transcripts agree and each WER")
     return p
 
 
@@ -68,7 +80,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     out = fuse(args.model, args.adapter_path, args.save_path, args.export_format, args.dequantize,
                log=lambda message: print(message, file=sys.stderr), dtype=args.dtype, quantize=args.quantize,
-               base_path=args.base_path)
+               base_path=args.base_path, verify=args.verify)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

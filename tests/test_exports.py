@@ -172,3 +172,33 @@ def test_export_options_refused_where_a_format_cannot_hold_them(trained, tmp_pat
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
         assert not (tmp_path / "x").exists()
+
+
+def test_fuse_verify_prints_agreement_and_wer_per_runtime(trained):
+    pytest.importorskip("faster_whisper")
+    work, adapters, _, _ = trained
+    proc = subprocess.run([sys.executable, "-m", "mlx_whisper_lora.fuse", "--adapter-path", str(adapters),
+                           "--save-path", str(work / "verified"), "--export-format", "ct2", "--verify", "3"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("verify:")]
+    assert len(lines) == 2 and "faster-whisper" in lines[1] and "3/3" in lines[1] and "WER" in lines[1], proc.stderr
+
+
+def test_built_tokenizer_json_encodes_as_this_package(tmp_path):
+    """The tokenizer.json written when a source has none (an openai .pt, an MLX folder) splits text into
+    the same ids as the package's tokenizer, and names the special tokens with the same ids."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from mlx_whisper_lora.formats.checkpoint import resolve
+    from mlx_whisper_lora.formats.hf_tokenizer import tokenizer_json
+    from mlx_whisper_lora.text.tokenizer import get_tokenizer
+
+    dims = resolve("tiny.en").dims
+    built = tokenizers.Tokenizer.from_str(tokenizer_json(dims))
+    ours = get_tokenizer(dims.is_multilingual, dims.num_languages)
+    for text in [" Hello world, it's 3.14159!", " Grüße aus Köln — naïve façade", " 東京都に住んでいます",
+                 "  spaces   and\nnewlines", " don't WON'T y'all", " ♪ [Music] ♪"]:
+        assert built.encode(text, add_special_tokens=False).ids == ours.encode(text), text
+        assert built.decode(ours.encode(text)) == text
+    for name, token in ours.special_tokens.items():
+        assert built.token_to_id(name) == token, name
