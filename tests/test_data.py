@@ -99,3 +99,26 @@ def test_hugging_face_dataset_saved_to_disk(tmp_path, folder):
         load_hf_split(str(tmp_path / "hf"), "validation")
     with pytest.raises(DataError, match="no text column 'words'"):
         load_hf_split(str(tmp_path / "hf"), "train", text_column="words")
+
+
+def test_csv_manifests_as_spreadsheets_write_them(tmp_path):
+    """Quoted fields keep their commas and line breaks; a byte-order mark is not part of the first name;
+    rows that do not fit the header, text that is not UTF-8 and durations that are not numbers are one
+    error naming the file and line, never a cut transcript or a traceback."""
+    good = tmp_path / "train.csv"
+    good.write_bytes('\ufeffaudio,text,duration\nclip.wav,"in being, comparatively\nmodern.",2.5\n'.encode("utf-8"))
+    [utt] = read_manifest(good)
+    assert utt.text == "in being, comparatively\nmodern." and utt.duration == 2.5
+    cases = {
+        "more fields": ("audio,text\nclip.wav,in being, comparatively modern.\n".encode(), "more fields than the header"),
+        "fewer fields": ("audio,text,language\nclip.wav,hello\n".encode(), "fewer fields than the header"),
+        "latin-1": ("audio,text\nclip.wav,caf\xe9\n".encode("latin-1"), "not UTF-8"),
+        "duration": ("audio,text,duration\nclip.wav,hello,long\n".encode(), "is not a number"),
+        "jsonl duration": (b'{"audio": "clip.wav", "text": "hi", "duration": "nan"}\n', "is not a number"),
+    }
+    for name, (data, message) in cases.items():
+        path = tmp_path / ("bad.jsonl" if name.startswith("jsonl") else "bad.csv")
+        path.write_bytes(data)
+        with pytest.raises(DataError, match=message) as error:
+            read_manifest(path)
+        assert str(path) in str(error.value) and "\n" not in str(error.value), name

@@ -84,24 +84,56 @@ class SkipReport:
 
 # ---------------------------------------------------------------- manifests
 def _manifest_rows(path: Path) -> Iterable[tuple]:
-    """(line number, row dict) of a jsonl or csv manifest."""
-    if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path} line {number} is not valid JSON ({e.msg}); each line must be an object "
-                                    'like {"audio": "clip.wav", "text": "..."}') from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
-                yield number, row
-    else:
-        with open(path, encoding="utf-8", newline="") as f:
-            for number, row in enumerate(csv.DictReader(f), 2):
-                yield number, row
+    """(line number, row dict) of a jsonl or csv manifest (UTF-8, a byte-order mark allowed)."""
+    try:
+        yield from (_jsonl_rows(path) if path.suffix == ".jsonl" else _csv_rows(path))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
+    except csv.Error as e:
+        raise DataError(f"{path}: not a readable CSV file ({e})") from None
+
+
+def _jsonl_rows(path: Path) -> Iterable[tuple]:
+    with open(path, encoding="utf-8-sig") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path} line {number} is not valid JSON ({e.msg}); each line must be an object "
+                                'like {"audio": "clip.wav", "text": "..."}') from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
+            yield number, row
+
+
+def _csv_rows(path: Path) -> Iterable[tuple]:
+    """Rows through the csv module (quoted fields may hold commas and line breaks); a row with more
+    or fewer fields than the header is an error, not a silently cut transcript."""
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        for row in reader:
+            number = reader.line_num
+            if None in row:
+                raise DataError(f"{path} line {number} has more fields than the header "
+                                f"({', '.join(reader.fieldnames or [])}): put a text that holds commas in double quotes")
+            if any(value is None for value in row.values()):
+                raise DataError(f"{path} line {number} has fewer fields than the header "
+                                f"({', '.join(reader.fieldnames or [])})")
+            yield number, row
+
+
+def _duration(value, path: Path, number: int) -> Optional[float]:
+    if value in (None, ""):
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{path} line {number}: duration {value!r} is not a number of seconds") from None
+    if not np.isfinite(seconds) or seconds < 0:
+        raise DataError(f"{path} line {number}: duration {value!r} is not a number of seconds")
+    return seconds
 
 
 def read_manifest(path: Union[str, Path], audio_column: str = "audio", text_column: str = "text",
@@ -120,10 +152,9 @@ def read_manifest(path: Union[str, Path], audio_column: str = "audio", text_colu
             raise DataError(f"{path} line {number} has no {text_column!r} field (fields: {', '.join(row)})")
         audio = str(row[audio_column])
         audio_path = Path(audio) if Path(audio).is_absolute() else folder / audio
-        duration = row.get("duration")
         out.append(Utterance(
             audio=str(audio_path), text=str(row[text_key] or ""), language=(row.get(language_column) or None),
-            duration=float(duration) if duration not in (None, "") else None, id=f"{path.name}:{number}",
+            duration=_duration(row.get("duration"), path, number), id=f"{path.name}:{number}",
         ))
     return out
 
