@@ -48,7 +48,11 @@ class _Reader:
     def string(self) -> str:
         n = self.u16()
         raw = bytes(self.take(n))
-        return raw.rstrip(b"\0").decode("utf-8")
+        try:
+            return raw.rstrip(b"\0").decode("utf-8")
+        except UnicodeDecodeError:
+            raise CTranslate2FormatError(f"{self.origin} is damaged: a name at offset {self.pos - n} is not text; "
+                                         "download it again") from None
 
 
 def _bf16_to_f32(raw: np.ndarray) -> np.ndarray:
@@ -82,12 +86,16 @@ def read_model_bin(parts: Union[str, Path, Iterable[Union[str, Path]]]) -> Dict[
         dtype_code = r.u8()
         nbytes = r.u32()
         raw = r.take(nbytes)
+        if dtype_code not in _DTYPES:
+            raise CTranslate2FormatError(f"{origin}: unknown dtype code {dtype_code} for {name}")
+        width = 2 if dtype_code == 5 else np.dtype(_DTYPES[dtype_code]).itemsize
+        if nbytes != width * int(np.prod(dims, dtype=np.int64)):
+            raise CTranslate2FormatError(f"{origin} is damaged: {name} has shape {dims} but {nbytes} bytes; "
+                                         "download it again")
         if dtype_code == 5:
             arr = _bf16_to_f32(np.frombuffer(raw, dtype=np.uint16))
-        elif dtype_code in _DTYPES:
-            arr = np.frombuffer(raw, dtype=_DTYPES[dtype_code])
         else:
-            raise CTranslate2FormatError(f"{origin}: unknown dtype code {dtype_code} for {name}")
+            arr = np.frombuffer(raw, dtype=_DTYPES[dtype_code])
         variables[name] = arr.reshape(dims) if dims else arr.reshape(())
     if r.pos < len(blob):
         for _ in range(r.u32()):
