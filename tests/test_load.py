@@ -164,3 +164,33 @@ def test_truncated_safetensors(tiny_en, tmp_path):
 def test_folder_without_model(tmp_path):
     with pytest.raises(ModelLoadError, match="holds no Whisper model"):
         load_model(tmp_path)
+
+
+def test_weights_holding_nan_are_refused(tmp_path, tiny_en_checkpoint):
+    """A model or adapter written by a diverged run is refused at load, naming the file and the weight,
+    before anything decodes it into "!!!!" or fuses it into another model."""
+    from mlx_whisper_lora.backend_mlx.adapters import apply_adapters, save_adapters
+    from mlx_whisper_lora.backend_mlx.load import load_model, save_model
+    from mlx_whisper_lora.formats.adapter_config import AdapterConfig
+    from mlx_whisper_lora.formats.adapter_config import AdapterError
+    from mlx_whisper_lora.formats.adapter_files import ADAPTER_FILE, read_adapter_tensors, write_adapter_tensors
+    from mlx_whisper_lora.formats.checkpoint import ModelLoadError
+
+    model = load_model("tiny.en")
+    weight = model.decoder.blocks[0].mlp1.weight
+    model.decoder.blocks[0].mlp1.weight = weight.at[0, 0].add(float("nan"))
+    save_model(model, tmp_path / "damaged", dtype="float32")
+    with pytest.raises(ModelLoadError, match="decoder.blocks.0.mlp1.weight holds NaN"):
+        load_model(str(tmp_path / "damaged"))
+
+    model = load_model("tiny.en")
+    apply_adapters(model, AdapterConfig(rank=2, alpha=4, base_model="tiny.en", dims=model.dims.to_dict()))
+    save_adapters(model, AdapterConfig(rank=2, alpha=4, base_model="tiny.en", dims=model.dims.to_dict()),
+                  tmp_path / "adapters")
+    tensors = read_adapter_tensors(tmp_path / "adapters")
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name].copy()
+    tensors[name].flat[0] = np.inf
+    write_adapter_tensors(tmp_path / "adapters" / ADAPTER_FILE, tensors)
+    with pytest.raises(AdapterError, match="NaN or infinite"):
+        read_adapter_tensors(tmp_path / "adapters")

@@ -70,9 +70,14 @@ def read_adapter_tensors(path: Union[str, Path]) -> Dict[str, np.ndarray]:
     if not weights_path.exists():
         raise AdapterError(f"adapter weights not found: {weights_path}")
     try:
-        return read_safetensors(weights_path)
+        tensors = read_safetensors(weights_path)
     except Exception as e:  # noqa: BLE001 - any parse failure is a bad file
         raise AdapterError(f"cannot read adapter weights {weights_path}: {e}") from None
+    for name, value in tensors.items():
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            raise AdapterError(f"{weights_path}: {name} holds NaN or infinite values (the training that wrote it "
+                               "diverged); use an earlier checkpoint")
+    return tensors
 
 
 def write_adapter_tensors(path: Union[str, Path], tensors: Mapping[str, np.ndarray], step: Optional[int] = None) -> Path:

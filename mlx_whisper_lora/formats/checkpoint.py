@@ -234,7 +234,17 @@ def _cached_snapshot(repo_id: str) -> Optional[Path]:
 
 
 def resolve(path_or_id: str) -> Checkpoint:
-    """Find and read a model by local path, hub id or short name."""
+    """Find and read a model by local path, hub id or short name; weights holding NaN or infinity
+    (a diverged fine-tune written out) are refused rather than decoded into "!!!!"."""
+    ckpt = _find(path_or_id)
+    for name, value in ckpt.weights.items():
+        if np.issubdtype(np.asarray(value).dtype, np.floating) and not np.isfinite(value).all():
+            raise ModelLoadError(f"{ckpt.source}: weight {name} holds NaN or infinite values, so the model is "
+                                 "damaged (a fine-tune that diverged?); use another checkpoint")
+    return ckpt
+
+
+def _find(path_or_id: str) -> Checkpoint:
     path = Path(path_or_id).expanduser()
     if path.exists():
         return read_local(path)
