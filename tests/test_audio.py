@@ -85,3 +85,16 @@ def test_load_audio_errors_name_the_file(tmp_path, make, message, monkeypatch):
     with pytest.raises(AudioError) as e:
         load_audio(path)
     assert message in str(e.value) and "clip.wav" in str(e.value)
+
+
+def test_absurd_headers_are_refused_before_decoding(tmp_path):
+    """A damaged header claiming 1 Hz would ask the resampler for gigabytes: refused in one line."""
+    from mlx_whisper_lora.data.audio import check_header
+
+    path = tmp_path / "one_hertz.wav"
+    sf.write(path, np.zeros(50_000, dtype=np.float32), 1, subtype="FLOAT")
+    with pytest.raises(AudioError, match="1 Hz, outside 1-384 kHz"):
+        load_audio(path)
+    with pytest.raises(AudioError, match="hours long"):
+        check_header(16_000, 16_000 * 3600 * 13, "long.wav")
+    check_header(44_100, 44_100 * 3600 * 2, "two_hours.wav")  # long but sane: accepted

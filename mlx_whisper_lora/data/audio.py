@@ -68,6 +68,12 @@ def load_audio(path: Union[str, Path], sr: int = SAMPLE_RATE) -> np.ndarray:
     import soundfile as sf
 
     try:
+        info = sf.info(path)
+    except Exception:  # not a libsndfile format: the read below says so, or ffmpeg takes it
+        info = None
+    if info is not None:
+        check_header(info.samplerate, info.frames, path)
+    try:
         data, file_sr = sf.read(path, dtype="float32", always_2d=True)
     except Exception as sf_error:  # libsndfile could not parse it
         if shutil.which("ffmpeg"):
@@ -82,6 +88,21 @@ def load_audio(path: Union[str, Path], sr: int = SAMPLE_RATE) -> np.ndarray:
     if audio.size == 0:
         raise AudioError(f"audio file holds no samples: {path}")
     return finite(np.ascontiguousarray(audio, dtype=np.float32), path)
+
+
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 384_000
+MAX_HOURS = 12  # one file; at 16 kHz that is 2.8 GB of float32 samples before any log-mel
+
+
+def check_header(sample_rate: int, frames: int, name) -> None:
+    """Refuse a header that would make reading or resampling ask for absurd memory (a damaged file
+    claiming 1 Hz, or days of audio), before a byte of it is decoded."""
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise AudioError(f"{name}: its header says {sample_rate} Hz, outside 1-384 kHz; the file is damaged or "
+                         "not speech audio")
+    hours = frames / sample_rate / 3600
+    if hours > MAX_HOURS:
+        raise AudioError(f"{name} is {hours:.1f} hours long; split it into files of at most {MAX_HOURS} hours")
 
 
 def finite(audio: np.ndarray, name) -> np.ndarray:
