@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Tuple
 
+from ..errors import UserError
 from .dims import ModelDimensions
 
 
@@ -41,7 +42,11 @@ def vocab_and_merges(ranks: Dict[bytes, int]) -> Tuple[Dict[str, int], List[Tupl
 
 
 def tokenizer_json(dims: ModelDimensions) -> str:
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    try:
+        from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    except ImportError:
+        raise UserError("this model's source has no tokenizer.json, and writing one for the transformers export "
+                        "needs the tokenizers package: pip install tokenizers") from None
 
     from ..text.tokenizer import get_tokenizer, read_ranks
 
