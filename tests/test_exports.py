@@ -4,20 +4,16 @@ their greedy transcripts agree with this package's (`transcribe` with the adapte
 stripped of punctuation."""
 
 import json
-import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from mlx_whisper_lora.backend_mlx.export_verify import plain as _plain
 from mlx_whisper_lora.data.audio import load_audio
 
 CLIPS = 20
-
-
-def _plain(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
 
 
 def _agreement(ours, theirs, runtime=""):

@@ -11,24 +11,12 @@ from __future__ import annotations
 from typing import Dict, List, Tuple
 
 from ..errors import UserError
+from ..text.tokenizer_bytes import byte_encoder
 from .dims import ModelDimensions
 
 
-def _byte_alphabet() -> Dict[int, str]:
-    """GPT-2's printable stand-in for each byte (the alphabet byte-level BPE vocabularies are written in)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return {b: chr(c) for b, c in zip(printable, chars)}
-
-
 def vocab_and_merges(ranks: Dict[bytes, int]) -> Tuple[Dict[str, int], List[Tuple[str, str]]]:
-    alphabet = _byte_alphabet()
+    alphabet = byte_encoder()
     text = lambda b: "".join(alphabet[x] for x in b)  # noqa: E731
     vocab = {text(token): rank for token, rank in ranks.items()}
     merges = []

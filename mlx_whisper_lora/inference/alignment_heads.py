@@ -41,8 +41,10 @@ class HeadChoice:
     changed: bool
 
 
-def _scores(model, item: AlignmentItem, heads: Sequence[Head]) -> np.ndarray:
-    features = model.embed_audio(mx.array(item.mel[None]))
+def _scores(model, item: AlignmentItem, heads: Sequence[Head], features=None) -> np.ndarray:
+    """Cross-attention scores of `heads` over the item's text; `features`: its encoder states when at hand."""
+    if features is None:
+        features = model.embed_audio(mx.array(item.mel[None]))
     tokens = np.array([timing.alignment_inputs(item.tokenizer, item.text_tokens)])
     return model.alignment_scores(tokens, features, list(heads))[1]
 
@@ -80,12 +82,13 @@ def select_heads(model, items: Sequence[AlignmentItem], reference: Sequence[Opti
     current = model_heads(model)
     keep = keep or len(current)
     every = [(layer, head) for layer in range(dims.n_text_layer) for head in range(dims.n_text_head)]
+    features = [model.embed_audio(mx.array(item.mel[None])) for item in items]  # once per item: the costly part
     per_head = np.zeros(len(every))
     counted = 0
-    for item, ref in zip(items, reference):
+    for item, ref, feats in zip(items, reference, features):
         if ref is None:
             continue
-        qk = _scores(model, item, every)
+        qk = _scores(model, item, every, feats)
         errors = [_error(_boundaries(qk[h : h + 1], item), ref) for h in range(len(every))]
         if any(e is None for e in errors):
             continue
@@ -97,7 +100,8 @@ def select_heads(model, items: Sequence[AlignmentItem], reference: Sequence[Opti
     chosen = sorted(ranked)
 
     def combined_error(heads: List[Head]) -> float:
-        errors = [_error(_boundaries(_scores(model, item, heads), item), ref) for item, ref in zip(items, reference)]
+        errors = [_error(_boundaries(_scores(model, item, heads, feats), item), ref)
+                  for item, ref, feats in zip(items, reference, features)]
         errors = [e for e in errors if e is not None]
         return float(np.mean(errors)) if errors else float("inf")
 

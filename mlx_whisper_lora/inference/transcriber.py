@@ -221,9 +221,9 @@ class _FileTranscription:
             prompt = self.tokens[self.prompt_reset_since :]
         return replace(self.options, prompt=prompt or None)
 
-    def accept(self, result: DecodingResult, window_frames: int, audio_features=None) -> int:
-        """Add the window's segments (and their words, given the window's audio features) and move
-        on; returns the frames advanced."""
+    def accept(self, result: DecodingResult, window_frames: int, audio_features) -> int:
+        """Add the window's segments (and their words, aligned on the window's audio features) and
+        move on; returns the frames advanced."""
         previous = self.seek
         if self.rules.is_silence(result):
             self.seek += window_frames
@@ -235,8 +235,6 @@ class _FileTranscription:
         for s in segments:
             s["text"] = self.render(s["text"])
         if self.words.word_timestamps:
-            if audio_features is None:
-                audio_features = self.model.embed_audio(self.window_at(previous, window_frames)[None])
             timing.add_word_timestamps(
                 segments=segments, model=self.model, tokenizer=self.tokenizer, audio_features=audio_features,
                 num_frames=window_frames, time_offset=time_offset,
@@ -270,9 +268,6 @@ class _FileTranscription:
         if self.seek <= previous:  # never stall on a window (a word ending at its very start)
             self.seek = previous + window_frames
         return self.seek - previous
-
-    def window_at(self, seek: int, frames: int) -> mx.array:
-        return pad_or_trim(self.mel[seek : seek + frames], N_FRAMES, axis=0)
 
     def _skip_hallucinations(self, segments: List[dict], previous: int, window_frames: int, time_offset: float,
                              single_ending: bool) -> bool:
