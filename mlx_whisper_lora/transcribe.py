@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "likely hallucination")
     p.add_argument("--carry-initial-prompt", type=_str2bool, default=False,
                    help="keep --initial-prompt at the head of every window's prompt, not only the first")
+    p.add_argument("--compare-base", action="store_true",
+                   help="with --adapter-path: also transcribe with the base model and print both transcripts side "
+                        "by side (the files hold the adapted one); the default when no audio, --model or "
+                        "--adapter-path is given: the demo clip with the bundled demo adapter")
     p.add_argument("--verbose", type=_str2bool, default=True)
     return p
 
@@ -150,19 +154,52 @@ def _str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
+def _compare_with_base(bank, audio_paths, clip_timestamps, common: dict) -> list:
+    """Each file transcribed by the base model and by the adapted one (one loaded model, the adapter
+    switched on and off), printed side by side; returns the adapted results."""
+    from .serving.adapter_bank import BASE
+    from .side_by_side import columns
+
+    quiet = {**common, "verbose": False}
+    adapted_results = []
+    for path in audio_paths:
+        both = []
+        for name in (BASE, "adapted"):
+            bank.select([name])
+            both.append(transcribe(path, bank.model, clip_timestamps=clip_timestamps, **quiet))
+        adapted_results.append(both[1])
+        if common.get("verbose") is not False:
+            print(f"{path}\n" + columns("base model", both[0]["text"], "with the adapter", both[1]["text"]) + "\n")
+    return adapted_results
+
+
 @cli_entry
 def main(argv=None):
     from .assets_dir import ASSETS
     from .formats.transcript_writers import FORMATS, write_result
 
+    from .side_by_side import DEMO_ADAPTER
+
     args = build_parser().parse_args(argv)
+    if not args.audio and args.model is None and args.adapter_path is None:
+        args.adapter_path, args.compare_base = str(DEMO_ADAPTER), True  # the first command: what adapters do
+    if args.compare_base and not args.adapter_path:
+        raise UserError("--compare-base compares an adapted model with its base: pass --adapter-path too")
     subtitles = _subtitle_options(args)
     audio_paths = args.audio or [str(ASSETS / "demo.flac")]
     for path in audio_paths:  # fail before loading the model when a path is wrong
         if not Path(path).exists():
             raise UserError(f"audio file not found: {path}")
     check_writable(args.output_dir, "pass another --output-dir")  # before the transcription, not after
-    model = load_for_inference(args.model, args.adapter_path, args.dtype, args.backend, args.device)
+    if args.compare_base:
+        from .serving.adapter_bank import AdapterBank
+
+        base_name = args.model or read_adapter_config(args.adapter_path).base_model
+        bank = AdapterBank(load_for_inference(base_name, None, args.dtype, args.backend, args.device), args.backend)
+        bank.add("adapted", args.adapter_path)
+        model = bank.model
+    else:
+        model = load_for_inference(args.model, args.adapter_path, args.dtype, args.backend, args.device)
     if args.temperature_increment_on_fallback > 0:
         temperatures = tuple(np.arange(args.temperature, 1.0 + 1e-6, args.temperature_increment_on_fallback))
     else:
@@ -180,7 +217,9 @@ def main(argv=None):
         append_punctuations=args.append_punctuations, carry_initial_prompt=args.carry_initial_prompt,
         hallucination_silence_threshold=args.hallucination_silence_threshold,
     )
-    if len(audio_paths) > 1 and args.clip_timestamps.strip() in ("", "0"):
+    if args.compare_base:
+        results = _compare_with_base(bank, audio_paths, args.clip_timestamps, common)
+    elif len(audio_paths) > 1 and args.clip_timestamps.strip() in ("", "0"):
         results = transcribe_many(audio_paths, model, batch_size=max(1, args.batch_size), **common)
     else:
         results = [transcribe(path, model, clip_timestamps=args.clip_timestamps, **common) for path in audio_paths]

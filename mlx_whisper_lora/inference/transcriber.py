@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple, Union
 
 import mlx.core as mx
 import numpy as np
@@ -490,6 +490,7 @@ def transcribe_many(
     append_punctuations: str = timing.APPEND_PUNCTUATIONS,
     hallucination_silence_threshold: Optional[float] = None,
     progress: Optional[bool] = None,
+    select_rows: Optional[Callable[[List[int]], None]] = None,
     **decode_options,
 ) -> List[dict]:
     """Transcribe several files, decoding their first windows `batch_size` at a time.
@@ -497,7 +498,11 @@ def transcribe_many(
     Gives the same results as `transcribe` on each file: the first window of every file is
     decoded in a batch at the first temperature (one encoder and decoder pass for the batch); windows
     that need a fallback, and the later windows of long files, are decoded one at a time.
+    `select_rows(indices)`, when given, is called before each model computation with the indices
+    (into `audios`) of the files it covers, in batch order: the server's adapter bank uses it to apply
+    each file's own adapter (serving/adapter_bank.py).
     """
+    select = select_rows or (lambda indices: None)
     words = WordOptions(word_timestamps, prepend_punctuations, append_punctuations, hallucination_silence_threshold)
     settings = _setup(model, temperature, compression_ratio_threshold, logprob_threshold, no_speech_threshold,
                       initial_prompt, carry_initial_prompt, condition_on_previous_text, verbose, words, decode_options)
@@ -514,16 +519,22 @@ def transcribe_many(
             mels = [_padded_mel(model, audios[i]) for i in chunk]
             # One encoder pass for the first window of every file in the batch.
             firsts = [pad_or_trim(m[: min(N_FRAMES, m.shape[0] - N_FRAMES)], N_FRAMES, axis=0) for m in mels]
+            select(chunk)
             feats = model.embed_audio(mx.stack(firsts))
-            states = [_prepare(model, m, settings, "0", feats[j : j + 1])[0] for j, m in enumerate(mels)]
+            states = []
+            for j, m in enumerate(mels):
+                select([chunk[j]])
+                states.append(_prepare(model, m, settings, "0", feats[j : j + 1])[0])
             batchable = [j for j, s in enumerate(states) if not s.done]
             first_results = {}
             for lang in sorted({states[j].options.language for j in batchable}):
                 rows = [j for j in batchable if states[j].options.language == lang]
                 opts = _options_at(states[rows[0]].window_options(), rules.temperatures[0])
+                select([chunk[j] for j in rows])
                 decoded = decode(model, None, opts, audio_features=feats[mx.array(rows)])
                 first_results.update(zip(rows, decoded))
             for j, state in enumerate(states):
+                select([chunk[j]])
                 first = first_results.get(j)
                 while not state.done:
                     window, frames = state.window()

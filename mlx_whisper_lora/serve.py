@@ -1,0 +1,126 @@
+"""Serve Whisper and its adapters over OpenAI's audio API (FastAPI + uvicorn).
+
+    python -m mlx_whisper_lora.serve [--model M] [--adapter NAME=PATH ...] [--host 127.0.0.1] [--port 8000]
+                                     [--backend mlx|torch]
+
+One base model is loaded once; every adapter is applied to it per request (`model` = the adapter's
+name, or the base's), so one process serves many voices, languages or customers. Requests that
+arrive together are decoded as one batch, adapters mixed (serving/adapter_bank.py). The demo page
+is at http://HOST:PORT/. With no --adapter, the bundled demo adapter is served as "demo".
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Dict, Optional
+
+from .errors import UserError, cli_entry
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mlx_whisper_lora.serve", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=None,
+                   help="base model: folder, hub id, .pt file or short name (default: the first adapter's base, "
+                        "else tiny.en)")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
+                   help="an adapter folder served as model NAME (repeat for more; default: the bundled demo adapter "
+                        "as 'demo')")
+    p.add_argument("--no-demo-adapter", action="store_true", help="with no --adapter: serve the base model alone")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--backend", default="mlx", choices=["mlx", "torch"])
+    p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="torch back end device")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--max-batch", type=int, default=8, help="most requests decoded together (default: 8)")
+    p.add_argument("--max-pending", type=int, default=64,
+                   help="most requests waiting; more get HTTP 429 (default: 64)")
+    p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest upload accepted (default: 25, as OpenAI)")
+    p.add_argument("--max-minutes", type=float, default=120.0, help="longest audio accepted (default: 120)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    return p
+
+
+def model_name(model: Optional[str], adapters: Dict) -> str:
+    from .formats.adapter_files import read_adapter_config
+
+    if model:
+        return model
+    for path in adapters.values():
+        base = read_adapter_config(path).base_model
+        if base:
+            return base
+    return "tiny.en"
+
+
+def start_worker(model: str, adapters: Dict, backend: str = "mlx", dtype: str = "float32", device=None,
+                 max_batch: int = 8, max_pending: int = 64):
+    """A started worker holding `model` and `adapters` ({name: path}); load errors are raised here."""
+    from .serving.adapter_bank import AdapterBank
+    from .serving.worker import Worker
+    from .transcribe import load_for_inference
+
+    def load():
+        bank = AdapterBank(load_for_inference(model, None, dtype, backend, device), backend)
+        for name, path in adapters.items():
+            bank.add(name, path)
+        return bank
+
+    return Worker(load, max_batch=max_batch, max_pending=max_pending).start()
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail in one line, before loading the model, when the address cannot be bound."""
+    import socket
+
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port {port}: use 0-65535")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise UserError(f"--host {host}: {e.strerror}") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as e:
+            raise UserError(f"cannot listen on {host}:{port}: {e.strerror}; pass another --port") from None
+
+
+@cli_entry
+def main(argv=None):
+    from .serving.adapter_bank import adapter_paths
+    from .side_by_side import DEMO_ADAPTER
+
+    args = build_parser().parse_args(argv)
+    try:
+        import fastapi  # noqa: F401
+        import python_multipart  # noqa: F401  (uploads)
+        import uvicorn
+    except ImportError as e:
+        raise UserError(f"serving needs {e.name.replace('_', '-')}: pip install 'mlx-whisper-lora[serve]'") from None
+    adapters = adapter_paths(args.adapter)
+    if not adapters and not args.no_demo_adapter and args.model in (None, "tiny.en"):
+        adapters = {"demo": DEMO_ADAPTER}
+    check_port(args.host, args.port)
+    base = model_name(args.model, adapters)
+    from .serving.app import Limits, create_app
+
+    print(f"loading {base} with {len(adapters)} adapter(s): {', '.join(adapters) or 'none'}", file=sys.stderr)
+    worker = start_worker(base, adapters, args.backend, args.dtype, args.device, args.max_batch, args.max_pending)
+    limits = Limits(args.max_upload_mb, args.max_minutes * 60)
+    app = create_app(worker, base, limits)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}, not only on this machine; there is no authentication",
+              file=sys.stderr)
+    print(f"serving on http://{args.host}:{args.port}/ (demo page), API at /v1/audio/transcriptions", file=sys.stderr)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    finally:
+        worker.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+"""Many LoRA/DoRA adapters on one loaded base model, chosen per request or per batch row.
+
+Why not `load_adapters` per request: that would reload or copy the base for every adapter. Here the
+base stays as it is; each adapted linear layer is wrapped once in a bank layer that holds the small
+A/B matrices of every adapter that touches it, and a shared selection says which adapter applies to
+each row of the batch being computed. Rows of different adapters therefore run in one batch: the
+base product is shared and each row adds its own low-rank term (zero-padded to the largest rank, so
+the sum is exact). DoRA's per-row magnitude rescale is constant at inference and precomputed.
+
+The selection is set by the caller (the serving worker) before each model call through `select`;
+`inference.transcriber.transcribe_many` calls it with the files it is about to compute.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import UserError
+from ..formats.adapter_config import AdapterConfig, AdapterError, adapted_layers
+from ..formats.adapter_files import check_dims, read_adapter_config, read_adapter_tensors
+
+BASE = None  # the row's "adapter" when it asks for the base model
+
+
+@dataclass
+class LayerUpdate:
+    """One adapter's term in one linear layer: x @ a @ b (scale folded into b), then, for DoRA,
+    the output rows rescaled by `rescale` = m / ||W + delta||."""
+
+    a: np.ndarray  # (in, rank)
+    b: np.ndarray  # (rank, out), already multiplied by alpha / rank
+    rescale: Optional[np.ndarray] = None  # (out,) DoRA only
+
+
+@dataclass
+class LoadedAdapter:
+    name: str
+    path: str
+    config: AdapterConfig
+    updates: Dict[str, LayerUpdate] = field(default_factory=dict)  # layer name -> its term
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(u.a.nbytes + u.b.nbytes + (0 if u.rescale is None else u.rescale.nbytes) for u in self.updates.values())
+
+
+class Selection:
+    """Which adapter each row of the next model calls uses: `rows` is a tuple of adapter names
+    (BASE for the base model); one name applies to every row. A batch made larger by repeating each
+    row (beams, best-of samples) is matched by repeating the names the same way."""
+
+    def __init__(self):
+        self.rows: Tuple[Optional[str], ...] = (BASE,)
+        self.version = 0  # bumped when adapters are added or removed (bank layers rebuild their stacks)
+
+    def names_for(self, batch: int) -> Tuple[Optional[str], ...]:
+        rows = self.rows
+        if len(rows) == 1 or len(rows) == batch:
+            return rows if len(rows) == batch else rows * batch
+        if batch % len(rows):
+            raise RuntimeError(f"a batch of {batch} rows cannot follow an adapter selection of {len(rows)} rows")
+        k = batch // len(rows)
+        return tuple(name for name in rows for _ in range(k))
+
+
+class LayerTerms:
+    """The per-adapter terms of one bank layer and the arrays built for the current row selection
+    (kept until the selection changes). A plain object, so that MLX does not take it for parameters."""
+
+    def __init__(self, key: str, selection: Selection, to_array: Callable):
+        self.key = key
+        self.selection = selection
+        self.to_array = to_array
+        self.terms: Dict[str, LayerUpdate] = {}
+        self.cached: Tuple[tuple, object] = ((), None)
+
+    def plan(self, batch: int):
+        """None (no adapter term for any row), or ("one", a, b, rescale) when all rows share one
+        adapter, or ("rows", A (n,in,r), B (n,r,out), rescale (n,1,out) or None)."""
+        names = self.selection.names_for(batch)
+        key = (self.selection.version, names)
+        if self.cached[0] == key:
+            return self.cached[1]
+        present = [n for n in set(names) if n is not BASE and n in self.terms]
+        if not present:
+            plan = None
+        elif len(set(names)) == 1:
+            u = self.terms[names[0]]
+            plan = ("one", self.to_array(u.a), self.to_array(u.b),
+                    None if u.rescale is None else self.to_array(u.rescale))
+        else:
+            plan = self._stacked(names)
+        self.cached = (key, plan)
+        return plan
+
+    def _stacked(self, names):
+        used = [n for n in set(names) if n is not BASE and n in self.terms]
+        n_in, n_out = self.terms[used[0]].a.shape[0], self.terms[used[0]].b.shape[1]
+        rank = max(self.terms[n].a.shape[1] for n in used)
+        a = np.zeros((len(names), n_in, rank), np.float32)
+        b = np.zeros((len(names), rank, n_out), np.float32)
+        dora = any(self.terms[n].rescale is not None for n in used)
+        rescale = np.ones((len(names), 1, n_out), np.float32) if dora else None
+        for i, name in enumerate(names):
+            u = self.terms.get(name) if name is not BASE else None
+            if u is None:
+                continue
+            r = u.a.shape[1]
+            a[i, :, :r], b[i, :r, :] = u.a, u.b
+            if u.rescale is not None:
+                rescale[i, 0] = u.rescale
+        return ("rows", self.to_array(a), self.to_array(b), None if rescale is None else self.to_array(rescale))
+
+
+class AdapterBank:
+    """The base model and the adapters loaded on it; `select(names)` picks one per row.
+
+    `model` is the MLX Whisper or the torch back end's TorchDecodingModel; either way the text style
+    (case, punctuation) and alignment heads of a single selected adapter are set on it, as
+    `load_adapters` would."""
+
+    def __init__(self, model, backend: str = "mlx"):
+        self.model = model
+        self.backend = backend
+        self.modules = model.model if backend == "torch" else model  # where the linear layers are
+        self.selection = Selection()
+        self.adapters: Dict[str, LoadedAdapter] = {}
+        self.lock = threading.RLock()  # one selection at a time
+        self._base_style = (model.case_style, model.punctuation, _heads_of(model))
+        self._layers: Dict[str, object] = {}
+
+    # ------------------------------------------------------------ loading
+    def add(self, name: str, path) -> LoadedAdapter:
+        """Load the adapters at `path` under `name`; the base model is not copied."""
+        if not name or name in self.adapters:
+            raise UserError(f"adapter name {name!r} is {'empty' if not name else 'already loaded'}; give each a new name")
+        config = read_adapter_config(path)
+        if config.fine_tune_type == "full":
+            raise AdapterError(f"{path} holds a full fine-tune (whole weights), not adapters: serve it as a model "
+                               "(--model, after fuse), not as --adapter")
+        check_dims(self.model.dims, getattr(self.model, "source", None) or getattr(self.modules, "source", None),
+                   config, path)
+        weights = read_adapter_tensors(path)
+        adapter = LoadedAdapter(name, str(path), config, self._updates(config, weights, path))
+        with self.lock:
+            for key in adapter.updates:
+                self._layer(key).bank.terms[name] = adapter.updates[key]
+            self.adapters[name] = adapter
+            self.selection.version += 1
+        return adapter
+
+    def _updates(self, config: AdapterConfig, weights: Dict[str, np.ndarray], path) -> Dict[str, LayerUpdate]:
+        names = _module_names(self.modules)
+        wanted = {}
+        for parent, attr in adapted_layers(self.modules, config):
+            wanted[f"{names[id(parent)]}.{attr}"] = (parent, attr)
+        expected = {f"{k}.{leaf}" for k in wanted for leaf in ("lora_a", "lora_b") + (("m",) if config.fine_tune_type == "dora" else ())}
+        missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+        if missing or unexpected:
+            detail = f"lacks {missing[:3]}" if missing else f"has weights the model does not: {unexpected[:3]}"
+            raise AdapterError(f"adapters in {path} do not fit this model: the file {detail}")
+        updates = {}
+        for key, (parent, attr) in wanted.items():
+            base = getattr(parent, attr)
+            base = getattr(base, "linear", base)
+            weight = _dense_numpy(base, self.backend)
+            a = np.asarray(weights[f"{key}.lora_a"], np.float32)
+            b = np.asarray(weights[f"{key}.lora_b"], np.float32) * config.scale
+            if a.shape != (weight.shape[1], config.rank) or b.shape != (config.rank, weight.shape[0]):
+                raise AdapterError(f"adapters in {path}: {key} has shapes {a.shape}, {b.shape}; the model's layer is "
+                                   f"{weight.shape[::-1]} at rank {config.rank} (another base model?)")
+            rescale = None
+            if config.fine_tune_type == "dora":
+                adapted = weight.astype(np.float32) + (a @ b).T
+                rescale = np.asarray(weights[f"{key}.m"], np.float32) / np.linalg.norm(adapted, axis=1)
+            updates[key] = LayerUpdate(a, b, rescale)
+        return updates
+
+    def _layer(self, key: str):
+        """The bank layer at `key`, wrapping the base layer there the first time."""
+        if key in self._layers:
+            return self._layers[key]
+        parent = self.modules
+        *path, attr = key.split(".")
+        for part in path:
+            parent = parent[int(part)] if part.isdigit() else getattr(parent, part)
+        base = getattr(parent, attr)
+        if self.backend == "torch":
+            from .bank_layer_torch import TorchBankLinear
+
+            layer = TorchBankLinear(base, key, self.selection)
+        else:
+            from .bank_layer_mlx import MLXBankLinear
+
+            layer = MLXBankLinear(base, key, self.selection)
+        setattr(parent, attr, layer)
+        self._layers[key] = layer
+        return layer
+
+    # ------------------------------------------------------------ choosing
+    def check(self, name: Optional[str]) -> None:
+        if name is not BASE and name not in self.adapters:
+            raise UserError(f"no adapter named {name!r}; loaded: {', '.join(sorted(self.adapters)) or 'none'}")
+
+    def select(self, names: Sequence[Optional[str]]) -> None:
+        """Rows of the next model calls use these adapters (one name: every row)."""
+        names = tuple(names)
+        for n in set(names):
+            self.check(n)
+        self.selection.rows = names
+        if len(set(names)) == 1:
+            self._style(names[0])
+
+    def _style(self, name: Optional[str]) -> None:
+        case_style, punctuation, heads = self._base_style
+        if name is not BASE:
+            config = self.adapters[name].config
+            case_style, punctuation = config.case_style, config.punctuation
+            heads = config.alignment_heads or heads
+        self.model.case_style, self.model.punctuation = case_style, punctuation
+        if hasattr(self.modules, "case_style"):
+            self.modules.case_style, self.modules.punctuation = case_style, punctuation
+        if heads is not None:
+            self.model.set_alignment_heads(heads)
+
+
+def _heads_of(model) -> Optional[List[List[int]]]:
+    heads = getattr(model, "alignment_heads", None)
+    if heads is None:
+        return None
+    return [[int(a), int(b)] for a, b in (heads.tolist() if hasattr(heads, "tolist") else heads)]
+
+
+def _module_names(root) -> Dict[int, str]:
+    """id(module) -> dotted name, in either framework's module tree (both have named_modules)."""
+    return {id(m): n for n, m in root.named_modules()}
+
+
+def _dense_numpy(linear, backend: str) -> np.ndarray:
+    if backend == "torch":
+        from ..backend_torch.lora import dense_weight
+
+        return dense_weight(linear).detach().float().cpu().numpy()
+    import mlx.core as mx
+
+    from ..backend_mlx.lora_layers import dense_weight
+
+    return np.array(dense_weight(linear).astype(mx.float32))
+
+
+def adapter_paths(specs: Sequence[str]) -> Dict[str, Path]:
+    """NAME=PATH specs (a bare PATH is named after its folder) as {name: path}, checked."""
+    out: Dict[str, Path] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = Path(spec).name, spec
+        name = name.strip()
+        if not name or not path:
+            raise UserError(f"--adapter {spec!r}: write NAME=PATH (for example --adapter voice=adapters)")
+        if name in out:
+            raise UserError(f"--adapter {spec!r}: the name {name!r} is given twice")
+        if not Path(path).exists():
+            raise UserError(f"--adapter {spec!r}: {path} not found")
+        out[name] = Path(path)
+    return out

@@ -1,0 +1,270 @@
+"""The server: adapters on one base model (the bank), batches that mix adapters, the HTTP API against
+the CLI's transcripts, errors that leave the server serving, and the memory an added adapter costs."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import mlx_whisper_lora  # noqa: F401  (before mlx: the fast BLAS)
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten, tree_unflatten
+
+from mlx_whisper_lora.assets_dir import ASSETS
+from mlx_whisper_lora.backend_mlx.adapters import apply_adapters, load_adapters, save_adapters
+from mlx_whisper_lora.backend_mlx.load import load_model
+from mlx_whisper_lora.formats.adapter_config import AdapterConfig
+from mlx_whisper_lora.serving.adapter_bank import BASE, AdapterBank
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+DEMO_ADAPTER = ASSETS / "demo_adapter"
+CLIP = ASSETS / "demo.flac"
+
+
+def make_adapter(folder: Path, kind: str, rank: int, seed: int, modules=None, freeze_encoder=True) -> Path:
+    """Real adapter files (our format) with seeded weights that change the transcript a little."""
+    model = load_model("tiny.en")
+    config = AdapterConfig(fine_tune_type=kind, rank=rank, alpha=2.0 * rank, freeze_encoder=freeze_encoder,
+                           base_model="tiny.en", modules=modules)
+    apply_adapters(model, config)
+    rng = np.random.default_rng(seed)
+    updated = []
+    for name, value in tree_flatten(model.trainable_parameters()):
+        if name.endswith("lora_b"):
+            updated.append((name, mx.array(rng.normal(0, 0.01, value.shape).astype(np.float32))))
+        elif name.endswith(".m"):
+            updated.append((name, value * mx.array(rng.uniform(0.97, 1.03, value.shape).astype(np.float32))))
+    model.update(tree_unflatten(updated))
+    save_adapters(model, config, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory):
+    root = tmp_path_factory.mktemp("served")
+    return {"demo": DEMO_ADAPTER,
+            "dora": make_adapter(root / "dora", "dora", 4, 1, modules=["query", "value", "mlp1"], freeze_encoder=False)}
+
+
+def test_bank_rows_compute_what_each_adapter_loaded_alone_computes(adapters):
+    mel = mx.array(np.random.default_rng(0).normal(0, 1, (3, 3000, 80)).astype(np.float32))
+    tokens = mx.array([[50257, 50362, 440, 2068]] * 3)
+    alone = {}
+    for name in (BASE, "demo", "dora"):
+        model = load_model("tiny.en")
+        if name:
+            load_adapters(model, adapters[name])
+        alone[name] = np.array(model(mel, tokens))
+    bank = AdapterBank(load_model("tiny.en"))
+    for name, path in adapters.items():
+        bank.add(name, path)
+    for rows in [(BASE,), ("demo",), ("dora",), ("demo", BASE, "dora"), ("dora", "dora", "demo")]:
+        bank.select(rows)
+        got = np.array(bank.model(mel, tokens))
+        expected = np.stack([alone[rows[i] if len(rows) == 3 else rows[0]][i] for i in range(3)])
+        assert np.abs(got - expected).max() <= 1e-3 * np.abs(expected).max(), rows
+    assert not np.allclose(alone["demo"], alone[BASE]) and not np.allclose(alone["dora"], alone[BASE])
+
+
+def test_bank_refuses_what_it_cannot_serve(adapters, tmp_path):
+    from mlx_whisper_lora.errors import UserError
+
+    bank = AdapterBank(load_model("tiny.en"))
+    bank.add("demo", adapters["demo"])
+    with pytest.raises(UserError, match="already loaded"):
+        bank.add("demo", adapters["demo"])
+    with pytest.raises(UserError, match="no adapter named 'other'"):
+        bank.select(["other"])
+    full = AdapterConfig(fine_tune_type="full", base_model="tiny.en")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "adapter_config.json").write_text(json.dumps(full.to_json()))
+    with pytest.raises(UserError, match="full fine-tune"):
+        bank.add("full", tmp_path / "full")
+
+
+def test_adding_adapters_costs_far_less_memory_than_a_base_model(adapters, tmp_path):
+    psutil = pytest.importorskip("psutil")
+    process = psutil.Process()
+    third = make_adapter(tmp_path / "third", "lora", 16, 2)  # (loads a model of its own: before measuring)
+    bank = AdapterBank(load_model("tiny.en"))
+    base_bytes = sum(v.nbytes for _, v in tree_flatten(bank.model.parameters()))
+    bank.add("demo", adapters["demo"])
+    bank.select(["demo"])
+    bank.model.embed_audio(mx.zeros((1, 3000, 80)))
+    before = process.memory_info().rss
+    bank.add("dora", adapters["dora"])
+    bank.add("third", third)
+    for name in ("dora", "third"):
+        bank.select([name])
+        mx.eval(bank.model.embed_audio(mx.zeros((1, 3000, 80))))
+    grown = process.memory_info().rss - before
+    print(f"base model {base_bytes / 1e6:.1f} MB; adding two adapters grew RSS by {grown / 1e6:.1f} MB")
+    assert grown < base_bytes
+
+
+def test_worker_batches_requests_for_different_adapters_and_matches_one_at_a_time(adapters, shared_data):
+    from mlx_whisper_lora.inference.transcriber import transcribe
+    from mlx_whisper_lora.serving.worker import CallOptions, Worker
+
+    clips = [str(CLIP), str(next((shared_data / "librispeech_2spk").rglob("*.flac")))]
+
+    def load():
+        bank = AdapterBank(load_model("tiny.en"))
+        for name, path in adapters.items():
+            bank.add(name, path)
+        return bank
+
+    worker = Worker(load, max_batch=8, gather_seconds=0.5).start()
+    try:
+        from mlx_whisper_lora.data.audio import load_audio
+
+        audio = [load_audio(c) for c in clips]
+        asked = [(0, BASE), (0, "demo"), (1, "dora"), (1, BASE), (0, "dora"), (1, "demo")]
+        futures = [worker.submit(audio[i], name, CallOptions(language="en")) for i, name in asked]
+        got = [f.result(timeout=300)["text"] for f in futures]
+        assert any(len(set(batch)) > 1 for batch in worker.batches), worker.batches
+        for (i, name), text in zip(asked, got):
+            worker.bank.select([name])
+            alone = transcribe(audio[i], worker.bank.model, language="en", verbose=False)["text"]
+            assert text == alone, (clips[i], name)
+        worker.bank.select([BASE])
+    finally:
+        worker.stop()
+
+
+# ---------------------------------------------------------------- the HTTP server, as a user starts it
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(*args, timeout: float = 180):
+    """`python -m mlx_whisper_lora.serve ARGS` on a free loopback port; returns (process, base url)."""
+    import httpx
+
+    port = free_port()
+    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"serve-{port}.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "mlx_whisper_lora.serve", "--port", str(port), *args],
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            log.seek(0)
+            raise AssertionError(f"the server exited: {log.read()[-2000:]}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    proc.kill()
+    raise AssertionError("the server did not start")
+
+
+@pytest.fixture(scope="module")
+def server(adapters):
+    proc, url = start_server("--adapter", f"demo={adapters['demo']}", "--adapter", f"dora={adapters['dora']}")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def cli_text(clip, adapter, out_dir) -> str:
+    from mlx_whisper_lora.transcribe import main
+
+    args = [str(clip), "--output-dir", str(out_dir), "--output-format", "json", "--verbose", "False"]
+    main(args + (["--adapter-path", str(adapter)] if adapter else ["--model", "tiny.en"]))
+    return json.loads((Path(out_dir) / f"{Path(clip).stem}.json").read_text())["text"]
+
+
+def test_concurrent_requests_for_the_base_and_two_adapters_equal_the_cli(server, adapters, shared_data, tmp_path):
+    import httpx
+
+    clips = [CLIP, next((shared_data / "librispeech_2spk").rglob("*.flac"))]
+    asked = [(c, m) for c in clips for m in ("tiny.en", "demo", "dora")]
+
+    def post(item):
+        clip, model = item
+        with open(clip, "rb") as f:
+            r = httpx.post(server + "/v1/audio/transcriptions", files={"file": (clip.name, f)},
+                           data={"model": model}, timeout=300)
+        assert r.status_code == 200, r.text
+        return r.json()["text"]
+
+    with ThreadPoolExecutor(len(asked)) as pool:
+        served = list(pool.map(post, asked))
+    for (clip, model), text in zip(asked, served):
+        expected = cli_text(clip, None if model == "tiny.en" else adapters[model], tmp_path / model)
+        assert text == expected, (clip.name, model)
+    assert served[0] != served[1]  # the demo adapter changes the demo clip's transcript
+    listed = httpx.get(server + "/v1/models").json()["data"]
+    assert [m["id"] for m in listed] == ["tiny.en", "demo", "dora"]
+
+
+def test_bad_uploads_get_json_errors_and_the_server_keeps_serving(server):
+    import httpx
+
+    post = lambda **kw: httpx.post(server + "/v1/audio/transcriptions", timeout=300, **kw)  # noqa: E731
+    r = post(files={"file": ("notes.txt", b"this is not audio at all")})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_audio", r.text
+    r = post(files={"file": ("empty.wav", b"")})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "empty_file"
+    with open(CLIP, "rb") as f:
+        data = f.read()
+    r = post(files={"file": ("demo.flac", data)}, data={"model": "nobody"})
+    assert r.status_code == 404 and "tiny.en, demo, dora" in r.json()["error"]["message"]
+    r = post(files={"file": ("demo.flac", data)}, data={"response_format": "yaml"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "response_format"
+    r = post(files={"file": ("demo.flac", data)}, data={"response_format": "text", "model": "demo"})
+    assert r.status_code == 200 and "adapted" in r.text
+    r = post(files={"file": ("demo.flac", data)},
+             data={"response_format": "verbose_json", "timestamp_granularities[]": "word"})
+    body = r.json()
+    assert body["duration"] == pytest.approx(8.1, abs=0.1) and body["words"][0]["start"] < body["words"][-1]["end"]
+    assert body["segments"] and {"start", "end", "text", "avg_logprob"} <= set(body["segments"][0])
+    r = post(files={"file": ("demo.flac", data)}, data={"response_format": "vtt"})
+    assert r.text.startswith("WEBVTT")
+    r = httpx.post(server + "/v1/audio/translations", files={"file": ("demo.flac", data)}, timeout=60)
+    assert r.status_code == 400 and "English-only" in r.json()["error"]["message"]
+
+
+def test_upload_limit_is_a_flag_and_a_taken_port_is_one_line(tmp_path):
+    from mlx_whisper_lora.serve import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "mlx_whisper_lora.serve", "--port", str(port)],
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith("error: cannot listen on")
+    assert "Traceback" not in done.stderr
+    with pytest.raises(SystemExit):
+        main(["--adapter", "x=/no/such/folder"])
+
+    import httpx
+    import soundfile as sf
+
+    proc, url = start_server("--max-upload-mb", "0.05", "--no-demo-adapter")
+    try:
+        r = httpx.post(url + "/v1/audio/transcriptions", files={"file": ("demo.flac", CLIP.read_bytes())}, timeout=60)
+        assert r.status_code == 413 and "0.05 MB" in r.json()["error"]["message"], r.text
+        sf.write(tmp_path / "quiet.wav", np.zeros(8000, np.float32), 16000)
+        r = httpx.post(url + "/v1/audio/transcriptions", files={"file": ("quiet.wav", (tmp_path / "quiet.wav").read_bytes())},
+                       timeout=120)
+        assert r.status_code == 200, r.text
+        assert [m["id"] for m in httpx.get(url + "/v1/models").json()["data"]] == ["tiny.en"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
