@@ -20,4 +20,12 @@ if .venv/bin/python -c "import torch" 2>/dev/null; then
 else
   $PIP install -q -e ".[test,exports]"
 fi
+# The demo page's browser test drives Debian's Chromium (no browser download). Installed here when this
+# runs as root on a Debian-like system (CI, containers); MWL_NO_BROWSER=1 skips it; without it that test skips.
+if [ -z "${MWL_NO_BROWSER:-}" ] && ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
+    && [ "$(id -u)" = 0 ]; then
+  echo "setup: installing Debian's chromium for the demo page test (MWL_NO_BROWSER=1 to skip)"
+  apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 \
+    && apt-get install -y -q chromium >/dev/null 2>&1) || echo "setup: chromium not installed; the browser test will skip"
+fi
 echo "setup: ready (.venv)"

@@ -4,11 +4,9 @@ the CLI's transcripts, errors that leave the server serving, and the memory an a
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -143,33 +141,7 @@ def test_worker_batches_requests_for_different_adapters_and_matches_one_at_a_tim
 
 
 # ---------------------------------------------------------------- the HTTP server, as a user starts it
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(*args, timeout: float = 180):
-    """`python -m mlx_whisper_lora.serve ARGS` on a free loopback port; returns (process, base url)."""
-    import httpx
-
-    port = free_port()
-    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"serve-{port}.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "mlx_whisper_lora.serve", "--port", str(port), *args],
-                            stdout=log, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            raise AssertionError(f"the server exited: {log.read()[-2000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    proc.kill()
-    raise AssertionError("the server did not start")
+from server_process import start_server  # noqa: E402  (tests/server_process.py)
 
 
 @pytest.fixture(scope="module")
@@ -268,3 +240,25 @@ def test_upload_limit_is_a_flag_and_a_taken_port_is_one_line(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_torch_back_end_bank_matches_its_own_adapter_loading(adapters):
+    pytest.importorskip("torch")
+    from mlx_whisper_lora.transcribe import load_for_inference
+
+    mel = mx.array(np.random.default_rng(0).normal(0, 1, (2, 3000, 80)).astype(np.float32))
+    tokens = mx.array([[50257, 50362, 440, 2068]] * 2)
+
+    def outputs(model):
+        return np.array(model.logits(tokens, model.embed_audio(mel)))
+
+    alone = {name: outputs(load_for_inference("tiny.en", adapters.get(name), backend="torch", device="cpu"))
+             for name in (BASE, "demo", "dora")}
+    bank = AdapterBank(load_for_inference("tiny.en", None, backend="torch", device="cpu"), "torch")
+    for name, path in adapters.items():
+        bank.add(name, path)
+    for rows in [("dora",), ("demo", "dora"), (BASE, "demo")]:
+        bank.select(rows)
+        got = outputs(bank.model)
+        expected = np.stack([alone[rows[i] if len(rows) == 2 else rows[0]][i] for i in range(2)])
+        assert np.abs(got - expected).max() <= 1e-3 * np.abs(expected).max(), rows
