@@ -5,6 +5,7 @@ folder with a model card. `fuse` is the command line over `export_model`.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, Optional
@@ -13,7 +14,7 @@ from .. import __version__
 from ..errors import UserError
 from ..files import atomic_write_text
 from ..formats.adapter_config import AdapterConfig
-from ..formats.model_card import model_card, style_note
+from ..formats.model_card import PLOTS, model_card, style_note
 
 EXPORT_FORMATS = ("mlx", "hf", "peft", "ct2", "ggml")
 DEFAULT_DTYPES = {"mlx": "float16", "hf": "float32", "peft": "float32", "ct2": "float16", "ggml": "float16"}
@@ -87,6 +88,9 @@ def export_model(model, config: AdapterConfig, adapter_path: Path, save_path, fm
         else:
             out = _export_ggml(model, save_path, dtype)
     card = model_card(fmt, out, base_name, config, adapter_path, __version__, DESCRIPTIONS[fmt], base_ref)
+    for plot in PLOTS:  # the card shows the training curves and test scores
+        if adapter_path and (Path(adapter_path) / plot).exists():
+            shutil.copyfile(Path(adapter_path) / plot, out / plot)
     atomic_write_text(out / "README.md", card + "\n")
     return out
 

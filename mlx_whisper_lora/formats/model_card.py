@@ -9,6 +9,9 @@ from typing import Optional
 
 from .adapter_config import AdapterConfig
 
+# The PNG plots training and --test leave beside the adapters (tuner/reporting.py), copied into exports.
+PLOTS = {"training_curves.png": "training and validation loss", "test_scores.png": "test WER and CER"}
+
 LIBRARIES = {"mlx": "mlx", "hf": "transformers", "peft": "peft", "ct2": "ctranslate2", "ggml": "whisper.cpp"}
 
 LOADING = {
@@ -88,6 +91,9 @@ def model_card(fmt: str, path: Path, base_model: str, config: AdapterConfig, ada
                       f"| {r['wer']:.2f} | {r['cer']:.2f} | {r['normalized_wer']:.2f} | {r['normalized_cer']:.2f} |"]
         except (ValueError, KeyError, TypeError):
             pass
+    shown = [name for name in PLOTS if (Path(adapter_path) / name).exists()]
+    if shown:
+        lines += ["", "## Curves", ""] + [f"![{PLOTS[name]}]({name})" for name in shown]
     note = style_note(config)
     if note:
         lines += ["", "## Text style", "", note]

@@ -171,8 +171,10 @@ def restore_optimizer(backend, adapter_file: Path, log: Callable) -> int:
 
 # ---------------------------------------------------------------- the loop
 def train(backend, train_set: ExampleSet, valid_set: Optional[ExampleSet], args: TrainingArgs, adapter_dir: Path,
-          resume_file: Optional[Path] = None, log: Callable[[str], None] = print, progress: bool = True) -> Dict:
-    """Train the back end's trainable weights; returns a summary (steps done, last losses, status)."""
+          resume_file: Optional[Path] = None, log: Callable[[str], None] = print, progress: bool = True,
+          on_metrics: Optional[Callable[[dict], None]] = None) -> Dict:
+    """Train the back end's trainable weights; returns a summary (steps done, last losses, status).
+    Every metrics.jsonl entry also goes to `on_metrics` (TensorBoard, wandb: tuner/reporting.py)."""
     adapter_dir = Path(adapter_dir)
     adapter_dir.mkdir(parents=True, exist_ok=True)
     backend.start_training(args)
@@ -183,6 +185,8 @@ def train(backend, train_set: ExampleSet, valid_set: Optional[ExampleSet], args:
     summary = {"status": "done", "start_step": start, "steps": start}
 
     def record(entry: dict) -> None:
+        if on_metrics is not None:
+            on_metrics(entry)
         try:
             with open(metrics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(entry) + "\n")

@@ -15,14 +15,15 @@ from ..data.manifests import DataError, check_utterances, load_folder_split, loa
 from ..errors import QuantizedBase, UserError
 from ..files import atomic_write_text, check_writable
 from ..formats.adapter_config import AdapterConfig
-from ..formats.adapter_files import (BASE_STYLE_FILE, CONFIG_FILE, check_dims, read_adapter_config,
-                                     read_adapter_tensors, save_adapter_config)
+from ..formats.adapter_files import (ADAPTER_FILE, BASE_STYLE_FILE, CONFIG_FILE, check_dims, read_adapter_config,
+                                     read_adapter_tensors, save_adapter_config, saved_step)
 from ..text import case_style
 from ..text.tokenizer import get_tokenizer
 from .alignment import HeadReselection
 from .backend_choice import choose_backend
 from .evaluation import log_report, test_report, transcribe_examples
-from .loop import train
+from .loop import METRICS_FILE, train
+from .reporting import CURVES_PLOT, TAGS, TEST_PLOT, Reporter, parse_report_to, plot_test_scores, plot_training_curves
 from .run_config import RunConfig
 
 TEST_RESULTS_FILE = "test_results.json"
@@ -208,8 +209,15 @@ def run_training(backend, config: RunConfig, log: Callable) -> dict:
     heads = None
     if config.alignment_heads == "auto" and not resume:  # a resumed run has no base model to compare against
         heads = HeadReselection(backend, train_set, config.task, log)
-    summary = train(backend, train_set, valid_set, config.training_args(), Path(config.adapter_path), resume, log,
-                    config.progress)
+    reporter = Reporter(parse_report_to(config.report_to or ()), Path(config.adapter_path), config.to_json(), log)
+    try:
+        summary = train(backend, train_set, valid_set, config.training_args(), Path(config.adapter_path), resume, log,
+                        config.progress, on_metrics=reporter)
+    finally:
+        reporter.close()
+    plot = plot_training_curves(Path(config.adapter_path) / METRICS_FILE, Path(config.adapter_path) / CURVES_PLOT)
+    if plot:
+        log(f"wrote {plot}")
     if heads is not None and summary.get("saved") and summary.get("status") != "interrupted":
         if heads.choose(backend, adapter_config) and adapter_config.alignment_heads:
             save_adapter_config(adapter_config, config.adapter_path)
@@ -237,7 +245,23 @@ def run_test(backend, config: RunConfig, log: Callable, adapter_config: Optional
     if adapter_dir.exists() or config.train:
         out = atomic_write_text(adapter_dir / TEST_RESULTS_FILE, json.dumps(report, indent=2) + "\n")
         log(f"wrote {out}")
+        label = "adapted" if adapter_config else "base model"
+        plot = plot_test_scores({label: report}, adapter_dir / TEST_PLOT)
+        if plot:
+            log(f"wrote {plot}")
+        targets = parse_report_to(config.report_to or ())
+        if targets:
+            reporter = Reporter(targets, adapter_dir, config.to_json(), log)
+            reporter({"step": _trained_steps(adapter_dir), **{k: report[k] for k in TAGS if k.startswith(("wer", "cer", "normalized", "test_"))
+                                                              and k in report}})
+            reporter.close()
     return report
+
+
+def _trained_steps(adapter_dir: Path) -> int:
+    """The step the adapters in `adapter_dir` were saved at (where test scores go on the charts)."""
+    weights = adapter_dir / ADAPTER_FILE
+    return saved_step(weights) if weights.exists() else 0
 
 
 def run(config: RunConfig, log: Callable) -> dict:

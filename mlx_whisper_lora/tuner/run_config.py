@@ -97,6 +97,9 @@ class RunConfig:
     cache_memory_gb: float = option(4.0, "memory for cached encoder states before spilling to disk")
     dtype: str = option("float32", "compute dtype", choices=("float32", "float16", "bfloat16"))
     progress: bool = option(True, "hide progress bars", flags=("--no-progress",), kind="off_switch")
+    report_to: Optional[List[str]] = option(None, "also send the metrics to tensorboard (event files in ADAPTER_PATH/runs) "
+                                                  "and/or wandb; none: only metrics.jsonl and the PNG plots (default: none)",
+                                            nargs="+")
     backend: str = option("auto", "training back end (default auto: MLX where it has a GPU, else PyTorch when installed)",
                           choices=("auto", "mlx", "torch"))
     device: Optional[str] = option(None, "torch back end device", choices=("cpu", "cuda"))
@@ -132,6 +135,9 @@ class RunConfig:
         for name in ("iters", "batch_size", "grad_accumulation_steps", "steps_per_report", "steps_per_eval"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        from .reporting import parse_report_to
+
+        parse_report_to(self.report_to or ())
         if float(self.learning_rate) <= 0:
             raise UserError(f"--learning-rate must be positive, got {self.learning_rate}")
         return self
