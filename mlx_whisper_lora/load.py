@@ -1,6 +1,45 @@
 """The public loading API, as in 0.1: `load_model`, `save_model` and `quantize_model` of the MLX
-Whisper (backend_mlx/load.py; the checkpoint readers are formats/checkpoint.py)."""
+Whisper (backend_mlx/load.py; the checkpoint readers are formats/checkpoint.py), and
+`load_for_inference`, which gives either back end's model behind the decoder's interface."""
+
+from typing import Optional
 
 from .backend_mlx.load import load_model, quantize_model, save_model
+from .errors import UserError
+from .formats.adapter_files import read_adapter_config
 
-__all__ = ["load_model", "save_model", "quantize_model"]
+__all__ = ["load_model", "save_model", "quantize_model", "load_for_inference"]
+
+
+def load_for_inference(model_name: Optional[str], adapter_path: Optional[str], dtype: str = "float32",
+                       backend: str = "mlx", device: Optional[str] = None):
+    """The base model, with adapters unfused if given (the base weights stay as they are), in the
+    MLX port or in torch behind the interface the decoder uses."""
+    base = model_name
+    if adapter_path and base is None:
+        base = read_adapter_config(adapter_path).base_model
+    if backend == "torch":
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            raise UserError("--backend torch needs PyTorch: pip install 'mlx-whisper-lora[torch]', or use --backend mlx")
+        from .backend_torch.decoding import TorchDecodingModel
+        from .backend_torch.engine import pick_device
+        from .backend_torch.lora import load_adapters as load_torch_adapters
+        from .backend_torch.model import load_model as load_torch_model
+
+        model = load_torch_model(base, device=pick_device(device))
+        if adapter_path:
+            load_torch_adapters(model, adapter_path)
+        return TorchDecodingModel(model, dtype)
+    if device:
+        raise UserError("--device applies to --backend torch; MLX picks its own device")
+    from .backend_mlx.load import load_model
+
+    model = load_model(base, dtype=dtype)
+    if adapter_path:
+        from .backend_mlx.adapters import load_adapters
+
+        load_adapters(model, adapter_path)
+    return model
+

@@ -58,7 +58,7 @@ def start_worker(model: str, adapters: Dict, backend: str = "mlx", dtype: str = 
     """A started worker holding `model` and `adapters` ({name: path}); load errors are raised here."""
     from .serving.adapter_bank import AdapterBank
     from .serving.worker import Worker
-    from .transcribe import load_for_inference
+    from .load import load_for_inference
 
     def load():
         bank = AdapterBank(load_for_inference(model, None, dtype, backend, device), backend)
@@ -91,7 +91,7 @@ def check_port(host: str, port: int) -> None:
 @cli_entry
 def main(argv=None):
     from .serving.adapter_bank import adapter_paths
-    from .side_by_side import DEMO_ADAPTER
+    from .assets_dir import DEMO_ADAPTER
 
     args = build_parser().parse_args(argv)
     try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -20,6 +19,7 @@ from .files import check_writable
 from .formats.adapter_files import read_adapter_config
 from .inference import transcriber
 from .inference.timing import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS
+from .load import load_for_inference
 
 __all__ = ["transcribe", "transcribe_many", "load_for_inference", "main"]
 
@@ -104,39 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_for_inference(model_name: Optional[str], adapter_path: Optional[str], dtype: str = "float32",
-                       backend: str = "mlx", device: Optional[str] = None):
-    """The base model, with adapters unfused if given (the base weights stay as they are), in the
-    MLX port or in torch behind the interface the decoder uses."""
-    base = model_name
-    if adapter_path and base is None:
-        base = read_adapter_config(adapter_path).base_model
-    if backend == "torch":
-        import importlib.util
-
-        if importlib.util.find_spec("torch") is None:
-            raise UserError("--backend torch needs PyTorch: pip install 'mlx-whisper-lora[torch]', or use --backend mlx")
-        from .backend_torch.decoding import TorchDecodingModel
-        from .backend_torch.engine import pick_device
-        from .backend_torch.lora import load_adapters as load_torch_adapters
-        from .backend_torch.model import load_model as load_torch_model
-
-        model = load_torch_model(base, device=pick_device(device))
-        if adapter_path:
-            load_torch_adapters(model, adapter_path)
-        return TorchDecodingModel(model, dtype)
-    if device:
-        raise UserError("--device applies to --backend torch; MLX picks its own device")
-    from .backend_mlx.load import load_model
-
-    model = load_model(base, dtype=dtype)
-    if adapter_path:
-        from .backend_mlx.adapters import load_adapters
-
-        load_adapters(model, adapter_path)
-    return model
-
-
 def _subtitle_options(args):
     from .formats.transcript_writers import SubtitleOptions
 
@@ -154,31 +121,12 @@ def _str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
-def _compare_with_base(bank, audio_paths, clip_timestamps, common: dict) -> list:
-    """Each file transcribed by the base model and by the adapted one (one loaded model, the adapter
-    switched on and off), printed side by side; returns the adapted results."""
-    from .serving.adapter_bank import BASE
-    from .side_by_side import columns
-
-    quiet = {**common, "verbose": False}
-    adapted_results = []
-    for path in audio_paths:
-        both = []
-        for name in (BASE, "adapted"):
-            bank.select([name])
-            both.append(transcribe(path, bank.model, clip_timestamps=clip_timestamps, **quiet))
-        adapted_results.append(both[1])
-        if common.get("verbose") is not False:
-            print(f"{path}\n" + columns("base model", both[0]["text"], "with the adapter", both[1]["text"]) + "\n")
-    return adapted_results
-
-
 @cli_entry
 def main(argv=None):
     from .assets_dir import ASSETS
     from .formats.transcript_writers import FORMATS, write_result
 
-    from .side_by_side import DEMO_ADAPTER
+    from .assets_dir import DEMO_ADAPTER
 
     args = build_parser().parse_args(argv)
     if not args.audio and args.model is None and args.adapter_path is None:
@@ -192,11 +140,11 @@ def main(argv=None):
             raise UserError(f"audio file not found: {path}")
     check_writable(args.output_dir, "pass another --output-dir")  # before the transcription, not after
     if args.compare_base:
-        from .serving.adapter_bank import AdapterBank
+        from .serving.side_by_side import bank_with
 
         base_name = args.model or read_adapter_config(args.adapter_path).base_model
-        bank = AdapterBank(load_for_inference(base_name, None, args.dtype, args.backend, args.device), args.backend)
-        bank.add("adapted", args.adapter_path)
+        bank = bank_with(load_for_inference(base_name, None, args.dtype, args.backend, args.device), args.adapter_path,
+                         args.backend)
         model = bank.model
     else:
         model = load_for_inference(args.model, args.adapter_path, args.dtype, args.backend, args.device)
@@ -218,7 +166,9 @@ def main(argv=None):
         hallucination_silence_threshold=args.hallucination_silence_threshold,
     )
     if args.compare_base:
-        results = _compare_with_base(bank, audio_paths, args.clip_timestamps, common)
+        from .serving.side_by_side import compare_with_base
+
+        results = compare_with_base(bank, audio_paths, clip_timestamps=args.clip_timestamps, **common)
     elif len(audio_paths) > 1 and args.clip_timestamps.strip() in ("", "0"):
         results = transcribe_many(audio_paths, model, batch_size=max(1, args.batch_size), **common)
     else:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mlx_whisper_lora"
-CLI_FILES = ("lora.py", "fuse.py", "transcribe.py", "convert.py")
+CLI_FILES = ("lora.py", "fuse.py", "transcribe.py", "convert.py", "serve.py")
 FRAMEWORK_FREE = ("text", "formats", "tuner", "data/labels.py", "data/manifests.py", "files.py", "errors.py")
 # The two places a framework-free layer may touch one, and why.
 FRAMEWORK_EXCEPTIONS = {

@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
+from ..assets_dir import DEMO_CLIP
 from ..errors import UserError
 from .adapter_bank import BASE
 from .worker import CallOptions, ServerBusy, Worker, fallback_temperatures
@@ -192,8 +193,6 @@ def create_app(worker: Worker, base_name: str, limits: Limits = Limits()):
 
     @app.get("/demo.flac")
     async def demo_clip():
-        from ..side_by_side import DEMO_CLIP
-
         return FileResponse(DEMO_CLIP, media_type="audio/flac")
 
     return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from .adapter_bank import LayerTerms, Selection
+from .layer_terms import LayerTerms, Selection
 
 
 class MLXBankLinear(nn.Module):

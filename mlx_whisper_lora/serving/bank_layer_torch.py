@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .adapter_bank import LayerTerms, Selection
+from .layer_terms import LayerTerms, Selection
 
 
 class TorchBankLinear(nn.Module):
