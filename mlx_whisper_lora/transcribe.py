@@ -123,10 +123,8 @@ def _str2bool(value: str) -> bool:
 
 @cli_entry
 def main(argv=None):
-    from .assets_dir import ASSETS
+    from .assets_dir import DEMO_ADAPTER, DEMO_CLIP
     from .formats.transcript_writers import FORMATS, write_result
-
-    from .assets_dir import DEMO_ADAPTER
 
     args = build_parser().parse_args(argv)
     if not args.audio and args.model is None and args.adapter_path is None:
@@ -134,7 +132,7 @@ def main(argv=None):
     if args.compare_base and not args.adapter_path:
         raise UserError("--compare-base compares an adapted model with its base: pass --adapter-path too")
     subtitles = _subtitle_options(args)
-    audio_paths = args.audio or [str(ASSETS / "demo.flac")]
+    audio_paths = args.audio or [str(DEMO_CLIP)]
     for path in audio_paths:  # fail before loading the model when a path is wrong
         if not Path(path).exists():
             raise UserError(f"audio file not found: {path}")

@@ -262,3 +262,25 @@ def test_torch_back_end_bank_matches_its_own_adapter_loading(adapters):
         got = outputs(bank.model)
         expected = np.stack([alone[rows[i] if len(rows) == 2 else rows[0]][i] for i in range(2)])
         assert np.abs(got - expected).max() <= 1e-3 * np.abs(expected).max(), rows
+
+
+def test_first_command_prints_base_and_adapted_side_by_side(tmp_path, monkeypatch, capsys):
+    from mlx_whisper_lora.errors import UserError
+    from mlx_whisper_lora.transcribe import main, transcribe
+
+    monkeypatch.chdir(tmp_path)
+    main([])  # the README's first command
+    out = capsys.readouterr().out
+    base = transcribe(str(CLIP), "tiny.en", verbose=False)["text"]
+    model = load_model("tiny.en")
+    load_adapters(model, DEMO_ADAPTER)
+    adapted = transcribe(str(CLIP), model, verbose=False)["text"]
+    assert base != adapted
+    header = out.splitlines()[1]
+    assert header.startswith("base model") and "| with the adapter" in header
+    left = " ".join(line.split(" | ")[0].strip() for line in out.splitlines()[3:] if " | " in line)
+    right = " ".join(line.split(" | ")[1].strip() for line in out.splitlines()[3:] if " | " in line)
+    assert left == " ".join(base.split()) and right == " ".join(adapted.split())
+    assert " ".join((tmp_path / "demo.txt").read_text().split()) == " ".join(adapted.split())
+    with pytest.raises(UserError, match="--compare-base"):
+        main.__wrapped__([str(CLIP), "--compare-base"])
