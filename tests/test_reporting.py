@@ -19,6 +19,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def test_report_to_is_checked_before_any_work():
     assert parse_report_to(["tensorboard,wandb"]) == ["tensorboard", "wandb"]
     assert parse_report_to(["none"]) == [] and parse_report_to([]) == []
+    assert parse_report_to("tensorboard") == ["tensorboard"]  # a YAML config's single string
     with pytest.raises(UserError, match="--report-to 'tensorbord'"):
         parse_report_to(["tensorbord"])
 

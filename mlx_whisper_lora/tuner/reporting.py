@@ -27,7 +27,9 @@ TAGS = {"train_loss": "train/loss", "val_loss": "val/loss", "learning_rate": "tr
 
 
 def parse_report_to(values: Sequence[str]) -> List[str]:
-    """`--report-to tensorboard wandb` (or comma-separated, or `none`) as a checked list."""
+    """`--report-to tensorboard wandb` (or comma-separated, or `none`; YAML may give one string) as a checked list."""
+    if isinstance(values, str):
+        values = [values]
     names = [v.strip().lower() for value in values or () for v in str(value).split(",") if v.strip()]
     for name in names:
         if name not in REPORT_TO:
