@@ -105,7 +105,11 @@ def main(argv=None):
         adapters = {"demo": DEMO_ADAPTER}
     check_port(args.host, args.port)
     base = model_name(args.model, adapters)
-    from .serving.app import Limits, create_app
+    from .serving.app import BASE_ALIASES, Limits, create_app
+
+    for name in adapters:
+        if name == base or name in BASE_ALIASES:
+            raise UserError(f"--adapter {name}=...: {name!r} names the base model here; give the adapter another name")
 
     print(f"loading {base} with {len(adapters)} adapter(s): {', '.join(adapters) or 'none'}", file=sys.stderr)
     worker = start_worker(base, adapters, args.backend, args.dtype, args.device, args.max_batch, args.max_pending)

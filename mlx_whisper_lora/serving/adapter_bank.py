@@ -25,6 +25,7 @@ from ..formats.adapter_config import AdapterConfig, AdapterError, adapted_layers
 from ..formats.adapter_files import check_dims, read_adapter_config, read_adapter_tensors
 from .layer_terms import BASE, LayerUpdate, Selection
 
+
 @dataclass
 class LoadedAdapter:
     name: str

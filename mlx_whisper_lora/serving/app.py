@@ -26,7 +26,7 @@ from .worker import CallOptions, ServerBusy, Worker, fallback_temperatures
 
 STATIC = Path(__file__).resolve().parent / "static"
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
-BASE_ALIASES = ("whisper-1", "base")  # what OpenAI clients send by default names the base model
+BASE_ALIASES = ("whisper-1",)  # what OpenAI clients send by default names the base model
 
 
 @dataclass
