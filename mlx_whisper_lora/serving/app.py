@@ -20,6 +20,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..assets_dir import DEMO_CLIP
+from ..data.audio import SAMPLE_RATE
 from ..errors import UserError
 from .adapter_bank import BASE
 from .worker import CallOptions, ServerBusy, Worker, fallback_temperatures
@@ -85,7 +86,7 @@ def create_app(worker: Worker, base_name: str, limits: Limits = Limits()):
         return data
 
     def decode_audio(data: bytes, filename: str):
-        from ..data.audio import SAMPLE_RATE, load_audio
+        from ..data.audio import load_audio
 
         suffix = Path(filename or "upload").suffix[:16] or ".audio"
         with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
@@ -135,7 +136,7 @@ def create_app(worker: Worker, base_name: str, limits: Limits = Limits()):
             result = await asyncio.wrap_future(future)
         except UserError as e:
             raise ApiError(400, str(e)) from None
-        return render(result, response_format, task, audio.size / 16000, words)
+        return render(result, response_format, task, audio.size / SAMPLE_RATE, words)
 
     def render(result: dict, response_format: str, task: str, duration: float, words: bool):
         from ..formats.transcript_writers import write_srt, write_vtt

@@ -53,19 +53,17 @@ class LayerTerms:
         self.cached: Tuple[tuple, object] = ((), None)
 
     def plan(self, batch: int):
-        """None (no adapter term for any row), or ("one", a, b, rescale) when all rows share one
-        adapter, or ("rows", A (n,in,r), B (n,r,out), rescale (n,1,out) or None)."""
+        """None (no adapter term for any row), or (a, b, rescale): (in,r), (r,out), (out,) or None when
+        all rows share one adapter; A (n,in,r), B (n,r,out), rescale (n,1,out) or None otherwise."""
         names = self.selection.names_for(batch)
         key = (self.selection.version, names)
         if self.cached[0] == key:
             return self.cached[1]
-        present = [n for n in set(names) if n is not BASE and n in self.terms]
-        if not present:
+        if not any(n is not BASE and n in self.terms for n in names):
             plan = None
         elif len(set(names)) == 1:
             u = self.terms[names[0]]
-            plan = ("one", self.to_array(u.a), self.to_array(u.b),
-                    None if u.rescale is None else self.to_array(u.rescale))
+            plan = (self.to_array(u.a), self.to_array(u.b), None if u.rescale is None else self.to_array(u.rescale))
         else:
             plan = self._stacked(names)
         self.cached = (key, plan)
@@ -87,4 +85,19 @@ class LayerTerms:
             a[i, :, :r], b[i, :r, :] = u.a, u.b
             if u.rescale is not None:
                 rescale[i, 0] = u.rescale
-        return ("rows", self.to_array(a), self.to_array(b), None if rescale is None else self.to_array(rescale))
+        return (self.to_array(a), self.to_array(b), None if rescale is None else self.to_array(rescale))
+
+    def add_terms(self, x, y, bias, cast: Callable):
+        """`y` (the base layer's output for `x`, bias included) plus each row's adapter term, and for
+        DoRA rows the rescale. Written once for both frameworks: their arrays share these operators;
+        `cast(array, like)` gives `array` in `like`'s dtype."""
+        plan = self.plan(x.shape[0])
+        if plan is None:
+            return y
+        a, b, rescale = plan
+        z = cast((x @ cast(a, x)) @ cast(b, x), y)  # one product per row when stacked
+        if rescale is None:
+            return y + z
+        plain = y - bias if bias is not None else y
+        out = (plain + z) * cast(rescale, y)
+        return out + bias if bias is not None else out

@@ -9,6 +9,7 @@ adapters: the adapter bank applies each row's own adapter (adapter_bank.py).
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 import time
@@ -70,7 +71,8 @@ class Worker:
         self._ready = threading.Event()
         self._load_error: Optional[BaseException] = None
         self.bank: Optional[AdapterBank] = None
-        self.batches: List[Tuple[Optional[str], ...]] = []  # adapters of each batch run (for tests and logs)
+        # adapters of the latest batches run (for tests and logs); bounded, as the server runs for days
+        self.batches: "collections.deque[Tuple[Optional[str], ...]]" = collections.deque(maxlen=256)
 
     def start(self, timeout: Optional[float] = None) -> "Worker":
         self._thread = threading.Thread(target=self._run, name="mlx-whisper-lora-worker", daemon=True)
