@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from mlx_whisper_lora.errors import UserError
 from mlx_whisper_lora.data.manifests import (
     DataError, check_utterances, epoch_batches, load_folder_split, load_hf_split, read_manifest,
 )
@@ -122,3 +123,43 @@ def test_csv_manifests_as_spreadsheets_write_them(tmp_path):
         with pytest.raises(DataError, match=message) as error:
             read_manifest(path)
         assert str(path) in str(error.value) and "\n" not in str(error.value), name
+
+
+def test_one_manifest_with_a_split_field_and_split_expressions(tmp_path):
+    """A folder like ../shared/data's: one manifest.jsonl whose rows carry their split."""
+    _tone(tmp_path / "a.wav", 1.0)
+    rows = [{"audio": "a.wav", "text": f"{split} {i}", "split": split}
+            for split, n in (("train", 3), ("dev", 2), ("test", 1)) for i in range(n)]
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [u.text for u in load_folder_split(tmp_path, "test")] == ["test 0"]
+    assert [u.text for u in load_folder_split(tmp_path, "validation")] == ["dev 0", "dev 1"]  # one split, three names
+    assert len(load_folder_split(tmp_path, "train+valid")) == 5
+    assert load_folder_split(tmp_path, "extra", required=False) is None
+    with pytest.raises(DataError, match="no row of manifest.jsonl has split 'extra'"):
+        load_folder_split(tmp_path, "extra")
+    with pytest.raises(UserError, match="joined by"):
+        load_folder_split(tmp_path, "train+")
+
+
+def test_validation_inside_the_training_split_is_replaced_by_a_held_out_slice(tmp_path, folder):
+    from mlx_whisper_lora.tuner.run import read_splits
+    from mlx_whisper_lora.tuner.run_config import RunConfig
+
+    (folder / "valid.jsonl").write_text("".join(json.dumps({"audio": "clips/a.wav", "text": f"v{i}"}) + "\n"
+                                                for i in range(14)))
+    messages = []
+    config = RunConfig(train=True, data=str(folder), train_split="train+validation")
+    splits = read_splits(config, ["train", "valid"], messages.append)
+    assert len(splits["train"]) + len(splits["valid"]) == 6 + 14 and len(splits["valid"]) == 1
+    assert not {id(u) for u in splits["valid"]} & {id(u) for u in splits["train"]}
+    assert "includes the validation split (validation)" in messages[0]
+    plain = read_splits(RunConfig(train=True, data=str(folder)), ["train", "valid"], messages.append)
+    assert len(plain["valid"]) == 14 and len(messages) == 1
+
+
+def test_hugging_face_split_expressions(tmp_path, folder):
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_dict({"audio": [str(folder / "clips" / "a.wav")] * 3, "text": ["a", "b", "c"]})
+    datasets.DatasetDict({"train": ds, "validation": ds.select([0])}).save_to_disk(str(tmp_path / "hf"))
+    assert [u.text for u in load_hf_split(str(tmp_path / "hf"), "train+valid")] == ["a", "b", "c", "a"]
+    assert len(load_hf_split(str(tmp_path / "hf"), "train+validation", limit=2)) == 2

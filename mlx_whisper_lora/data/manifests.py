@@ -18,11 +18,13 @@ from typing import Callable, Dict, Iterable, List, Optional, Union
 import numpy as np
 
 from .audio import SAMPLE_RATE, AudioError, finite, load_audio, resample
+from .splits import split_names, split_parts
 from ..errors import UserError
 from ..text.languages import language_code
 
 SPLITS = ("train", "valid", "test")
 MANIFEST_SUFFIXES = (".jsonl", ".csv")
+SHARED_MANIFESTS = ("manifest", "metadata")
 
 
 class DataError(UserError):
@@ -137,14 +139,17 @@ def _duration(value, path: Path, number: int) -> Optional[float]:
 
 
 def read_manifest(path: Union[str, Path], audio_column: str = "audio", text_column: str = "text",
-                  language_column: str = "language") -> List[Utterance]:
-    """Utterances of a jsonl or csv manifest; audio paths are relative to the manifest's folder."""
+                  language_column: str = "language", splits: Optional[tuple] = None) -> List[Utterance]:
+    """Utterances of a jsonl or csv manifest; audio paths are relative to the manifest's folder.
+    With `splits`, only the rows whose `split` field is one of them."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"manifest not found: {path}")
     folder = path.parent
     out = []
     for number, row in _manifest_rows(path):
+        if splits is not None and str(row.get("split", "")) not in splits:
+            continue
         if audio_column not in row:
             raise DataError(f"{path} line {number} has no {audio_column!r} field (fields: {', '.join(row) or 'none'})")
         text_key = text_column if text_column in row else next((k for k in ("text", "sentence", "transcript") if k in row), None)
@@ -160,51 +165,90 @@ def read_manifest(path: Union[str, Path], audio_column: str = "audio", text_colu
 
 
 def find_manifest(folder: Union[str, Path], split: str) -> Optional[Path]:
+    """`SPLIT.jsonl` or `SPLIT.csv` in `folder`, under any of the split's usual names."""
     folder = Path(folder)
-    for suffix in MANIFEST_SUFFIXES:
-        candidate = folder / f"{split}{suffix}"
-        if candidate.exists():
-            return candidate
+    for name in split_names(split):
+        for suffix in MANIFEST_SUFFIXES:
+            candidate = folder / f"{name}{suffix}"
+            if candidate.exists():
+                return candidate
+    return None
+
+
+def shared_manifest(folder: Path) -> Optional[Path]:
+    """One manifest for every split (rows carry a `split` field): manifest.jsonl, metadata.csv, ..."""
+    for stem in SHARED_MANIFESTS:
+        for suffix in MANIFEST_SUFFIXES:
+            if (folder / f"{stem}{suffix}").exists():
+                return folder / f"{stem}{suffix}"
     return None
 
 
 def load_folder_split(folder: Union[str, Path], split: str, required: bool = True) -> Optional[List[Utterance]]:
+    """The utterances of a split expression (`train`, `train+valid`) of a data folder: from
+    `SPLIT.jsonl`/`.csv` files, or from the rows of one shared manifest whose `split` field names it."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"--data {folder} is not a folder; it should hold train.jsonl, valid.jsonl and test.jsonl (or .csv)")
-    path = find_manifest(folder, split)
-    if path is None:
-        if required:
-            raise DataError(f"{folder} has no {split}.jsonl or {split}.csv")
-        return None
-    return read_manifest(path)
+        raise DataError(f"--data {folder} is not a folder; it should hold train.jsonl, valid.jsonl and test.jsonl "
+                        "(or .csv), or one manifest.jsonl whose rows have a split field")
+    out: List[Utterance] = []
+    for part in split_parts(split):
+        path = find_manifest(folder, part)
+        if path is not None:
+            out += read_manifest(path)
+            continue
+        shared = shared_manifest(folder)
+        rows = read_manifest(shared, splits=split_names(part)) if shared is not None else []
+        if not rows:
+            if required:
+                where = f" and no row of {shared.name} has split {part!r}" if shared is not None else ""
+                raise DataError(f"{folder} has no {part}.jsonl or {part}.csv{where}")
+            return None
+        out += rows
+    return out
 
 
 # ---------------------------------------------------------------- Hugging Face datasets
 def load_hf_split(name: str, split: str, config: Optional[str] = None, audio_column: str = "audio",
                   text_column: Optional[str] = None, language_column: str = "language",
                   streaming: bool = False, limit: Optional[int] = None) -> List[Utterance]:
-    """A split of a Hugging Face dataset (a hub id, or a folder written by `save_to_disk`).
+    """A split expression (`train+validation`) of a Hugging Face dataset (a hub id, or a folder
+    written by `save_to_disk`).
 
     Audio is read undecoded (bytes or path) and decoded here with libsndfile, so no extra audio
     back end is needed. With streaming, rows are read one by one (nothing else is downloaded)."""
+    out = []
+    for part in split_parts(split):
+        ds = open_hf_split(name, part, config, streaming)
+        out += _hf_utterances(ds, name, part, audio_column, text_column, language_column,
+                              None if limit is None else limit - len(out))
+    return out
+
+
+def open_hf_split(name: str, split: str, config: Optional[str] = None, streaming: bool = False):
+    """One split of a hub dataset or of a `save_to_disk` folder (under any of its usual names)."""
     import datasets
 
     try:
         if Path(name).is_dir() and ((Path(name) / "dataset_dict.json").exists() or (Path(name) / "state.json").exists()):
             loaded = datasets.load_from_disk(name)
             if isinstance(loaded, datasets.DatasetDict):
-                if split not in loaded:
+                found = next((n for n in split_names(split) if n in loaded), None)
+                if found is None:
                     raise DataError(f"dataset {name} has no split {split!r} (splits: {', '.join(loaded)})")
-                ds = loaded[split]
-            else:
-                ds = loaded
-        else:
-            ds = datasets.load_dataset(name, config, split=split, streaming=streaming)
+                return loaded[found]
+            return loaded
+        return datasets.load_dataset(name, config, split=split, streaming=streaming)
     except DataError:
         raise
     except (ValueError, FileNotFoundError, ConnectionError, OSError) as e:
         raise DataError(f"cannot load split {split!r} of dataset {name!r}: {str(e).splitlines()[0]}") from None
+
+
+def _hf_utterances(ds, name: str, split: str, audio_column: str, text_column: Optional[str], language_column: str,
+                   limit: Optional[int]) -> List[Utterance]:
+    import datasets
+
     columns = list(ds.column_names or []) if ds.column_names else None
     if columns is not None and audio_column not in columns:
         raise DataError(f"dataset {name} has no audio column {audio_column!r} (columns: {', '.join(columns)}); "

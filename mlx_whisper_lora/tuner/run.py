@@ -12,6 +12,7 @@ from typing import Callable, Dict, List, Optional
 from ..assets_dir import ASSETS
 from ..data.examples import ExampleSet
 from ..data.manifests import DataError, check_utterances, load_folder_split, load_hf_split
+from ..data.splits import hold_out, overlap
 from ..errors import QuantizedBase, UserError
 from ..files import atomic_write_text, check_writable
 from ..formats.adapter_config import AdapterConfig
@@ -66,23 +67,34 @@ def open_backend(config: RunConfig, log: Callable):
 
 
 # ---------------------------------------------------------------- data
-def read_splits(config: RunConfig, names: List[str]) -> Dict[str, Optional[list]]:
-    """Raw utterances of the requested splits ('train', 'valid', 'test') from --data or --hf-dataset."""
+def read_splits(config: RunConfig, names: List[str], log: Callable = lambda m: None) -> Dict[str, Optional[list]]:
+    """Raw utterances of the requested splits ('train', 'valid', 'test') from --data or --hf-dataset,
+    each named by a split expression (--train-split train+validation). When training reads the
+    validation split too, a slice of the training data is held out to validate on instead."""
     out: Dict[str, Optional[list]] = {}
-    if config.hf_dataset:
-        split_names = {"train": config.train_split, "valid": config.valid_split, "test": config.test_split}
-        for name in names:
+    expressions = {"train": config.train_split, "valid": config.valid_split, "test": config.test_split}
+    for name in names:
+        required = name != "valid"  # a dataset without a validation split trains without validation
+        if "train" in names and name == "valid" and overlap(config.train_split, config.valid_split):
+            continue
+        if config.hf_dataset:
             try:
-                out[name] = load_hf_split(config.hf_dataset, split_names[name], config.hf_dataset_config,
+                out[name] = load_hf_split(config.hf_dataset, expressions[name], config.hf_dataset_config,
                                           config.audio_column, config.text_column, streaming=config.streaming)
             except UserError:
-                if name != "valid":
+                if required:
                     raise
-                out[name] = None  # a dataset without a validation split trains without validation
-        return out
-    folder = Path(config.data or ASSETS / "demo_data")
-    for name in names:
-        out[name] = load_folder_split(folder, name, required=(name != "valid"))
+                out[name] = None
+        else:
+            out[name] = load_folder_split(Path(config.data or ASSETS / "demo_data"), expressions[name], required)
+    if "train" in names and "valid" in names and overlap(config.train_split, config.valid_split):
+        out["train"], out["valid"] = hold_out(out["train"], seed=int(config.seed))
+        log(f"warning: --train-split {config.train_split} includes the validation split "
+            f"({'+'.join(overlap(config.train_split, config.valid_split))}); validating on {len(out['valid'])} "
+            "utterances held out of the training data instead")
+    if "test" in names and overlap(config.train_split, config.test_split):
+        log(f"warning: --train-split {config.train_split} includes the test split {config.test_split}: "
+            "test scores are on data the model trained on")
     return out
 
 
@@ -198,7 +210,7 @@ def run_training(backend, config: RunConfig, log: Callable) -> dict:
         backend.load_adapter_weights(read_adapter_tensors(resume), resume)
     trainable, total = backend.count_parameters()
     log(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
-    splits = read_splits(config, ["train", "valid"])
+    splits = read_splits(config, ["train", "valid"], log)
     choose_text_style(adapter_config, config, [u.text for u in splits["train"]], log)
     train_set, train_report = prepare_train_split(backend, splits["train"], config, adapter_config, log)
     valid_set = None
@@ -237,7 +249,7 @@ def run_test(backend, config: RunConfig, log: Callable, adapter_config: Optional
             log(f"no adapters in {adapter_dir}: testing the base model")
     style = adapter_config.case_style if adapter_config else backend.model.case_style
     punctuation = adapter_config.punctuation if adapter_config else backend.model.punctuation
-    test_set, _ = prepare_split(backend.model, read_splits(config, ["test"])["test"], "test", config, log,
+    test_set, _ = prepare_split(backend.model, read_splits(config, ["test"], log)["test"], "test", config, log,
                                 timestamps=False, style=style or "keep")
     report = test_report(backend, test_set, config.task, int(config.batch_size), int(config.test_batches),
                          config.progress, style, punctuation, float(config.cache_memory_gb), bool(config.encoder_cache))

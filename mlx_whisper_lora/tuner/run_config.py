@@ -41,8 +41,12 @@ class RunConfig:
                                               flags=("--hf-dataset-lang",))
     audio_column: str = option("audio", "audio column of the dataset", "data")
     text_column: Optional[str] = option(None, "text column (default: sentence, text, transcription or transcript)", "data")
-    train_split: str = option("train", "dataset split to train on", "data")
-    valid_split: str = option("validation", "dataset split to validate on (optional)", "data")
+    train_split: str = option("train", "split to train on; parts joined by + are read together "
+                                           "(train+validation); a --data folder's split is SPLIT.jsonl/.csv or the rows "
+                                           "of its manifest.jsonl with that split field", "data")
+    valid_split: str = option("validation", "split to validate on (optional; valid, validation and "
+                                                "dev name the same split); when --train-split includes it, a slice of "
+                                                "the training data is held out instead", "data")
     test_split: str = option("test", "dataset split to test on", "data")
     streaming: bool = option(False, "read the dataset as a stream", "data")
     language: Optional[str] = option(None, "language of utterances without one (multilingual models need it)", "data")
