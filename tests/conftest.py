@@ -20,6 +20,12 @@ def pytest_collection_modifyitems(config, items):
             item.own_markers = [m for m in item.own_markers if m.name != "slow"]
 
 
+@pytest.fixture(autouse=True)
+def own_score_cache(tmp_path_factory, monkeypatch):
+    """Each test its own cache of base-model scores (none from the user's or from other tests)."""
+    monkeypatch.setenv("MLX_WHISPER_LORA_CACHE", str(tmp_path_factory.mktemp("score_cache")))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

@@ -142,7 +142,7 @@ def test_one_manifest_with_a_split_field_and_split_expressions(tmp_path):
 
 
 def test_validation_inside_the_training_split_is_replaced_by_a_held_out_slice(tmp_path, folder):
-    from mlx_whisper_lora.tuner.run import read_splits
+    from mlx_whisper_lora.tuner.data_prep import read_splits
     from mlx_whisper_lora.tuner.run_config import RunConfig
 
     (folder / "valid.jsonl").write_text("".join(json.dumps({"audio": "clips/a.wav", "text": f"v{i}"}) + "\n"

@@ -7,27 +7,23 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, List, Optional
 
-from ..assets_dir import ASSETS
-from ..data.examples import ExampleSet
-from ..data.manifests import DataError, check_utterances, load_folder_split, load_hf_split
-from ..data.splits import hold_out, overlap
 from ..errors import QuantizedBase, UserError
 from ..files import atomic_write_text, check_writable
 from ..formats.adapter_config import AdapterConfig
-from ..formats.adapter_files import (ADAPTER_FILE, BASE_STYLE_FILE, CONFIG_FILE, check_dims, read_adapter_config,
-                                     read_adapter_tensors, save_adapter_config, saved_step)
+from ..formats.adapter_files import (BASE_STYLE_FILE, CONFIG_FILE, check_dims, read_adapter_config,
+                                     read_adapter_tensors, save_adapter_config)
 from ..text import case_style
-from ..text.tokenizer import get_tokenizer
 from .alignment import HeadReselection
 from .backend_choice import choose_backend
-from .evaluation import log_report, test_report, transcribe_examples
+from .data_prep import prepare_split, read_splits, tokenizer_for
+from .evaluation import transcribe_examples
 from .loop import METRICS_FILE, train
-from .reporting import CURVES_PLOT, TAGS, TEST_PLOT, Reporter, parse_report_to, plot_test_scores, plot_training_curves
+from .reporting import CURVES_PLOT, Reporter, parse_report_to, plot_training_curves
 from .run_config import RunConfig
+from .testing import run_test, score_base
 
-TEST_RESULTS_FILE = "test_results.json"
 
 
 # ---------------------------------------------------------------- back end
@@ -64,64 +60,6 @@ def open_backend(config: RunConfig, log: Callable):
     from ..backend_mlx.engine import load_base
 
     return load_base(config, log)
-
-
-# ---------------------------------------------------------------- data
-def read_splits(config: RunConfig, names: List[str], log: Callable = lambda m: None) -> Dict[str, Optional[list]]:
-    """Raw utterances of the requested splits ('train', 'valid', 'test') from --data or --hf-dataset,
-    each named by a split expression (--train-split train+validation). When training reads the
-    validation split too, a slice of the training data is held out to validate on instead."""
-    out: Dict[str, Optional[list]] = {}
-    expressions = {"train": config.train_split, "valid": config.valid_split, "test": config.test_split}
-    for name in names:
-        required = name != "valid"  # a dataset without a validation split trains without validation
-        if "train" in names and name == "valid" and overlap(config.train_split, config.valid_split):
-            continue
-        if config.hf_dataset:
-            try:
-                out[name] = load_hf_split(config.hf_dataset, expressions[name], config.hf_dataset_config,
-                                          config.audio_column, config.text_column, streaming=config.streaming)
-            except UserError:
-                if required:
-                    raise
-                out[name] = None
-        else:
-            out[name] = load_folder_split(Path(config.data or ASSETS / "demo_data"), expressions[name], required)
-    if "train" in names and "valid" in names and overlap(config.train_split, config.valid_split):
-        out["train"], out["valid"] = hold_out(out["train"], seed=int(config.seed))
-        log(f"warning: --train-split {config.train_split} includes the validation split "
-            f"({'+'.join(overlap(config.train_split, config.valid_split))}); validating on {len(out['valid'])} "
-            "utterances held out of the training data instead")
-    if "test" in names and overlap(config.train_split, config.test_split):
-        log(f"warning: --train-split {config.train_split} includes the test split {config.test_split}: "
-            "test scores are on data the model trained on")
-    return out
-
-
-def tokenizer_for(model, task: str):
-    return get_tokenizer(model.is_multilingual, model.num_languages, task=task, model_dir=model.folder)
-
-
-def prepare_split(model, utterances, name: str, config: RunConfig, log: Callable, timestamps: bool,
-                  style: str = "keep") -> tuple:
-    """(checked, labelled examples of a split, skip report); labels written in the case `style` trains on."""
-    language = config.language or (None if model.is_multilingual else "en")
-    kept, report = check_utterances(utterances, name, min(float(config.max_duration), 30.0),
-                                    default_language=language, multilingual=model.is_multilingual)
-    for line in report.lines():
-        log(line)
-    if not kept:
-        raise DataError(f"no usable utterance in the {name} split ({report.skipped} skipped); see the lines above")
-    missing_language = [u.id for u in kept if model.is_multilingual and not u.language]
-    if missing_language:
-        raise DataError(f"{missing_language[0]} has no language and the model is multilingual; "
-                        "add a language field or pass --language")
-    fraction = float(config.timestamp_fraction) if timestamps else 0.0
-    examples, cut = ExampleSet.build(kept, tokenizer_for(model, config.task), config.task, model.dims.n_mels,
-                                     model.dims.n_text_ctx, fraction, int(config.seed), name, style)
-    if cut:
-        log(f"{name}: {cut} labels longer than the decoder context ({model.dims.n_text_ctx} tokens) were cut")
-    return examples, report
 
 
 def choose_text_style(adapter_config: AdapterConfig, config: RunConfig, texts: List[str], log: Callable) -> None:
@@ -238,44 +176,6 @@ def run_training(backend, config: RunConfig, log: Callable) -> dict:
     return summary
 
 
-def run_test(backend, config: RunConfig, log: Callable, adapter_config: Optional[AdapterConfig] = None) -> dict:
-    """Test loss, WER and CER on the test split; written to test_results.json in the adapter folder."""
-    adapter_dir = Path(config.adapter_path)
-    if adapter_config is None:
-        if (adapter_dir / CONFIG_FILE).exists():
-            adapter_config = backend.load_adapters(adapter_dir)
-            log(f"testing with the adapters in {adapter_dir}")
-        else:
-            log(f"no adapters in {adapter_dir}: testing the base model")
-    style = adapter_config.case_style if adapter_config else backend.model.case_style
-    punctuation = adapter_config.punctuation if adapter_config else backend.model.punctuation
-    test_set, _ = prepare_split(backend.model, read_splits(config, ["test"], log)["test"], "test", config, log,
-                                timestamps=False, style=style or "keep")
-    report = test_report(backend, test_set, config.task, int(config.batch_size), int(config.test_batches),
-                         config.progress, style, punctuation, float(config.cache_memory_gb), bool(config.encoder_cache))
-    log_report(report, log)
-    if adapter_dir.exists() or config.train:
-        out = atomic_write_text(adapter_dir / TEST_RESULTS_FILE, json.dumps(report, indent=2) + "\n")
-        log(f"wrote {out}")
-        label = "adapted" if adapter_config else "base model"
-        plot = plot_test_scores({label: report}, adapter_dir / TEST_PLOT)
-        if plot:
-            log(f"wrote {plot}")
-        targets = parse_report_to(config.report_to or ())
-        if targets:
-            reporter = Reporter(targets, adapter_dir, config.to_json(), log)
-            reporter({"step": _trained_steps(adapter_dir), **{k: report[k] for k in TAGS if k.startswith(("wer", "cer", "normalized", "test_"))
-                                                              and k in report}})
-            reporter.close()
-    return report
-
-
-def _trained_steps(adapter_dir: Path) -> int:
-    """The step the adapters in `adapter_dir` were saved at (where test scores go on the charts)."""
-    weights = adapter_dir / ADAPTER_FILE
-    return saved_step(weights) if weights.exists() else 0
-
-
 def run(config: RunConfig, log: Callable) -> dict:
     """Train and/or test as `config` says; returns {"train": summary, "test": report}."""
     config.check()
@@ -284,6 +184,9 @@ def run(config: RunConfig, log: Callable) -> dict:
     backend = open_backend(config, log)
     result = {}
     adapter_config = None
+    base = None
+    if config.test and config.compare_base and (config.train or (Path(config.adapter_path) / CONFIG_FILE).exists()):
+        base = score_base(backend, config, log)  # before any adapter is applied
     if config.train:
         result["train"] = run_training(backend, config, log)
         adapter_config = result["train"]["adapter_config"]
@@ -292,5 +195,5 @@ def run(config: RunConfig, log: Callable) -> dict:
         if not result["train"].get("saved"):
             raise UserError(f"training finished but the adapters could not be written to {config.adapter_path}")
     if config.test:
-        result["test"] = run_test(backend, config, log, adapter_config)
+        result["test"] = run_test(backend, config, log, adapter_config, base)
     return result

@@ -34,6 +34,16 @@ class RunConfig:
     adapter_path: str = option("adapters", "folder for adapters.safetensors, adapter_config.json, metrics", "what to do")
     resume_adapter_file: Optional[str] = option(None, "continue from this adapters file (step, optimizer state, batch order)",
                                                 "what to do")
+    # evaluation
+    compare_base: bool = option(True, "score only the adapted model with --test (by default the base model is scored "
+                                      "too, once per test set, and shown beside it)", "evaluation",
+                                flags=("--no-base-comparison",), kind="off_switch")
+    general_data: Optional[str] = option(None, "forgetting check with --test: general-domain speech (a folder, a "
+                                               "manifest, or builtin: the package's small English set) scored with the "
+                                               "base and the adapted model", "evaluation")
+    general_language: str = option("en", "language of --general-data rows without one", "evaluation")
+    forgetting_threshold: float = option(1.0, "warn when normalized WER on --general-data rises by more than this "
+                                              "many points", "evaluation")
     # data
     data: Optional[str] = option(None, "folder with train/valid/test .jsonl or .csv (default: the bundled demo set)", "data")
     hf_dataset: Optional[str] = option(None, "Hugging Face dataset id or a folder written by save_to_disk", "data")
@@ -142,6 +152,9 @@ class RunConfig:
         from .reporting import parse_report_to
 
         parse_report_to(self.report_to or ())
+        if self.general_data and self.general_data != "builtin" and not Path(self.general_data).exists():
+            raise UserError(f"--general-data {self.general_data}: no such file or folder; pass a folder or manifest of "
+                            "general-domain speech with transcripts, or builtin")
         if float(self.learning_rate) <= 0:
             raise UserError(f"--learning-rate must be positive, got {self.learning_rate}")
         return self

@@ -1,0 +1,73 @@
+"""The data of a `lora` run: split expressions read from --data or --hf-dataset, checked and
+labelled for the model (shared by training, testing and the forgetting check).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from ..assets_dir import ASSETS
+from ..data.examples import ExampleSet
+from ..data.manifests import DataError, check_utterances, load_folder_split, load_hf_split
+from ..data.splits import hold_out, overlap
+from ..errors import UserError
+from ..text.tokenizer import get_tokenizer
+from .run_config import RunConfig
+
+
+def read_splits(config: RunConfig, names: List[str], log: Callable = lambda m: None) -> Dict[str, Optional[list]]:
+    """Raw utterances of the requested splits ('train', 'valid', 'test') from --data or --hf-dataset,
+    each named by a split expression (--train-split train+validation). When training reads the
+    validation split too, a slice of the training data is held out to validate on instead."""
+    out: Dict[str, Optional[list]] = {}
+    expressions = {"train": config.train_split, "valid": config.valid_split, "test": config.test_split}
+    for name in names:
+        required = name != "valid"  # a dataset without a validation split trains without validation
+        if "train" in names and name == "valid" and overlap(config.train_split, config.valid_split):
+            continue
+        if config.hf_dataset:
+            try:
+                out[name] = load_hf_split(config.hf_dataset, expressions[name], config.hf_dataset_config,
+                                          config.audio_column, config.text_column, streaming=config.streaming)
+            except UserError:
+                if required:
+                    raise
+                out[name] = None
+        else:
+            out[name] = load_folder_split(Path(config.data or ASSETS / "demo_data"), expressions[name], required)
+    if "train" in names and "valid" in names and overlap(config.train_split, config.valid_split):
+        out["train"], out["valid"] = hold_out(out["train"], seed=int(config.seed))
+        log(f"warning: --train-split {config.train_split} includes the validation split "
+            f"({'+'.join(overlap(config.train_split, config.valid_split))}); validating on {len(out['valid'])} "
+            "utterances held out of the training data instead")
+    if "test" in names and overlap(config.train_split, config.test_split):
+        log(f"warning: --train-split {config.train_split} includes the test split {config.test_split}: "
+            "test scores are on data the model trained on")
+    return out
+
+
+def tokenizer_for(model, task: str):
+    return get_tokenizer(model.is_multilingual, model.num_languages, task=task, model_dir=model.folder)
+
+
+def prepare_split(model, utterances, name: str, config: RunConfig, log: Callable, timestamps: bool,
+                  style: str = "keep") -> tuple:
+    """(checked, labelled examples of a split, skip report); labels written in the case `style` trains on."""
+    language = config.language or (None if model.is_multilingual else "en")
+    kept, report = check_utterances(utterances, name, min(float(config.max_duration), 30.0),
+                                    default_language=language, multilingual=model.is_multilingual)
+    for line in report.lines():
+        log(line)
+    if not kept:
+        raise DataError(f"no usable utterance in the {name} split ({report.skipped} skipped); see the lines above")
+    missing_language = [u.id for u in kept if model.is_multilingual and not u.language]
+    if missing_language:
+        raise DataError(f"{missing_language[0]} has no language and the model is multilingual; "
+                        "add a language field or pass --language")
+    fraction = float(config.timestamp_fraction) if timestamps else 0.0
+    examples, cut = ExampleSet.build(kept, tokenizer_for(model, config.task), config.task, model.dims.n_mels,
+                                     model.dims.n_text_ctx, fraction, int(config.seed), name, style)
+    if cut:
+        log(f"{name}: {cut} labels longer than the decoder context ({model.dims.n_text_ctx} tokens) were cut")
+    return examples, report

@@ -1,0 +1,169 @@
+"""`--test`: the adapted model scored beside the base model on the same test set, and, with
+`--general-data`, on general speech the adapters were not trained for (the forgetting check).
+
+The base model is scored before any adapter touches it (its scores cached per test set, see
+score_keeping.py); the adapted model after. Every run's results are kept.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from ..assets_dir import ASSETS
+from ..data.manifests import DataError, load_folder_split, read_manifest, shared_manifest
+from ..errors import UserError
+from ..files import atomic_write_text
+from ..formats.adapter_config import AdapterConfig
+from ..formats.adapter_files import ADAPTER_FILE, CONFIG_FILE, saved_step
+from ..text.normalizers import normalizer_name
+from .data_prep import prepare_split, read_splits
+from .evaluation import log_report, test_report
+from .reporting import TAGS, TEST_PLOT, Reporter, parse_report_to, plot_test_scores
+from .run_config import RunConfig
+from .score_keeping import (cache_base_report, cached_base_report, comparison_lines, disagreement, forgetting_warning,
+                            keep_run, summary, test_set_key)
+
+TEST_RESULTS_FILE = "test_results.json"
+BUILTIN_GENERAL = "builtin"
+
+
+def general_utterances(config: RunConfig) -> list:
+    """--general-data: a folder (its test split, else every row of its manifest), a manifest file,
+    or `builtin` (the package's own small English test set)."""
+    value = str(config.general_data)
+    if value == BUILTIN_GENERAL:
+        return load_folder_split(ASSETS / "demo_data", "test")
+    path = Path(value)
+    if path.is_file():
+        return read_manifest(path)
+    if path.is_dir():
+        rows = load_folder_split(path, "test", required=False)
+        if rows is None and shared_manifest(path) is not None:
+            rows = read_manifest(shared_manifest(path))
+        if rows:
+            return rows
+        raise DataError(f"--general-data {path} has no test.jsonl, test.csv or manifest.jsonl")
+    raise UserError(f"--general-data {value}: no such file or folder; pass a folder or manifest of general-domain "
+                    f"speech with transcripts, or {BUILTIN_GENERAL}")
+
+
+def general_config(config: RunConfig) -> RunConfig:
+    """The run's settings for the general data: its own language (English unless its rows say otherwise)."""
+    return replace(config, language=config.general_language)
+
+
+def split_key(backend, config: RunConfig, examples) -> str:
+    from importlib.metadata import version
+
+    rows = [(u.id, u.audio if isinstance(u.audio, str) else f"{len(u.audio)} bytes", u.text, u.language)
+            for u in examples.utterances]
+    model = backend.model
+    return test_set_key(model.source, model.dims.to_dict(), config.task, rows,
+                        {"test_batches": int(config.test_batches), "backend": config.backend, "device": config.device,
+                         "dtype": config.dtype, "bits": config.bits, "normalizer": version("whisper-normalizer"),
+                         "package": version("mlx-whisper-lora")})
+
+
+def score(backend, config: RunConfig, utterances: list, name: str, log: Callable, style: Optional[str],
+          punctuation: Optional[str]) -> dict:
+    examples, _ = prepare_split(backend.model, utterances, name, config, log, timestamps=False, style=style or "keep")
+    return test_report(backend, examples, config.task, int(config.batch_size), int(config.test_batches),
+                       config.progress, style, punctuation, float(config.cache_memory_gb), bool(config.encoder_cache))
+
+
+def score_base(backend, config: RunConfig, log: Callable) -> Dict[str, Optional[dict]]:
+    """The base model's reports on the test split (and the general data), cached; call before adapters."""
+    model = backend.model
+    out: Dict[str, Optional[dict]] = {"test": None, "general": None}
+    jobs = [("test", config, lambda: read_splits(config, ["test"], log)["test"])]
+    if config.general_data:
+        jobs.append(("general", general_config(config), lambda: general_utterances(config)))
+    for name, job_config, read in jobs:
+        utterances = read()
+        examples, _ = prepare_split(model, utterances, name, job_config, lambda m: None, timestamps=False,
+                                    style=model.case_style or "keep")
+        key = split_key(backend, job_config, examples)
+        report = cached_base_report(key)
+        if report is not None:
+            log(f"base model on the {name} data: cached scores ({len(examples)} utterances)")
+        else:
+            log(f"base model on the {name} data: scoring {len(examples)} utterances (cached for later runs)")
+            report = score(backend, job_config, utterances, name, log, model.case_style, model.punctuation)
+            report["base_cache_key"] = key
+            cache_base_report(key, report)
+        out[name] = report
+    return out
+
+
+def run_test(backend, config: RunConfig, log: Callable, adapter_config: Optional[AdapterConfig] = None,
+             base: Optional[Dict[str, Optional[dict]]] = None) -> dict:
+    """Test loss, WER and CER of the adapted model beside the base model's; written to
+    test_results.json (the latest run) and test_runs/ (every run) in the adapter folder."""
+    adapter_dir = Path(config.adapter_path)
+    if adapter_config is None:
+        if (adapter_dir / CONFIG_FILE).exists():
+            adapter_config = backend.load_adapters(adapter_dir)
+            log(f"testing with the adapters in {adapter_dir}")
+        else:
+            log(f"no adapters in {adapter_dir}: testing the base model")
+    style = adapter_config.case_style if adapter_config else backend.model.case_style
+    punctuation = adapter_config.punctuation if adapter_config else backend.model.punctuation
+    report = score(backend, config, read_splits(config, ["test"], log)["test"], "test", log, style, punctuation)
+    language = config.language or (None if backend.model.is_multilingual else "en")
+    report["normalizer"] = normalizer_name(language)
+    general = None
+    if config.general_data:
+        general = score(backend, general_config(config), general_utterances(config), "general", log, style, punctuation)
+        general["normalizer"] = normalizer_name(config.general_language)
+    base = base or {}
+    log_report(report, log)
+    warnings: List[str] = []
+    if adapter_config is not None and base.get("test"):
+        for line in comparison_lines(base["test"], report, report["normalizer"], "test"):
+            log(line)
+        warnings.append(disagreement(base["test"], report))
+        report["base"] = summary(base["test"])
+    if general is not None:
+        if adapter_config is not None and base.get("general"):
+            for line in comparison_lines(base["general"], general, general["normalizer"], "general data (forgetting check)"):
+                log(line)
+            warnings.append(forgetting_warning(base["general"], general, float(config.forgetting_threshold)))
+            general["base"] = summary(base["general"])
+        else:
+            log(f"general data: WER {general['normalized_wer']:.2f}% normalized, {general['wer']:.2f}% raw")
+        report["general"] = summary(general)
+    report["warnings"] = [w for w in warnings if w]
+    for warning in report["warnings"]:
+        log(warning)
+    if adapter_dir.exists() or config.train:
+        write_results(adapter_dir, config, report, base, general, adapter_config is not None, log)
+    return report
+
+
+def write_results(adapter_dir: Path, config: RunConfig, report: dict, base: dict, general: Optional[dict],
+                  adapted: bool, log: Callable) -> None:
+    out = atomic_write_text(adapter_dir / TEST_RESULTS_FILE, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    log(f"wrote {out}")
+    step = trained_steps(adapter_dir)
+    keep_run(adapter_dir, {"test": report, "base": base.get("test"), "general": general,
+                           "general_base": base.get("general")}, step, log)
+    bars = {"base model": base["test"], "adapted": report} if adapted and base.get("test") else \
+        {"adapted" if adapted else "base model": report}
+    plot = plot_test_scores(bars, adapter_dir / TEST_PLOT)
+    if plot:
+        log(f"wrote {plot}")
+    targets = parse_report_to(config.report_to or ())
+    if targets:
+        reporter = Reporter(targets, adapter_dir, config.to_json(), log)
+        reporter({"step": step, **{k: report[k] for k in TAGS if k.startswith(("wer", "cer", "normalized", "test_"))
+                                   and k in report}})
+        reporter.close()
+
+
+def trained_steps(adapter_dir: Path) -> int:
+    """The step the adapters in `adapter_dir` were saved at (where test scores go on the charts)."""
+    weights = adapter_dir / ADAPTER_FILE
+    return saved_step(weights) if weights.exists() else 0

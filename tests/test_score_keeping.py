@@ -1,0 +1,70 @@
+"""--test scores the base model beside the adapted one (cached), keeps every run, and warns when
+raw and normalized WER disagree or general-domain WER rises (the forgetting check)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mlx_whisper_lora.lora import main
+from mlx_whisper_lora.tuner.score_keeping import comparison_lines, disagreement, forgetting_warning, keep_run
+
+
+def _report(wer, nwer, cer=10.0, ncer=8.0):
+    return {"wer": wer, "normalized_wer": nwer, "cer": cer, "normalized_cer": ncer, "utterances": 3, "audio_seconds": 60}
+
+
+def test_side_by_side_lines_and_warnings():
+    lines = comparison_lines(_report(47.0, 16.0), _report(22.0, 22.0), "Whisper's basic normalizer")
+    assert "basic normalizer" in lines[0]
+    wer_raw = next(line for line in lines if line.strip().startswith("WER raw"))
+    assert "47.00%" in wer_raw and "22.00%" in wer_raw and "-25.00" in wer_raw and "-53.2%" in wer_raw
+    # the FLEURS case of the issue: raw 47 -> 22 while normalized 16 -> 22
+    assert "normalized WER rose" in disagreement(_report(47.0, 16.0), _report(22.0, 22.0))
+    assert "raw WER rose" in disagreement(_report(20.0, 30.0), _report(25.0, 20.0))
+    assert disagreement(_report(40.0, 30.0), _report(20.0, 15.0)) is None
+    assert forgetting_warning(_report(5.0, 4.0), _report(5.0, 4.9), 1.0) is None
+    assert "rose 1.50 points" in forgetting_warning(_report(5.0, 4.0), _report(5.0, 5.5), 1.0)
+
+
+def test_runs_are_kept_not_overwritten(tmp_path):
+    for _ in range(3):
+        keep_run(tmp_path, {"test": _report(1.0, 1.0)}, 7, lambda m: None)
+    assert len(list((tmp_path / "test_runs").iterdir())) == 3
+    history = [json.loads(line) for line in (tmp_path / "test_history.jsonl").read_text().splitlines()]
+    assert len(history) == 3 and all(h["step"] == 7 and h["test"]["wer"] == 1.0 for h in history)
+
+
+def test_base_beside_adapted_cached_and_general_data(tmp_path, capsys):
+    pytest.importorskip("torch")
+    common = ["--backend", "torch", "--batch-size", "4", "--no-progress"]
+    base_dir = tmp_path / "nothing_here"
+    base_dir.mkdir()
+    main(["--test", "--adapter-path", str(base_dir), *common])  # the base model alone, no comparison
+    alone = json.loads((base_dir / "test_results.json").read_text())
+    assert "base" not in alone and "base model on the test data" not in capsys.readouterr().err
+
+    out = tmp_path / "adapters"
+    main(["--train", "--test", "--iters", "3", "--freeze-encoder", "--learning-rate", "1e-3", "--adapter-path", str(out),
+          "--general-data", "builtin", *common])
+    first = capsys.readouterr().err
+    assert "base model on the test data: scoring" in first and "WER normalized" in first
+    results = json.loads((out / "test_results.json").read_text())
+    for key in ("wer", "normalized_wer", "cer", "normalized_cer"):  # the base scores are the base model's own
+        assert results["base"][key] == alone[key]
+    assert results["normalizer"].startswith("Whisper's English normalizer")
+    assert results["general"]["base"]["wer"] == alone["wer"]  # builtin general data is the demo test set here
+
+    main(["--test", "--adapter-path", str(out), "--general-data", "builtin", *common])
+    second = capsys.readouterr().err
+    assert "base model on the test data: cached scores" in second and "base model on the general data: cached" in second
+    assert json.loads((out / "test_results.json").read_text())["base"]["wer"] == alone["wer"]
+    assert len(list((out / "test_runs").iterdir())) == 2
+    assert len((out / "test_history.jsonl").read_text().splitlines()) == 2
+
+
+def test_general_data_that_is_not_there_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--test", "--adapter-path", str(tmp_path), "--general-data", str(tmp_path / "nope"), "--no-progress"])
+    assert "--general-data" in capsys.readouterr().err
