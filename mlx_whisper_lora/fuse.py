@@ -26,7 +26,7 @@ from .errors import UserError, cli_entry
 
 def fuse(model_name: Optional[str], adapter_path, save_path, export_format: str = "mlx",
          dequantize: bool = False, log=print, dtype: Optional[str] = None, quantize: Optional[str] = None,
-         base_path: Optional[str] = None, verify: int = 0) -> Path:
+         base_path: Optional[str] = None, verify: int = 0, adapter_scale: float = 1.0) -> Path:
     """Load base + adapters and write the result in `export_format`; returns the folder written.
     `verify`: decode that many held-out clips here and in the export's runtime, and print how they agree."""
     from .backend_mlx.adapters import load_adapters
@@ -43,14 +43,14 @@ def fuse(model_name: Optional[str], adapter_path, save_path, export_format: str 
     if not name:
         raise UserError(f"the adapters in {adapter_path} do not name their base model; pass --model")
     model = load_model(name)
-    config = load_adapters(model, adapter_path)
+    config = load_adapters(model, adapter_path, adapter_scale)
     out = export_model(model, config, adapter_path, save_path, export_format, dtype, quantize, name, base_path,
                        dequantize, log)
     if verify:
         from .backend_mlx.export_verify import verify_export
 
         reference = load_model(name)
-        load_adapters(reference, adapter_path)
+        load_adapters(reference, adapter_path, adapter_scale)
         verify_export(export_format, out, adapter_path, reference, verify, log)
     return out
 
@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-path", default=None,
                    help="peft: where the base model is written as a transformers folder (default: SAVE_PATH_base; "
                         "a hub id base is named as it is unless this is given)")
+    p.add_argument("--adapter-scale", type=float, default=1.0,
+                   help="LoRA updates times this before fusing (0: the base model, 1: as trained)")
     p.add_argument("--verify", type=int, nargs="?", const=20, default=0, metavar="N",
                    help="decode N held-out clips (default 20; the adapter's test split) with this package and with the "
                         "export's runtime, and print how many transcripts agree and each WER")
@@ -80,7 +82,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     out = fuse(args.model, args.adapter_path, args.save_path, args.export_format, args.dequantize,
                log=lambda message: print(message, file=sys.stderr), dtype=args.dtype, quantize=args.quantize,
-               base_path=args.base_path, verify=args.verify)
+               base_path=args.base_path, verify=args.verify, adapter_scale=args.adapter_scale)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

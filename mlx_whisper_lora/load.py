@@ -12,9 +12,9 @@ __all__ = ["load_model", "save_model", "quantize_model", "load_for_inference"]
 
 
 def load_for_inference(model_name: Optional[str], adapter_path: Optional[str], dtype: str = "float32",
-                       backend: str = "mlx", device: Optional[str] = None):
+                       backend: str = "mlx", device: Optional[str] = None, adapter_scale: float = 1.0):
     """The base model, with adapters unfused if given (the base weights stay as they are), in the
-    MLX port or in torch behind the interface the decoder uses."""
+    MLX port or in torch behind the interface the decoder uses; `adapter_scale` scales LoRA updates."""
     base = model_name
     if adapter_path and base is None:
         base = read_adapter_config(adapter_path).base_model
@@ -30,7 +30,7 @@ def load_for_inference(model_name: Optional[str], adapter_path: Optional[str], d
 
         model = load_torch_model(base, device=pick_device(device))
         if adapter_path:
-            load_torch_adapters(model, adapter_path)
+            load_torch_adapters(model, adapter_path, adapter_scale)
         return TorchDecodingModel(model, dtype)
     if device:
         raise UserError("--device applies to --backend torch; MLX picks its own device")
@@ -40,6 +40,6 @@ def load_for_inference(model_name: Optional[str], adapter_path: Optional[str], d
     if adapter_path:
         from .backend_mlx.adapters import load_adapters
 
-        load_adapters(model, adapter_path)
+        load_adapters(model, adapter_path, adapter_scale)
     return model
 

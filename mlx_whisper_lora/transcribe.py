@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("audio", nargs="*", help="audio files (default: the bundled demo clip)")
     p.add_argument("--model", default=None, help="MLX/transformers/CTranslate2 folder, .pt file, hub id or short name (default: tiny.en)")
     p.add_argument("--adapter-path", default=None, help="folder with adapters.safetensors + adapter_config.json")
+    p.add_argument("--adapter-scale", type=float, default=1.0, help="LoRA updates times this (0: base model, 1: as trained)")
     p.add_argument("--language", default=None, help="language code or name; default: detect")
     p.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
     p.add_argument("--beam-size", type=int, default=None, help="beam search width (default: greedy)")
@@ -131,6 +132,8 @@ def main(argv=None):
         args.adapter_path, args.compare_base = str(DEMO_ADAPTER), True  # the first command: what adapters do
     if args.compare_base and not args.adapter_path:
         raise UserError("--compare-base compares an adapted model with its base: pass --adapter-path too")
+    if args.compare_base and args.adapter_scale != 1:
+        raise UserError("--adapter-scale with --compare-base is not supported yet: run transcribe twice instead")
     subtitles = _subtitle_options(args)
     audio_paths = args.audio or [str(DEMO_CLIP)]
     for path in audio_paths:  # fail before loading the model when a path is wrong
@@ -145,7 +148,8 @@ def main(argv=None):
                          args.backend)
         model = bank.model
     else:
-        model = load_for_inference(args.model, args.adapter_path, args.dtype, args.backend, args.device)
+        model = load_for_inference(args.model, args.adapter_path, args.dtype, args.backend, args.device,
+                                   args.adapter_scale)
     if args.temperature_increment_on_fallback > 0:
         temperatures = tuple(np.arange(args.temperature, 1.0 + 1e-6, args.temperature_increment_on_fallback))
     else:

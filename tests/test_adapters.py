@@ -155,3 +155,26 @@ def test_qlora_trains_adapters_over_a_quantized_base():
     fuse_adapters(model, dequantize=True)
     assert model.quantization is None
     assert not any(type(m).__name__.startswith("Quantized") for _, m in model.named_modules())
+
+
+def test_adapter_scale_interpolates_lora_updates_in_both_back_ends():
+    """--adapter-scale s: every LoRA layer's update is s times the trained one (0: the base model);
+    DoRA and full fine-tunes are refused with the flag's name."""
+    from mlx_whisper_lora.assets_dir import DEMO_ADAPTER
+    from mlx_whisper_lora.backend_mlx.load import load_model
+
+    scales = {}
+    for s in (1.0, 0.5, 0.0):
+        model = load_model("tiny.en")
+        load_adapters(model, DEMO_ADAPTER, scale=s)
+        scales[s] = {n: m.scale for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+    assert scales[1.0] and all(abs(scales[0.5][n] - 0.5 * v) < 1e-9 and scales[0.0][n] == 0 for n, v in scales[1.0].items())
+    torch_lora = pytest.importorskip("mlx_whisper_lora.backend_torch.lora")
+    from mlx_whisper_lora.backend_torch.model import load_model as load_torch_model
+
+    tmodel = load_torch_model("tiny.en")
+    torch_lora.load_adapters(tmodel, DEMO_ADAPTER, scale=0.5)
+    tscales = [m.scale for m in tmodel.modules() if hasattr(m, "lora_a") or hasattr(m, "lora_A")]
+    assert tscales and all(abs(v - next(iter(scales[0.5].values()))) < 1e-9 for v in tscales)
+    with pytest.raises(AdapterError, match="adapter-scale"):
+        load_adapters(load_model("tiny.en"), DEMO_ADAPTER, scale=-1)

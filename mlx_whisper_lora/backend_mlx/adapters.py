@@ -77,9 +77,9 @@ def load_weights_into(model: nn.Module, weights: Dict[str, np.ndarray], source) 
     mx.eval(model.parameters())
 
 
-def load_adapters(model: Whisper, path: Union[str, Path]) -> AdapterConfig:
+def load_adapters(model: Whisper, path: Union[str, Path], scale: float = 1.0) -> AdapterConfig:
     """Add the adapters saved at `path` (our folder, a weights file, or a PEFT folder) to `model`."""
-    return add_saved_adapters(model, path, apply_adapters, load_weights_into)
+    return add_saved_adapters(model, path, apply_adapters, load_weights_into, scale)
 
 
 def fuse_adapters(model: Whisper, dequantize: bool = False) -> Whisper:

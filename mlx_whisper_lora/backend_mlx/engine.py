@@ -69,8 +69,8 @@ class MLXBackend:
     def load_adapter_weights(self, weights: Dict[str, np.ndarray], source) -> None:
         adapters.load_weights_into(self.model, weights, source)
 
-    def load_adapters(self, path) -> AdapterConfig:
-        return adapters.load_adapters(self.model, path)
+    def load_adapters(self, path, scale: float = 1.0) -> AdapterConfig:
+        return adapters.load_adapters(self.model, path, scale)
 
     def count_parameters(self) -> tuple:
         return adapters.count_parameters(self.model)

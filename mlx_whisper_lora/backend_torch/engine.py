@@ -68,8 +68,8 @@ class TorchBackend:
     def load_adapter_weights(self, weights: Dict[str, np.ndarray], source) -> None:
         tlora.load_weights_into(self.model, weights, source)
 
-    def load_adapters(self, path) -> AdapterConfig:
-        return tlora.load_adapters(self.model, path)
+    def load_adapters(self, path, scale: float = 1.0) -> AdapterConfig:
+        return tlora.load_adapters(self.model, path, scale)
 
     def count_parameters(self) -> tuple:
         trainable = sum(p.numel() for p in tlora.trainable_weights(self.model).values())

@@ -150,6 +150,6 @@ def load_weights_into(model, weights: Dict[str, np.ndarray], source) -> None:
             expected[name].copy_(tensor.to(expected[name].dtype))
 
 
-def load_adapters(model, path: Union[str, Path]) -> AdapterConfig:
+def load_adapters(model, path: Union[str, Path], scale: float = 1.0) -> AdapterConfig:
     """Add the adapters saved at `path` (by either back end, or PEFT) to a torch Whisper."""
-    return add_saved_adapters(model, path, apply_adapters, load_weights_into)
+    return add_saved_adapters(model, path, apply_adapters, load_weights_into, scale)

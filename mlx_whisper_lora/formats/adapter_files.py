@@ -131,13 +131,28 @@ def check_fits(expected_shapes: Mapping[str, tuple], weights: Mapping[str, np.nd
             )
 
 
-def add_saved_adapters(model, path, apply_adapters: Callable, load_weights_into: Callable) -> AdapterConfig:
+def scale_adapters(config: AdapterConfig, scale: float, path) -> None:
+    """--adapter-scale: LoRA's update B·A·alpha/r times `scale`, through alpha (so exports carry it)."""
+    scale = float(scale)
+    if scale == 1.0:
+        return
+    if not 0.0 <= scale <= 4.0:
+        raise AdapterError(f"--adapter-scale {scale:g}: use a value from 0 (the base model) to 4; 1 is the adapters as trained")
+    if config.fine_tune_type != "lora":
+        raise AdapterError(f"--adapter-scale applies to LoRA adapters; {path} holds {config.fine_tune_type} weights")
+    config.alpha = float(config.alpha) * scale
+
+
+def add_saved_adapters(model, path, apply_adapters: Callable, load_weights_into: Callable,
+                       scale: float = 1.0) -> AdapterConfig:
     """Add the adapters saved at `path` (ours, from either back end, or a PEFT folder) to `model`,
     through the back end's `apply_adapters(model, config)` and `load_weights_into(model, weights, source)`.
     Adapters trained on a model of other shapes are refused. The model then renders transcripts in
-    the adapters' text style (its `case_style` and `punctuation`)."""
+    the adapters' text style (its `case_style` and `punctuation`). `scale` multiplies LoRA updates
+    (--adapter-scale: 0 is the base model, 1 the adapters as trained)."""
     config = read_adapter_config(path)
     check_dims(model.dims, model.source, config, path)
+    scale_adapters(config, scale, path)
     weights = read_adapter_tensors(path)
     apply_adapters(model, config)
     load_weights_into(model, weights, path)

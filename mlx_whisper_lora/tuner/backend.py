@@ -29,8 +29,9 @@ class TrainingBackend(Protocol):
     def load_adapter_weights(self, weights: Dict[str, np.ndarray], source) -> None:
         """Set the adapters' weights (the files' names and layout), checking every name and shape."""
 
-    def load_adapters(self, path):
-        """Add the adapters saved at `path` (either back end's, or PEFT's); returns their AdapterConfig."""
+    def load_adapters(self, path, scale: float = 1.0):
+        """Add the adapters saved at `path` (either back end's, or PEFT's), LoRA updates times `scale`;
+        returns their AdapterConfig."""
 
     def count_parameters(self) -> Tuple[int, int]:
         """(trainable, total)."""

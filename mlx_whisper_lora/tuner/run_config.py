@@ -44,6 +44,8 @@ class RunConfig:
     general_language: str = option("en", "language of --general-data rows without one", "evaluation")
     forgetting_threshold: float = option(1.0, "warn when normalized WER on --general-data rises by more than this "
                                               "many points", "evaluation")
+    adapter_scale: float = option(1.0, "--test of saved LoRA adapters with their update scaled (0: the base model, 1: as "
+                                       "trained); the same flag of transcribe and fuse", "evaluation")
     # data
     data: Optional[str] = option(None, "folder with train/valid/test .jsonl or .csv (default: the bundled demo set)", "data")
     hf_dataset: Optional[str] = option(None, "Hugging Face dataset id or a folder written by save_to_disk", "data")
@@ -155,6 +157,9 @@ class RunConfig:
         if self.general_data and self.general_data != "builtin" and not Path(self.general_data).exists():
             raise UserError(f"--general-data {self.general_data}: no such file or folder; pass a folder or manifest of "
                             "general-domain speech with transcripts, or builtin")
+        if self.train and float(self.adapter_scale) != 1.0:
+            raise UserError("--adapter-scale applies to adapters already trained: run --test without --train, or "
+                            "pass it to transcribe or fuse")
         if float(self.learning_rate) <= 0:
             raise UserError(f"--learning-rate must be positive, got {self.learning_rate}")
         return self

@@ -105,8 +105,9 @@ def run_test(backend, config: RunConfig, log: Callable, adapter_config: Optional
     adapter_dir = Path(config.adapter_path)
     if adapter_config is None:
         if (adapter_dir / CONFIG_FILE).exists():
-            adapter_config = backend.load_adapters(adapter_dir)
-            log(f"testing with the adapters in {adapter_dir}")
+            adapter_config = backend.load_adapters(adapter_dir, float(config.adapter_scale))
+            scaled = f" (LoRA updates times {float(config.adapter_scale):g})" if float(config.adapter_scale) != 1 else ""
+            log(f"testing with the adapters in {adapter_dir}{scaled}")
         else:
             log(f"no adapters in {adapter_dir}: testing the base model")
     style = adapter_config.case_style if adapter_config else backend.model.case_style
