@@ -264,20 +264,25 @@ def _hf_utterances(ds, name: str, split: str, audio_column: str, text_column: Op
     for i, row in enumerate(ds):
         if limit is not None and i >= limit:
             break
-        audio = row[audio_column]
-        if isinstance(audio, dict):
-            if audio.get("bytes"):
-                value = audio["bytes"]
-            elif audio.get("array") is not None:
-                value = np.asarray(audio["array"], dtype=np.float32)
-            else:
-                value = audio.get("path") or ""
-            sr = int(audio.get("sampling_rate") or SAMPLE_RATE)
-        else:
-            value, sr = audio, SAMPLE_RATE
-        out.append(Utterance(audio=value, text=str(row.get(text_column) or ""),
-                             language=row.get(language_column) or None, id=f"{split}[{i}]", sampling_rate=sr))
+        out.append(row_utterance(row, audio_column, text_column, language_column, f"{split}[{i}]"))
     return out
+
+
+def row_utterance(row: dict, audio_column: str, text_column: str, language_column: str, id: str) -> Utterance:
+    """An Utterance of a dataset row whose audio column holds undecoded audio (bytes or a path) or samples."""
+    audio = row[audio_column]
+    if isinstance(audio, dict):
+        if audio.get("bytes"):
+            value = audio["bytes"]
+        elif audio.get("array") is not None:
+            value = np.asarray(audio["array"], dtype=np.float32)
+        else:
+            value = audio.get("path") or ""
+        sr = int(audio.get("sampling_rate") or SAMPLE_RATE)
+    else:
+        value, sr = audio, SAMPLE_RATE
+    return Utterance(audio=value, text=str(row.get(text_column) or ""), language=row.get(language_column) or None,
+                     id=id, sampling_rate=sr)
 
 
 # ---------------------------------------------------------------- checks

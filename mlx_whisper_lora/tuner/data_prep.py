@@ -26,6 +26,9 @@ def read_splits(config: RunConfig, names: List[str], log: Callable = lambda m: N
         required = name != "valid"  # a dataset without a validation split trains without validation
         if "train" in names and name == "valid" and overlap(config.train_split, config.valid_split):
             continue
+        if name == "train" and config.streaming:
+            out[name] = None  # read as a stream by streamed_train_batches
+            continue
         if config.hf_dataset:
             try:
                 out[name] = load_hf_split(config.hf_dataset, expressions[name], config.hf_dataset_config,
@@ -36,7 +39,14 @@ def read_splits(config: RunConfig, names: List[str], log: Callable = lambda m: N
                 out[name] = None
         else:
             out[name] = load_folder_split(Path(config.data or ASSETS / "demo_data"), expressions[name], required)
-    if "train" in names and "valid" in names and overlap(config.train_split, config.valid_split):
+    if out.get("train") and config.max_samples is not None and len(out["train"]) > int(config.max_samples):
+        log(f"train: using the first {int(config.max_samples)} of {len(out['train'])} rows (--max-samples)")
+        out["train"] = out["train"][: int(config.max_samples)]
+    if "train" in names and "valid" in names and overlap(config.train_split, config.valid_split) and config.streaming:
+        out["valid"] = None
+        log(f"warning: --train-split {config.train_split} includes the validation split; a stream has no held-out "
+            "slice, so training runs without validation")
+    elif "train" in names and "valid" in names and overlap(config.train_split, config.valid_split):
         out["train"], out["valid"] = hold_out(out["train"], seed=int(config.seed))
         log(f"warning: --train-split {config.train_split} includes the validation split "
             f"({'+'.join(overlap(config.train_split, config.valid_split))}); validating on {len(out['valid'])} "
@@ -71,3 +81,54 @@ def prepare_split(model, utterances, name: str, config: RunConfig, log: Callable
     if cut:
         log(f"{name}: {cut} labels longer than the decoder context ({model.dims.n_text_ctx} tokens) were cut")
     return examples, report
+
+
+def open_train_stream(config: RunConfig):
+    """The training split as a `datasets` IterableDataset (--streaming)."""
+    from ..data.streaming import open_stream
+
+    if config.hf_dataset:
+        return open_stream(config.hf_dataset, config.train_split, config.hf_dataset_config)
+    return open_stream(str(config.data or ASSETS / "demo_data"), config.train_split, folder_data=True)
+
+
+def stream_sample(config: RunConfig, rows: int = 1000) -> list:
+    """The first rows of the training stream (unshuffled): enough to settle the text style."""
+    from ..data.streaming import stream_utterances
+
+    return list(stream_utterances(open_train_stream(config), config.audio_column, config.text_column,
+                                  buffer_size=0, max_samples=min(rows, config.max_samples or rows)))
+
+
+def streamed_train_batches(model, config: RunConfig, style: str):
+    """--streaming: batches checked and labelled as they are read, from a shuffle buffer of
+    --shuffle-buffer rows; the training split is never held in memory as a whole."""
+    from ..data.streaming import stream_utterances
+    from .streamed_batches import StreamedBatches
+
+    stream = open_train_stream(config)
+    language = config.language or (None if model.is_multilingual else "en")
+    tokenizer = tokenizer_for(model, config.task)
+    labelled = [0]
+
+    def open_epoch(epoch: int):
+        return stream_utterances(stream, config.audio_column, config.text_column, seed=int(config.seed), epoch=epoch,
+                                 buffer_size=int(config.shuffle_buffer), max_samples=config.max_samples)
+
+    def check(utterances: list) -> list:
+        kept, _ = check_utterances(utterances, "train", min(float(config.max_duration), 30.0),
+                                   default_language=language, multilingual=model.is_multilingual)
+        for u in kept:
+            if model.is_multilingual and not u.language:
+                raise DataError(f"{u.id} has no language and the model is multilingual; add a language field or "
+                                "pass --language")
+        return kept
+
+    def label(utterances: list) -> ExampleSet:
+        labelled[0] += 1  # each batch its own draw of timestamp targets
+        examples, _ = ExampleSet.build(utterances, tokenizer, config.task, model.dims.n_mels, model.dims.n_text_ctx,
+                                       float(config.timestamp_fraction), int(config.seed) * 100003 + labelled[0],
+                                       "train", style)
+        return examples
+
+    return StreamedBatches(open_epoch, check, label, int(config.batch_size), config.max_samples)

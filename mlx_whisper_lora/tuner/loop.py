@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Union
 
 from ..data.examples import ExampleSet
 from ..data.labels import collate
@@ -25,6 +25,7 @@ from ..errors import UserError
 from ..formats.adapter_files import ADAPTER_FILE, optimizer_file_for, saved_step, write_adapter_tensors
 from ..formats.safetensors_io import read_metadata, read_safetensors, write_safetensors
 from .encoder_cache import CachedStates
+from .streamed_batches import IndexedBatches, StreamedBatches
 from .schedule import learning_rate_at
 from .training_args import TrainingArgs
 
@@ -170,16 +171,20 @@ def restore_optimizer(backend, adapter_file: Path, log: Callable) -> int:
 
 
 # ---------------------------------------------------------------- the loop
-def train(backend, train_set: ExampleSet, valid_set: Optional[ExampleSet], args: TrainingArgs, adapter_dir: Path,
+def train(backend, train_set: Union[ExampleSet, StreamedBatches], valid_set: Optional[ExampleSet], args: TrainingArgs,
+          adapter_dir: Path,
           resume_file: Optional[Path] = None, log: Callable[[str], None] = print, progress: bool = True,
           on_metrics: Optional[Callable[[dict], None]] = None) -> Dict:
     """Train the back end's trainable weights; returns a summary (steps done, last losses, status).
-    Every metrics.jsonl entry also goes to `on_metrics` (TensorBoard, wandb: tuner/reporting.py)."""
+    Every metrics.jsonl entry also goes to `on_metrics` (TensorBoard, wandb: tuner/reporting.py).
+    `train_set`: an example set, or batches read from a stream (--streaming)."""
     adapter_dir = Path(adapter_dir)
     adapter_dir.mkdir(parents=True, exist_ok=True)
     backend.start_training(args)
     start = restore_optimizer(backend, Path(resume_file), log) if resume_file else 0
-    train_states = cached_states(backend, train_set, args, adapter_dir)
+    source = train_set if isinstance(train_set, StreamedBatches) else \
+        IndexedBatches(train_set, args.batch_size, args.seed, args.bucket)
+    train_states = None if source.streamed else cached_states(backend, train_set, args, adapter_dir)
     valid_states = cached_states(backend, valid_set, args, adapter_dir, share=1 / 8)
     metrics_path = adapter_dir / METRICS_FILE
     summary = {"status": "done", "start_step": start, "steps": start}
@@ -204,8 +209,6 @@ def train(backend, train_set: ExampleSet, valid_set: Optional[ExampleSet], args:
             return False
 
     window = {"loss": 0.0, "tokens": 0.0, "seconds": 0.0, "audio": 0.0, "steps": 0}
-    per_epoch = math.ceil(len(train_set) / args.batch_size)
-    epochs: Dict[int, list] = {}
     step = start
     bar = None
     with StopFlag(log) as stop:
@@ -214,7 +217,8 @@ def train(backend, train_set: ExampleSet, valid_set: Optional[ExampleSet], args:
             for states in (train_states, valid_states):
                 if states is not None and not stop.requested:
                     states.fill(fill_bar)
-            log(f"training on {len(train_set)} utterances ({train_set.seconds(range(len(train_set))) / 60:.1f} min of audio)")
+            source.skip(start * args.grad_accumulation_steps)
+            log(f"training on {source.describe()}")
             bar = _progress_bar(None, "train", "step", total=args.iters, initial=start) if progress else None
             say = bar.write if bar is not None else log
             backend.set_training(True)
@@ -224,27 +228,22 @@ def train(backend, train_set: ExampleSet, valid_set: Optional[ExampleSet], args:
                 tic = time.perf_counter()
                 lr = learning_rate_at(step, args.learning_rate, args.iters, args.lr_schedule, args.warmup)
                 loss_sum = tok_sum = audio_seconds = 0.0
-                step_indices: List[int] = []
+                step_ids: List[str] = []
                 for k in range(args.grad_accumulation_steps):
-                    epoch, index = divmod(step * args.grad_accumulation_steps + k, per_epoch)
-                    if epoch not in epochs:
-                        epochs.clear()
-                        epochs[epoch] = epoch_batches(train_set.lengths, args.batch_size, args.seed, epoch, args.bucket)
-                    indices = train_set.usable(epochs[epoch][index])
+                    examples, indices = source.batch(step * args.grad_accumulation_steps + k)
                     if not indices:
                         continue
-                    step_indices += indices
-                    labels = collate([train_set.labels[i] for i in indices], pad_token=0)
-                    batch_loss, tokens = backend.accumulate_gradients(train_set, indices, batch_states(train_states, indices),
+                    step_ids += [examples.utterances[i].id for i in indices]
+                    labels = collate([examples.labels[i] for i in indices], pad_token=0)
+                    batch_loss, tokens = backend.accumulate_gradients(examples, indices, batch_states(train_states, indices),
                                                                      labels, args.grad_accumulation_steps)
                     loss_sum += batch_loss
                     tok_sum += tokens
-                    audio_seconds += train_set.seconds(indices)
+                    audio_seconds += examples.seconds(indices)
                 if tok_sum == 0:
                     raise RuntimeError("no readable audio in this batch")
                 if not math.isfinite(loss_sum):  # before the update: the weights and the checkpoints stay good
-                    names = [train_set.utterances[i].id for i in step_indices]
-                    raise UserError(f"the loss of step {step + 1} is not a number (batch: {', '.join(names[:8])}); "
+                    raise UserError(f"the loss of step {step + 1} is not a number (batch: {', '.join(step_ids[:8])}); "
                                     f"training stopped, the last checkpoint in {adapter_dir} is intact. Check those "
                                     "utterances, or lower --learning-rate")
                 backend.update(lr, args.max_grad_norm)
@@ -287,10 +286,11 @@ def train(backend, train_set: ExampleSet, valid_set: Optional[ExampleSet], args:
     if summary["status"] == "interrupted":
         log(f"interrupted at step {step}; adapters saved in {adapter_dir}. Resume with "
             f"--resume-adapter-file {adapter_dir / ADAPTER_FILE}")
-    summary["skipped_audio"] = {train_set.utterances[i].id: why for i, why in train_set.failed.items()}
-    for examples in (train_set, valid_set):
-        for index, why in (examples.failed.items() if examples is not None else ()):
-            log(f"skipped during training: {examples.utterances[index].id}: {why}")
+    summary["skipped_audio"] = source.failures()
+    if valid_set is not None:
+        summary["skipped_audio"].update({valid_set.utterances[i].id: why for i, why in valid_set.failed.items()})
+    for name, why in list(summary["skipped_audio"].items())[:50]:
+        log(f"skipped during training: {name}: {why}")
     return summary
 
 

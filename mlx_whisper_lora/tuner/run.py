@@ -17,7 +17,7 @@ from ..formats.adapter_files import (BASE_STYLE_FILE, CONFIG_FILE, check_dims, r
 from ..text import case_style
 from .alignment import HeadReselection
 from .backend_choice import choose_backend
-from .data_prep import prepare_split, read_splits, tokenizer_for
+from .data_prep import prepare_split, read_splits, stream_sample, streamed_train_batches, tokenizer_for
 from .evaluation import transcribe_examples
 from .loop import METRICS_FILE, train
 from .reporting import CURVES_PLOT, Reporter, parse_report_to, plot_training_curves
@@ -149,8 +149,16 @@ def run_training(backend, config: RunConfig, log: Callable) -> dict:
     trainable, total = backend.count_parameters()
     log(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
     splits = read_splits(config, ["train", "valid"], log)
-    choose_text_style(adapter_config, config, [u.text for u in splits["train"]], log)
-    train_set, train_report = prepare_train_split(backend, splits["train"], config, adapter_config, log)
+    if config.streaming:
+        sample = stream_sample(config)  # the text style is settled on the stream's first rows
+        choose_text_style(adapter_config, config, [u.text for u in sample], log)
+        train_set, train_report = streamed_train_batches(backend.model, config, adapter_config.case_style), None
+        first_rows, _ = prepare_split(backend.model, sample[:64], "train", config, lambda m: None, timestamps=True,
+                                      style=adapter_config.case_style)
+    else:
+        choose_text_style(adapter_config, config, [u.text for u in splits["train"]], log)
+        train_set, train_report = prepare_train_split(backend, splits["train"], config, adapter_config, log)
+        first_rows = train_set
     valid_set = None
     if splits.get("valid"):
         valid_set, _ = prepare_split(backend.model, splits["valid"], "valid", config, log, timestamps=True,
@@ -158,7 +166,7 @@ def run_training(backend, config: RunConfig, log: Callable) -> dict:
     save_adapter_config(adapter_config, config.adapter_path)
     heads = None
     if config.alignment_heads == "auto" and not resume:  # a resumed run has no base model to compare against
-        heads = HeadReselection(backend, train_set, config.task, log)
+        heads = HeadReselection(backend, first_rows, config.task, log)
     reporter = Reporter(parse_report_to(config.report_to or ()), Path(config.adapter_path), config.to_json(), log)
     try:
         summary = train(backend, train_set, valid_set, config.training_args(), Path(config.adapter_path), resume, log,
@@ -171,7 +179,7 @@ def run_training(backend, config: RunConfig, log: Callable) -> dict:
     if heads is not None and summary.get("saved") and summary.get("status") != "interrupted":
         if heads.choose(backend, adapter_config) and adapter_config.alignment_heads:
             save_adapter_config(adapter_config, config.adapter_path)
-    summary["data"] = train_report.to_json()
+    summary["data"] = train_report.to_json() if train_report else {"split": "train", "streamed": True}
     summary["adapter_config"] = adapter_config
     return summary
 

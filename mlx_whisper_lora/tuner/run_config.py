@@ -60,7 +60,12 @@ class RunConfig:
                                                 "dev name the same split); when --train-split includes it, a slice of "
                                                 "the training data is held out instead", "data")
     test_split: str = option("test", "dataset split to test on", "data")
-    streaming: bool = option(False, "read the dataset as a stream", "data")
+    streaming: bool = option(False, "read the training split as a stream (hub datasets, parquet/arrow shards, "
+                                    "save_to_disk folders, manifests): row by row through a shuffle buffer, so memory "
+                                    "does not grow with the number of rows; no encoder-state cache", "data")
+    shuffle_buffer: int = option(1000, "rows in the shuffle buffer of --streaming", "data")
+    max_samples: Optional[int] = option(None, "use at most this many training rows (with --streaming: an epoch's rows)",
+                                        "data")
     language: Optional[str] = option(None, "language of utterances without one (multilingual models need it)", "data")
     task: str = option("transcribe", "what the decoder is trained to do", "data", choices=("transcribe", "translate"))
     max_duration: float = option(30.0, "skip utterances longer than this (seconds, at most 30)", "data")
@@ -160,6 +165,11 @@ class RunConfig:
         if self.train and float(self.adapter_scale) != 1.0:
             raise UserError("--adapter-scale applies to adapters already trained: run --test without --train, or "
                             "pass it to transcribe or fuse")
+        if self.max_samples is not None and int(self.max_samples) < 1:
+            raise UserError(f"--max-samples must be at least 1, got {self.max_samples}")
+        if self.streaming and self.base_style_targets:
+            raise UserError("--base-style-targets transcribes the whole training split first, which a stream does not "
+                            "allow: drop --streaming or --base-style-targets")
         if float(self.learning_rate) <= 0:
             raise UserError(f"--learning-rate must be positive, got {self.learning_rate}")
         return self
