@@ -68,3 +68,20 @@ def test_general_data_that_is_not_there_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--test", "--adapter-path", str(tmp_path), "--general-data", str(tmp_path / "nope"), "--no-progress"])
     assert "--general-data" in capsys.readouterr().err
+
+
+def test_replay_mixes_general_utterances_at_the_fraction_in_their_language():
+    from mlx_whisper_lora.data.manifests import Utterance
+    from mlx_whisper_lora.tuner.run_config import RunConfig
+    from mlx_whisper_lora.tuner.testing import with_replay
+
+    train = [Utterance(audio=f"{i}.wav", text="ẹ kú àárọ̀", language="yo", id=f"t{i}") for i in range(30)]
+    messages = []
+    mixed = with_replay(train, RunConfig(train=True, replay_data="builtin", replay_fraction=0.25), messages.append)
+    replayed = mixed[30:]
+    assert len(replayed) == 10 and all(u.language == "en" and u.id.startswith("replay:") for u in replayed)
+    assert len({u.id for u in replayed}) == 6  # the builtin set has 6 utterances: all used, some twice
+    assert "replay: 10 utterances" in messages[0]
+    assert with_replay(train, RunConfig(train=True), messages.append) is train
+    with pytest.raises(Exception, match="--replay-data"):
+        RunConfig(train=True, replay_fraction=0.2).check()

@@ -22,7 +22,7 @@ from .evaluation import transcribe_examples
 from .loop import METRICS_FILE, train
 from .reporting import CURVES_PLOT, Reporter, parse_report_to, plot_training_curves
 from .run_config import RunConfig
-from .testing import run_test, score_base
+from .testing import run_test, score_base, with_replay
 
 
 
@@ -157,7 +157,8 @@ def run_training(backend, config: RunConfig, log: Callable) -> dict:
                                       style=adapter_config.case_style)
     else:
         choose_text_style(adapter_config, config, [u.text for u in splits["train"]], log)
-        train_set, train_report = prepare_train_split(backend, splits["train"], config, adapter_config, log)
+        train_set, train_report = prepare_train_split(backend, with_replay(splits["train"], config, log), config,
+                                                      adapter_config, log)
         first_rows = train_set
     valid_set = None
     if splits.get("valid"):

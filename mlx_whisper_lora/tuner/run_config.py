@@ -46,6 +46,9 @@ class RunConfig:
                                               "many points", "evaluation")
     adapter_scale: float = option(1.0, "--test of saved LoRA adapters with their update scaled (0: the base model, 1: as "
                                        "trained); the same flag of transcribe and fuse", "evaluation")
+    replay_data: Optional[str] = option(None, "against forgetting: general-domain speech mixed into training (a folder, "
+                                              "a manifest, or builtin), in its own language", "evaluation")
+    replay_fraction: float = option(0.0, "share of training utterances drawn from --replay-data (0: none)", "evaluation")
     # data
     data: Optional[str] = option(None, "folder with train/valid/test .jsonl or .csv (default: the bundled demo set)", "data")
     hf_dataset: Optional[str] = option(None, "Hugging Face dataset id or a folder written by save_to_disk", "data")
@@ -165,6 +168,15 @@ class RunConfig:
         if self.train and float(self.adapter_scale) != 1.0:
             raise UserError("--adapter-scale applies to adapters already trained: run --test without --train, or "
                             "pass it to transcribe or fuse")
+        if not 0.0 <= float(self.replay_fraction) < 1.0:
+            raise UserError(f"--replay-fraction must be in [0, 1), got {self.replay_fraction}")
+        if float(self.replay_fraction) > 0 and not self.replay_data:
+            raise UserError("--replay-fraction needs --replay-data (a folder or manifest of general speech, or builtin)")
+        if self.replay_data and self.replay_data != "builtin" and not Path(self.replay_data).exists():
+            raise UserError(f"--replay-data {self.replay_data}: no such file or folder")
+        if self.streaming and float(self.replay_fraction) > 0:
+            raise UserError("--replay-fraction is not available with --streaming yet: mix the general data into the "
+                            "stream instead")
         if self.max_samples is not None and int(self.max_samples) < 1:
             raise UserError(f"--max-samples must be at least 1, got {self.max_samples}")
         if self.streaming and self.base_style_targets:

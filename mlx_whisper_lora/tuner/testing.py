@@ -30,10 +30,10 @@ TEST_RESULTS_FILE = "test_results.json"
 BUILTIN_GENERAL = "builtin"
 
 
-def general_utterances(config: RunConfig) -> list:
-    """--general-data: a folder (its test split, else every row of its manifest), a manifest file,
-    or `builtin` (the package's own small English test set)."""
-    value = str(config.general_data)
+def general_utterances(config: RunConfig, value: Optional[str] = None) -> list:
+    """--general-data (or `value`): a folder (its test split, else every row of its manifest), a
+    manifest file, or `builtin` (the package's own small English test set)."""
+    value = str(value or config.general_data)
     if value == BUILTIN_GENERAL:
         return load_folder_split(ASSETS / "demo_data", "test")
     path = Path(value)
@@ -45,9 +45,29 @@ def general_utterances(config: RunConfig) -> list:
             rows = read_manifest(shared_manifest(path))
         if rows:
             return rows
-        raise DataError(f"--general-data {path} has no test.jsonl, test.csv or manifest.jsonl")
-    raise UserError(f"--general-data {value}: no such file or folder; pass a folder or manifest of general-domain "
+        raise DataError(f"{path} has no test.jsonl, test.csv or manifest.jsonl")
+    raise UserError(f"{value}: no such file or folder; pass a folder or manifest of general-domain "
                     f"speech with transcripts, or {BUILTIN_GENERAL}")
+
+
+def with_replay(utterances: list, config: RunConfig, log: Callable) -> list:
+    """The training utterances with --replay-data mixed in at --replay-fraction (drawn with a seed,
+    repeated when the replay set is smaller than its share), each in its own language."""
+    import random
+
+    fraction = float(config.replay_fraction)
+    if fraction <= 0:
+        return utterances
+    pool = general_utterances(config, config.replay_data)
+    for u in pool:
+        u.language = u.language or config.general_language
+    count = round(fraction / (1 - fraction) * len(utterances))
+    rng = random.Random(int(config.seed))
+    drawn = [replace(pool[i % len(pool)], id=f"replay:{pool[i % len(pool)].id}")
+             for i in rng.sample(range(max(count, len(pool))), count)] if count else []
+    log(f"replay: {len(drawn)} utterances of {config.replay_data} mixed into the {len(utterances)} training utterances "
+        f"({100 * fraction:g}%)")
+    return utterances + drawn
 
 
 def general_config(config: RunConfig) -> RunConfig:
