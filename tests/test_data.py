@@ -163,3 +163,16 @@ def test_hugging_face_split_expressions(tmp_path, folder):
     datasets.DatasetDict({"train": ds, "validation": ds.select([0])}).save_to_disk(str(tmp_path / "hf"))
     assert [u.text for u in load_hf_split(str(tmp_path / "hf"), "train+valid")] == ["a", "b", "c", "a"]
     assert len(load_hf_split(str(tmp_path / "hf"), "train+validation", limit=2)) == 2
+
+
+def test_a_language_whisper_lacks_is_trained_as_a_related_one_and_said_once(folder):
+    from mlx_whisper_lora.text.languages import language_code
+
+    utts = load_folder_split(folder, "train")[:2]
+    kept, report = check_utterances(utts, "train", default_language="igbo", multilingual=True)
+    assert [u.language for u in kept] == ["yo", "en"]  # rows without a language, and one that names English
+    notes = [line for line in report.lines() if "no token" in line]
+    assert len(notes) == 1 and "'yo' (yoruba)" in notes[0]
+    assert language_code("zu") == "sn" and language_code("Kinyarwanda") == "sw"
+    with pytest.raises(ValueError, match="unknown language 'klingon'"):
+        language_code("klingon")

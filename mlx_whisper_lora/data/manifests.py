@@ -20,7 +20,7 @@ import numpy as np
 from .audio import SAMPLE_RATE, AudioError, finite, load_audio, resample
 from .splits import split_names, split_parts
 from ..errors import UserError
-from ..text.languages import language_code
+from ..text.languages import language_code, language_note
 
 SPLITS = ("train", "valid", "test")
 MANIFEST_SUFFIXES = (".jsonl", ".csv")
@@ -65,6 +65,7 @@ class SkipReport:
     split: str
     kept: int = 0
     reasons: Dict[str, List[str]] = field(default_factory=dict)
+    notes: List[str] = field(default_factory=list)  # said once each: languages mapped to a related one
 
     def add(self, reason: str, example: str) -> None:
         self.reasons.setdefault(reason, []).append(example)
@@ -74,7 +75,7 @@ class SkipReport:
         return sum(len(v) for v in self.reasons.values())
 
     def lines(self) -> List[str]:
-        out = []
+        out = list(self.notes)
         for reason, examples in self.reasons.items():
             shown = ", ".join(examples[:3]) + (", ..." if len(examples) > 3 else "")
             out.append(f"{self.split}: skipped {len(examples)} ({reason}): {shown}")
@@ -322,6 +323,9 @@ def check_utterances(utterances: List[Utterance], split: str, max_duration: floa
     for utt in items:
         lang = utt.language or default_language
         if lang:
+            note = language_note(str(lang))
+            if note and note not in report.notes:
+                report.notes.append(note)
             try:
                 lang = language_code(str(lang))
             except ValueError:
