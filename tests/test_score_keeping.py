@@ -55,6 +55,8 @@ def test_base_beside_adapted_cached_and_general_data(tmp_path, capsys):
         assert results["base"][key] == alone[key]
     assert results["normalizer"].startswith("Whisper's English normalizer")
     assert results["general"]["base"]["wer"] == alone["wer"]  # builtin general data is the demo test set here
+    assert "no speech: words written on" in first
+    assert results["no_speech"]["clips"] == results["no_speech"]["base"]["clips"] == 8
 
     main(["--test", "--adapter-path", str(out), "--general-data", "builtin", *common])
     second = capsys.readouterr().err
@@ -85,3 +87,14 @@ def test_replay_mixes_general_utterances_at_the_fraction_in_their_language():
     assert with_replay(train, RunConfig(train=True), messages.append) is train
     with pytest.raises(Exception, match="--replay-data"):
         RunConfig(train=True, replay_fraction=0.2).check()
+
+
+def test_no_speech_clips_are_fixed_and_without_speech():
+    import numpy as np
+
+    from mlx_whisper_lora.tuner.no_speech import no_speech_clips
+
+    first, again = no_speech_clips(), no_speech_clips()
+    assert [u.id for u in first] == [u.id for u in again] and len(first) == 8
+    assert all(np.array_equal(a.audio, b.audio) for a, b in zip(first, again))
+    assert np.abs(first[0].audio).max() == 0 and 0.04 < np.sqrt(np.mean(first[-1].audio ** 2)) < 0.07  # -25 dB

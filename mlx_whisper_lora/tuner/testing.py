@@ -21,6 +21,7 @@ from ..formats.adapter_files import ADAPTER_FILE, CONFIG_FILE, saved_step
 from ..text.normalizers import normalizer_name
 from .data_prep import prepare_split, read_splits
 from .evaluation import log_report, test_report
+from .no_speech import hallucination_line, hallucination_report
 from .reporting import TAGS, TEST_PLOT, Reporter, parse_report_to, plot_test_scores
 from .run_config import RunConfig
 from .score_keeping import (cache_base_report, cached_base_report, comparison_lines, disagreement, forgetting_warning,
@@ -97,7 +98,7 @@ def score(backend, config: RunConfig, utterances: list, name: str, log: Callable
 def score_base(backend, config: RunConfig, log: Callable) -> Dict[str, Optional[dict]]:
     """The base model's reports on the test split (and the general data), cached; call before adapters."""
     model = backend.model
-    out: Dict[str, Optional[dict]] = {"test": None, "general": None}
+    out: Dict[str, Optional[dict]] = {"test": None, "general": None, "no_speech": None}
     jobs = [("test", config, lambda: read_splits(config, ["test"], log)["test"])]
     if config.general_data:
         jobs.append(("general", general_config(config), lambda: general_utterances(config)))
@@ -115,7 +116,13 @@ def score_base(backend, config: RunConfig, log: Callable) -> Dict[str, Optional[
             report["base_cache_key"] = key
             cache_base_report(key, report)
         out[name] = report
+    out["no_speech"] = hallucination_report(backend, test_language(backend, config), config.task,
+                                            int(config.batch_size))  # seconds: not cached
     return out
+
+
+def test_language(backend, config: RunConfig) -> str:
+    return config.language or "en"
 
 
 def run_test(backend, config: RunConfig, log: Callable, adapter_config: Optional[AdapterConfig] = None,
@@ -156,6 +163,11 @@ def run_test(backend, config: RunConfig, log: Callable, adapter_config: Optional
         else:
             log(f"general data: WER {general['normalized_wer']:.2f}% normalized, {general['wer']:.2f}% raw")
         report["general"] = summary(general)
+    if base.get("no_speech") and adapter_config is not None:
+        report["no_speech"] = hallucination_report(backend, test_language(backend, config), config.task,
+                                                   int(config.batch_size))
+        report["no_speech"]["base"] = base["no_speech"]
+        log(hallucination_line(base["no_speech"], report["no_speech"]))
     report["warnings"] = [w for w in warnings if w]
     for warning in report["warnings"]:
         log(warning)
