@@ -113,6 +113,7 @@ def run_ours(spec: dict) -> dict:
     argv = ["--train", "--model", spec["model_path"], "--data", spec["data"], "--adapter-path", str(work),
             "--iters", str(spec["steps"]), "--batch-size", str(spec["batch_size"]), "--rank", str(spec["rank"]),
             "--alpha", str(spec["alpha"]), "--lora-modules", "query", "value", "--learning-rate", "1e-4",
+            "--lr-schedule", "constant", "--warmup", "0",
             "--steps-per-report", "1", "--steps-per-eval", "1000000", "--save-every", "0", "--no-progress",
             "--timestamp-fraction", "0", "--optimizer", "adamw", "--weight-decay", "0", "--max-grad-norm", "0",
             "--dtype", spec["dtype"], "--backend", spec["backend"]]
@@ -120,8 +121,7 @@ def run_ours(spec: dict) -> dict:
         argv += ["--bits", str(spec["bits"])]
     if spec["device"]:
         argv += ["--device", spec["device"]]
-    if spec["config"] == "decoder":
-        argv += ["--freeze-encoder"]
+    argv += ["--freeze-encoder"] if spec["config"] == "decoder" else ["--train-encoder"]
     if spec.get("grad_checkpoint"):
         argv += ["--grad-checkpoint"]
     lora.main(argv)

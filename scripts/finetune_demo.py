@@ -62,7 +62,8 @@ def main(argv=None):
     lora.main(common + ["--test", "--adapter-path", str(base_dir)])
     train_args = ["--train", "--test", "--adapter-path", str(adapter_dir), "--iters", str(args.iters),
                   "--freeze-encoder", "--learning-rate", "5e-4", "--lr-schedule", "cosine", "--warmup", "5",
-                  "--steps-per-eval", "10", "--save-every", "10", "--base-style-targets"]
+                  "--steps-per-eval", "10", "--save-every", "10", "--base-style-targets",
+                  "--rank", "8", "--alpha", "16", "--lora-modules", "query", "value"]
     try:
         lora.main(common + train_args + extra)
     except SystemExit as e:

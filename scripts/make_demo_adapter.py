@@ -41,6 +41,7 @@ def main(argv=None) -> int:
     lora_main(["--train", "--test", "--data", str(data), "--adapter-path", str(trained), "--model", "tiny.en",
                "--freeze-encoder", "--iters", str(args.iters), "--batch-size", "8", "--learning-rate", "1e-3",
                "--lr-schedule", "cosine", "--warmup", "10", "--steps-per-eval", "50", "--steps-per-report", "20",
+               "--rank", "8", "--alpha", "16", "--lora-modules", "query", "value",
                "--seed", str(args.seed)])
     args.out.mkdir(parents=True, exist_ok=True)
     for name in (ADAPTER_FILE, CONFIG_FILE):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 import numpy as np
+import pytest
 
 from mlx_whisper_lora.backend_mlx.engine import masked_cross_entropy
 from mlx_whisper_lora.data.labels import collate, make_label
@@ -53,3 +54,25 @@ def test_padding_does_not_change_the_loss():
     total2, count2 = masked_cross_entropy(mx.array(noisy), mx.array(targets), mx.array(mask))
     assert count.item() == count2.item() == (len(short.tokens) - 2) + (len(long.tokens) - 2)
     assert abs(total.item() - total2.item()) < 1e-3
+
+
+def test_label_smoothing_is_the_same_in_both_back_ends():
+    """--label-smoothing: MLX's masked loss equals torch's cross_entropy(label_smoothing=...) on the
+    same logits, and smoothing raises the loss of confident predictions."""
+    import mlx.core as mx
+    import numpy as np
+
+    torch = pytest.importorskip("torch")
+    from mlx_whisper_lora.backend_mlx.engine import masked_cross_entropy
+
+    rng = np.random.default_rng(0)
+    logits = (rng.normal(size=(2, 5, 50)) * 4).astype(np.float32)
+    targets = rng.integers(0, 50, size=(2, 5)).astype(np.int32)
+    mask = np.ones((2, 5), np.float32)
+    mask[1, 3:] = 0
+    for eps in (0.0, 0.1):
+        total, count = masked_cross_entropy(mx.array(logits), mx.array(targets), mx.array(mask), eps)
+        keep = torch.from_numpy(mask).bool()
+        expected = torch.nn.functional.cross_entropy(torch.from_numpy(logits)[keep], torch.from_numpy(targets)[keep].long(),
+                                                     reduction="sum", label_smoothing=eps)
+        assert float(count) == 8 and abs(float(total) - float(expected)) < 1e-3 * float(expected)

@@ -20,16 +20,18 @@ from ..text.tokenizer import get_tokenizer
 from . import adapters
 
 
-def masked_cross_entropy(logits: mx.array, targets: mx.array, mask: mx.array) -> tuple:
+def masked_cross_entropy(logits: mx.array, targets: mx.array, mask: mx.array, smoothing: float = 0.0) -> tuple:
     """(sum of token losses, number of counted tokens); divide for the mean."""
-    losses = nn.losses.cross_entropy(logits.astype(mx.float32), targets, reduction="none")
+    losses = nn.losses.cross_entropy(logits.astype(mx.float32), targets, reduction="none", label_smoothing=smoothing)
     return (losses * mask).sum(), mask.sum()
 
 
-def loss_fn(model, audio: mx.array, inputs: mx.array, targets: mx.array, mask: mx.array, states: bool):
-    """Mean token loss and the number of tokens. `states`: audio holds encoder outputs already."""
+def loss_fn(model, audio: mx.array, inputs: mx.array, targets: mx.array, mask: mx.array, states: bool,
+            smoothing: float = 0.0):
+    """Mean token loss and the number of tokens. `states`: audio holds encoder outputs already;
+    `smoothing`: label smoothing (training only)."""
     logits = model.decoder(inputs, audio)[0] if states else model(audio, inputs)
-    total, count = masked_cross_entropy(logits, targets, mask)
+    total, count = masked_cross_entropy(logits, targets, mask, smoothing)
     return total / mx.maximum(count, 1.0), count
 
 
@@ -112,8 +114,9 @@ class MLXBackend:
         set_grad_checkpoint(self.model, bool(args.grad_checkpoint))
         self.optimizer = make_optimizer(args.optimizer, args.weight_decay)
         self.optimizer.init(self.model.trainable_parameters())
-        states = not self.encoder_trained
-        self._loss_and_grad = nn.value_and_grad(self.model, lambda m, a, i, t, k: loss_fn(m, a, i, t, k, states))
+        states, smoothing = not self.encoder_trained, float(args.label_smoothing)
+        self._loss_and_grad = nn.value_and_grad(self.model,
+                                                lambda m, a, i, t, k: loss_fn(m, a, i, t, k, states, smoothing))
 
     def set_training(self, training: bool) -> None:
         self.model.train(training)

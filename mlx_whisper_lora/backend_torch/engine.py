@@ -24,15 +24,17 @@ from .decoding import greedy_decode
 AUTOCAST = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def loss_and_count(model, audio, is_states: bool, cross_kv, inputs, targets, mask, autocast_dtype):
-    """Mean loss over the target tokens, and their number; logits are computed only at those positions."""
+def loss_and_count(model, audio, is_states: bool, cross_kv, inputs, targets, mask, autocast_dtype, smoothing=0.0):
+    """Mean loss over the target tokens, and their number; logits are computed only at those positions.
+    `smoothing`: label smoothing (training only)."""
     with torch.autocast(audio.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
         xa = audio if is_states else model.embed_audio(audio)
         hidden = model.decoder.hidden(inputs, xa, cross_kv)
         keep = mask > 0
         logits = model.decoder.logits(hidden[keep])
     count = keep.sum()
-    total = torch.nn.functional.cross_entropy(logits.float(), targets[keep].long(), reduction="sum")
+    total = torch.nn.functional.cross_entropy(logits.float(), targets[keep].long(), reduction="sum",
+                                              label_smoothing=smoothing)
     return total / count.clamp(min=1), count
 
 
@@ -132,13 +134,15 @@ class TorchBackend:
         self.params = tlora.trainable_weights(self.model)
         self.optimizer = make_optimizer(args.optimizer, list(self.params.values()), args.weight_decay)
         self.optimizer.zero_grad(set_to_none=True)
+        self.label_smoothing = float(args.label_smoothing)
 
     def set_training(self, training: bool) -> None:
         self.model.train(training)
 
     def accumulate_gradients(self, examples, indices, states, labels, accumulation: int) -> tuple:
         audio, is_states, kv = self.model_inputs(examples, indices, states)
-        loss, n = loss_and_count(self.model, audio, is_states, kv, *self._labels(labels), self.autocast_dtype)
+        loss, n = loss_and_count(self.model, audio, is_states, kv, *self._labels(labels), self.autocast_dtype,
+                                 self.label_smoothing)
         self.scaler.scale(loss / accumulation).backward()
         return loss.item() * n.item(), n.item()
 

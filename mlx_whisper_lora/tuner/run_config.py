@@ -83,15 +83,18 @@ class RunConfig:
                                              "style (which is rendered instead)", "data")
     # adapters
     fine_tune_type: str = option("lora", "what is trained", "adapters", choices=("lora", "dora", "full"))
-    rank: int = option(8, "LoRA rank", "adapters")
-    alpha: float = option(16.0, "LoRA alpha; scale = alpha / rank as in PEFT", "adapters")
+    rank: int = option(32, "LoRA rank", "adapters")
+    alpha: float = option(64.0, "LoRA alpha; scale = alpha / rank as in PEFT", "adapters")
     dropout: float = option(0.0, "dropout on the adapters' input", "adapters")
-    lora_modules: Optional[List[str]] = option(None, "modules to adapt: attn.query attn.key attn.value attn.out "
-                                                     "cross_attn.query ... mlp1 mlp2, or query/key/value/out for both "
-                                                     "attentions, or all (default: query value)", "adapters", nargs="+")
+    lora_modules: Optional[List[str]] = option(["all"], "modules to adapt: attn.query attn.key attn.value attn.out "
+                                                        "cross_attn.query ... mlp1 mlp2, or query/key/value/out for "
+                                                        "both attentions, or all", "adapters", nargs="+")
     num_layers: int = option(-1, "adapt the last N blocks of the encoder and of the decoder (-1: all)", "adapters",
                              flags=("--lora-layers",))
-    freeze_encoder: bool = option(False, "no adapters in the encoder (its states are cached)", "adapters")
+    freeze_encoder: bool = option(True, "no adapters in the encoder: its states are computed once and cached, so a "
+                                        "step runs only the decoder (the default); --train-encoder puts adapters "
+                                        "in the encoder too (on a CPU, steps several times slower)", "adapters",
+                                  negation=("--train-encoder",))
     bits: Optional[int] = option(None, "quantize the frozen base's block layers to 8 or 4 bits at load (QLoRA): "
                                        "bitsandbytes (LLM.int8 / NF4) in the torch back end, MLX affine quantization "
                                        "in the MLX back end", "adapters", choices=(4, 8))
@@ -102,14 +105,15 @@ class RunConfig:
     # training
     iters: int = option(200, "optimizer steps")
     batch_size: int = option(8, "utterances per step (and per decoding batch)")
-    learning_rate: float = option(1e-4, "peak learning rate")
-    lr_schedule: str = option("constant", "learning-rate schedule after warmup", choices=("constant", "cosine", "linear"))
-    warmup: int = option(0, "linear warmup steps")
+    learning_rate: float = option(1e-3, "peak learning rate")
+    lr_schedule: str = option("cosine", "learning-rate schedule after warmup", choices=("constant", "cosine", "linear"))
+    warmup: Optional[int] = option(None, "linear warmup steps (default: a tenth of --iters, at most 50)")
     grad_accumulation_steps: int = option(1, "micro-batches per optimizer step")
     grad_checkpoint: bool = option(False, "recompute activations: less memory, slower")
     max_grad_norm: float = option(1.0, "clip the gradient norm (0: no clipping)")
     optimizer: str = option("adamw", "optimizer", choices=("adamw", "adam", "sgd"))
     weight_decay: float = option(0.0, "weight decay (adamw, sgd)")
+    label_smoothing: float = option(0.0, "label smoothing of the training loss (validation and test losses are plain)")
     steps_per_report: int = option(10, "steps between train-loss reports")
     steps_per_eval: int = option(100, "steps between validation losses")
     val_batches: int = option(25, "validation batches (-1: the whole split)")
@@ -182,13 +186,20 @@ class RunConfig:
         if self.streaming and self.base_style_targets:
             raise UserError("--base-style-targets transcribes the whole training split first, which a stream does not "
                             "allow: drop --streaming or --base-style-targets")
+        if not 0.0 <= float(self.label_smoothing) < 1.0:
+            raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if float(self.learning_rate) <= 0:
             raise UserError(f"--learning-rate must be positive, got {self.learning_rate}")
         return self
 
+    def warmup_steps(self) -> int:
+        return int(self.warmup) if self.warmup is not None else min(50, int(self.iters) // 10)
+
     def training_args(self) -> TrainingArgs:
         names = {f.name for f in fields(TrainingArgs)}
-        return TrainingArgs(**{k: v for k, v in asdict(self).items() if k in names})
+        args = {k: v for k, v in asdict(self).items() if k in names}
+        args["warmup"] = self.warmup_steps()
+        return TrainingArgs(**args)
 
     def to_json(self) -> dict:
         """The run as adapter_config.json's `run` records it."""
@@ -215,6 +226,9 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
         flags = ["--" + f.name.replace("_", "-"), *meta["flags"]]
         if f.type in ("bool", bool):
             group.add_argument(*flags, dest=f.name, action="store_true", default=argparse.SUPPRESS, help=shown)
+            if meta.get("negation"):
+                group.add_argument(*meta["negation"], dest=f.name, action="store_false", default=argparse.SUPPRESS,
+                                   help=f"the opposite of {flags[0]}")
             continue
         kind = {"int": int, "float": float}.get(str(f.type).replace("Optional[", "").rstrip("]"), None)
         group.add_argument(*flags, dest=f.name, type=kind, default=argparse.SUPPRESS, help=shown,
