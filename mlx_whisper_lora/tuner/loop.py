@@ -24,6 +24,7 @@ from ..data.manifests import epoch_batches
 from ..errors import UserError
 from ..formats.adapter_files import ADAPTER_FILE, optimizer_file_for, saved_step, write_adapter_tensors
 from ..formats.safetensors_io import read_metadata, read_safetensors, write_safetensors
+from ..data.augment import Augmenter
 from .encoder_cache import CachedStates
 from .streamed_batches import IndexedBatches, StreamedBatches
 from .schedule import learning_rate_at
@@ -184,7 +185,11 @@ def train(backend, train_set: Union[ExampleSet, StreamedBatches], valid_set: Opt
     start = restore_optimizer(backend, Path(resume_file), log) if resume_file else 0
     source = train_set if isinstance(train_set, StreamedBatches) else \
         IndexedBatches(train_set, args.batch_size, args.seed, args.bucket)
-    train_states = None if source.streamed else cached_states(backend, train_set, args, adapter_dir)
+    augmenter = Augmenter(args.augment, args.seed) if args.augment else None
+    if augmenter is not None and not backend.encoder_trained and args.encoder_cache:
+        log(f"augmentation ({', '.join(args.augment)}) changes the audio every step: the frozen encoder's states are "
+            "computed every step instead of cached")
+    train_states = None if source.streamed or augmenter else cached_states(backend, train_set, args, adapter_dir)
     valid_states = cached_states(backend, valid_set, args, adapter_dir, share=1 / 8)
     metrics_path = adapter_dir / METRICS_FILE
     summary = {"status": "done", "start_step": start, "steps": start}
@@ -235,8 +240,13 @@ def train(backend, train_set: Union[ExampleSet, StreamedBatches], valid_set: Opt
                         continue
                     step_ids += [examples.utterances[i].id for i in indices]
                     labels = collate([examples.labels[i] for i in indices], pad_token=0)
-                    batch_loss, tokens = backend.accumulate_gradients(examples, indices, batch_states(train_states, indices),
-                                                                     labels, args.grad_accumulation_steps)
+                    examples.augment = augmenter
+                    try:
+                        batch_loss, tokens = backend.accumulate_gradients(examples, indices,
+                                                                         batch_states(train_states, indices),
+                                                                         labels, args.grad_accumulation_steps)
+                    finally:
+                        examples.augment = None
                     loss_sum += batch_loss
                     tok_sum += tokens
                     audio_seconds += examples.seconds(indices)

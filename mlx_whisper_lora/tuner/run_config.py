@@ -113,6 +113,9 @@ class RunConfig:
     max_grad_norm: float = option(1.0, "clip the gradient norm (0: no clipping)")
     optimizer: str = option("adamw", "optimizer", choices=("adamw", "adam", "sgd"))
     weight_decay: float = option(0.0, "weight decay (adamw, sgd)")
+    augment: Optional[List[str]] = option(None, "change training audio every step: specaugment (log-mel masks), noise, "
+                                                "speed, pitch (audiomentations); the encoder states are then computed "
+                                                "every step, not cached (default: none)", nargs="+")
     label_smoothing: float = option(0.0, "label smoothing of the training loss (validation and test losses are plain)")
     steps_per_report: int = option(10, "steps between train-loss reports")
     steps_per_eval: int = option(100, "steps between validation losses")
@@ -186,6 +189,9 @@ class RunConfig:
         if self.streaming and self.base_style_targets:
             raise UserError("--base-style-targets transcribes the whole training split first, which a stream does not "
                             "allow: drop --streaming or --base-style-targets")
+        from ..data.augment import check_kinds
+
+        check_kinds([k for k in (self.augment or ()) if k != "none"])
         if not 0.0 <= float(self.label_smoothing) < 1.0:
             raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if float(self.learning_rate) <= 0:
@@ -199,6 +205,7 @@ class RunConfig:
         names = {f.name for f in fields(TrainingArgs)}
         args = {k: v for k, v in asdict(self).items() if k in names}
         args["warmup"] = self.warmup_steps()
+        args["augment"] = tuple(k for k in (self.augment or ()) if k != "none")
         return TrainingArgs(**args)
 
     def to_json(self) -> dict:

@@ -17,6 +17,7 @@ class TrainingArgs:
     max_grad_norm: float = 1.0  # 0 disables clipping
     optimizer: str = "adamw"  # adam | adamw | sgd (the back end builds it)
     weight_decay: float = 0.0
+    augment: tuple = ()  # data/augment.py KINDS; the encoder-state cache is off while they apply
     label_smoothing: float = 0.0  # training loss only; validation and test losses are plain
     steps_per_report: int = 10
     steps_per_eval: int = 100
