@@ -47,6 +47,9 @@ def main(argv=None):
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "librispeech_demo")
     p.add_argument("--model", default="tiny.en")
     p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--manifests-only", action="store_true",
+                   help="only write OUT/data/{train,valid,test}.jsonl (the chapters' split), e.g. as replay and "
+                        "forgetting-check data for another language's adapter")
     args, extra = p.parse_known_args(argv)
     if not (args.data / "manifest.jsonl").exists():
         sys.exit(f"{args.data}/manifest.jsonl not found (the LibriSpeech clips live in ../shared/data)")
@@ -56,6 +59,8 @@ def main(argv=None):
 
     counts = write_manifests(args.data, args.out / "data")
     print(f"utterances: {counts}", flush=True)
+    if args.manifests_only:
+        return
     base_dir, adapter_dir = args.out / "base", args.out / "adapters"
     base_dir.mkdir(parents=True, exist_ok=True)
     common = ["--model", args.model, "--data", str(args.out / "data"), "--no-progress"]
