@@ -33,6 +33,7 @@ def test_waveform_changes_and_bad_kinds():
         Augmenter(["reverb"])
 
 
+@pytest.mark.slow  # a training without an encoder cache; RUN_SLOW=1 runs it
 def test_training_with_augmentation(tmp_path, capsys):
     pytest.importorskip("torch")
     out = tmp_path / "adapters"

@@ -43,6 +43,7 @@ def test_every_kind_streams_with_a_cap_and_a_seeded_shuffle(saved):
     assert len(whole) == 124 and isinstance(whole[0].audio, bytes)
 
 
+@pytest.mark.slow  # two trainings without an encoder cache (~40 s); RUN_SLOW=1 runs it
 def test_training_on_a_stream(saved, tmp_path, capsys):
     pytest.importorskip("torch")
     out = tmp_path / "adapters"
