@@ -25,6 +25,7 @@ from ..text.languages import language_code, language_note
 SPLITS = ("train", "valid", "test")
 MANIFEST_SUFFIXES = (".jsonl", ".csv")
 SHARED_MANIFESTS = ("manifest", "metadata")
+TEXT_COLUMNS = ("sentence", "text", "transcription", "transcript")  # a dataset's text column, when not named
 
 
 class DataError(UserError):
@@ -255,7 +256,7 @@ def _hf_utterances(ds, name: str, split: str, audio_column: str, text_column: Op
         raise DataError(f"dataset {name} has no audio column {audio_column!r} (columns: {', '.join(columns)}); "
                         "pass --audio-column")
     if text_column is None:
-        text_column = next((c for c in ("sentence", "text", "transcription", "transcript") if columns and c in columns), "text")
+        text_column = next((c for c in TEXT_COLUMNS if columns and c in columns), "text")
     if columns is not None and text_column not in columns:
         raise DataError(f"dataset {name} has no text column {text_column!r} (columns: {', '.join(columns)}); "
                         "pass --text-column")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator, Optional
 
-from .manifests import DataError, find_manifest, read_manifest, row_utterance, shared_manifest, split_names, Utterance
+from .manifests import TEXT_COLUMNS, DataError, find_manifest, read_manifest, row_utterance, shared_manifest, split_names, Utterance
 from .splits import split_parts
 
 SHARD_SUFFIXES = {".parquet": "parquet", ".arrow": "arrow"}
@@ -95,7 +95,7 @@ def stream_utterances(ds, audio_column: str = "audio", text_column: Optional[str
         if audio_column not in row:
             raise DataError(f"the {name} stream has no audio column {audio_column!r} (columns: {', '.join(row)}); "
                             "pass --audio-column")
-        text = text_column or next((c for c in ("sentence", "text", "transcription", "transcript") if c in row), None)
+        text = text_column or next((c for c in TEXT_COLUMNS if c in row), None)
         if text is None or text not in row:
             raise DataError(f"the {name} stream has no text column {text_column or 'text'!r} (columns: "
                             f"{', '.join(row)}); pass --text-column")

@@ -91,6 +91,10 @@ def split_key(backend, config: RunConfig, examples) -> str:
 def score(backend, config: RunConfig, utterances: list, name: str, log: Callable, style: Optional[str],
           punctuation: Optional[str]) -> dict:
     examples, _ = prepare_split(backend.model, utterances, name, config, log, timestamps=False, style=style or "keep")
+    return score_examples(backend, config, examples, style, punctuation)
+
+
+def score_examples(backend, config: RunConfig, examples, style: Optional[str], punctuation: Optional[str]) -> dict:
     return test_report(backend, examples, config.task, int(config.batch_size), int(config.test_batches),
                        config.progress, style, punctuation, float(config.cache_memory_gb), bool(config.encoder_cache))
 
@@ -112,16 +116,16 @@ def score_base(backend, config: RunConfig, log: Callable) -> Dict[str, Optional[
             log(f"base model on the {name} data: cached scores ({len(examples)} utterances)")
         else:
             log(f"base model on the {name} data: scoring {len(examples)} utterances (cached for later runs)")
-            report = score(backend, job_config, utterances, name, log, model.case_style, model.punctuation)
+            report = score_examples(backend, job_config, examples, model.case_style, model.punctuation)
             report["base_cache_key"] = key
             cache_base_report(key, report)
         out[name] = report
-    out["no_speech"] = hallucination_report(backend, test_language(backend, config), config.task,
+    out["no_speech"] = hallucination_report(backend, test_language(config), config.task,
                                             int(config.batch_size))  # seconds: not cached
     return out
 
 
-def test_language(backend, config: RunConfig) -> str:
+def test_language(config: RunConfig) -> str:
     return config.language or "en"
 
 
@@ -164,7 +168,7 @@ def run_test(backend, config: RunConfig, log: Callable, adapter_config: Optional
             log(f"general data: WER {general['normalized_wer']:.2f}% normalized, {general['wer']:.2f}% raw")
         report["general"] = summary(general)
     if base.get("no_speech") and adapter_config is not None:
-        report["no_speech"] = hallucination_report(backend, test_language(backend, config), config.task,
+        report["no_speech"] = hallucination_report(backend, test_language(config), config.task,
                                                    int(config.batch_size))
         report["no_speech"]["base"] = base["no_speech"]
         log(hallucination_line(base["no_speech"], report["no_speech"]))
