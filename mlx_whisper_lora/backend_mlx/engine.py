@@ -18,6 +18,7 @@ from ..formats.adapter_config import AdapterConfig
 from ..inference.decoding import DecodingOptions, decode
 from ..text.tokenizer import get_tokenizer
 from . import adapters
+from .data_parallel import sum_gradients
 
 
 def masked_cross_entropy(logits: mx.array, targets: mx.array, mask: mx.array, smoothing: float = 0.0) -> tuple:
@@ -61,6 +62,7 @@ class MLXBackend:
         self.model = model
         self.optimizer: Optional[optim.Optimizer] = None
         self.grads = None
+        self.group = None  # the mx.distributed group of a data-parallel run (join_group)
         dims = model.dims
         self.states_shape = (dims.n_audio_ctx, dims.n_audio_state)
 
@@ -121,18 +123,21 @@ class MLXBackend:
     def set_training(self, training: bool) -> None:
         self.model.train(training)
 
-    def accumulate_gradients(self, examples, indices, states, labels, accumulation: int) -> tuple:
+    def accumulate_gradients(self, examples, indices, states, labels, scale: float) -> tuple:
         audio, _ = self.model_inputs(examples, indices, states)
         inputs, targets, mask = (mx.array(a) for a in labels)
         (loss, ntok), grads = self._loss_and_grad(self.model, audio, inputs, targets, mask)
-        if accumulation > 1:
-            grads = tree_map(lambda g: g / accumulation, grads)
+        if scale != 1.0:
+            grads = tree_map(lambda g: g * scale, grads)
         self.grads = grads if self.grads is None else tree_map(lambda a, b: a + b, self.grads, grads)
         mx.eval(loss, ntok, self.grads)
         return loss.item() * ntok.item(), ntok.item()
 
     def update(self, learning_rate: float, max_grad_norm: float) -> None:
         grads, self.grads = self.grads, None
+        if self.group is not None and self.group.size() > 1:
+            grads = sum_gradients(grads, self.model.trainable_parameters(), self.group)
+            mx.eval(grads)  # a lost process fails here, before the weights take the update
         if max_grad_norm and max_grad_norm > 0:
             grads, _ = optim.clip_grad_norm(grads, max_grad_norm)
         self.optimizer.learning_rate = mx.array(learning_rate, dtype=mx.float32)

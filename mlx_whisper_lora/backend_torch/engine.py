@@ -19,6 +19,7 @@ from ..errors import UserError
 from ..formats.adapter_config import AdapterConfig
 from ..formats.safetensors_io import write_safetensors
 from . import lora as tlora
+from .data_parallel import sum_gradients
 from .decoding import greedy_decode
 
 AUTOCAST = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -59,6 +60,7 @@ class TorchBackend:
             log("float16 autocast is for CUDA; training in float32 on the CPU (bfloat16 works there)")
             self.autocast_dtype = None
         self.optimizer: Optional[torch.optim.Optimizer] = None
+        self.data_parallel = False  # gradients summed over torchrun's processes before each update
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
         dims = model.dims
         self.states_shape = (dims.n_audio_ctx, dims.n_audio_state)
@@ -139,16 +141,18 @@ class TorchBackend:
     def set_training(self, training: bool) -> None:
         self.model.train(training)
 
-    def accumulate_gradients(self, examples, indices, states, labels, accumulation: int) -> tuple:
+    def accumulate_gradients(self, examples, indices, states, labels, scale: float) -> tuple:
         audio, is_states, kv = self.model_inputs(examples, indices, states)
         loss, n = loss_and_count(self.model, audio, is_states, kv, *self._labels(labels), self.autocast_dtype,
                                  self.label_smoothing)
-        self.scaler.scale(loss / accumulation).backward()
+        self.scaler.scale(loss * scale).backward()
         return loss.item() * n.item(), n.item()
 
     def update(self, learning_rate: float, max_grad_norm: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
+        if self.data_parallel:
+            sum_gradients(list(self.params.values()))
         if max_grad_norm and max_grad_norm > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(list(self.params.values()), max_grad_norm)

@@ -83,6 +83,11 @@ class ExampleSet:
             if mel is not None:
                 self._mel_bytes -= mel.nbytes
 
+    def mark_readable(self, indices: Sequence[int]) -> None:
+        """Record audio another process has read (a data-parallel run's shared encoder states), so
+        that `usable` does not read it again here."""
+        self._readable.update(i for i in indices if i not in self.failed)
+
     def usable(self, indices: Sequence[int]) -> List[int]:
         """The indices whose audio can be read; the others are recorded in `failed` and dropped.
         (Reading the audio computes and keeps its log-mel, which the batch needs next.)"""

@@ -23,6 +23,11 @@ class Label:
     prefix_len: int  # tokens not predicted by the loss (the start of transcript, language, task)
     truncated: bool = False
 
+    @property
+    def target_count(self) -> int:
+        """The tokens the loss counts (collate's mask)."""
+        return len(self.tokens) - self.prefix_len
+
 
 def prefix_tokens(tokenizer, language: Optional[str], task: str, timestamps: bool) -> List[int]:
     seq = [tokenizer.sot]

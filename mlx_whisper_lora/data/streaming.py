@@ -9,7 +9,7 @@ shuffle buffer, epochs and split expressions behave the same for every kind of s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 
 from .manifests import TEXT_COLUMNS, DataError, find_manifest, read_manifest, row_utterance, shared_manifest, split_names, Utterance
 from .splits import split_parts
@@ -79,8 +79,11 @@ def open_stream(source: str, split: str, config: Optional[str] = None, folder_da
 
 def stream_utterances(ds, audio_column: str = "audio", text_column: Optional[str] = None,
                       language_column: str = "language", seed: int = 0, epoch: int = 0, buffer_size: int = 1000,
-                      max_samples: Optional[int] = None, name: str = "train") -> Iterator[Utterance]:
-    """Utterances of one epoch of the stream, shuffled through a buffer of `buffer_size` rows."""
+                      max_samples: Optional[int] = None, name: str = "train",
+                      shard: Tuple[int, int] = (0, 1)) -> Iterator[Utterance]:
+    """Utterances of one epoch of the stream, shuffled through a buffer of `buffer_size` rows.
+    `shard` (rank, processes): a data-parallel run's process keeps every processes-th row of the
+    one shuffled order, from its rank on (the audio of the others is never decoded here)."""
     import datasets
 
     features = ds.features or {}
@@ -91,7 +94,10 @@ def stream_utterances(ds, audio_column: str = "audio", text_column: Optional[str
         ds = ds.shuffle(seed=(int(seed) * 1_000_003 + int(epoch)) % (1 << 32), buffer_size=int(buffer_size))
     if max_samples is not None:
         ds = ds.take(int(max_samples))
+    rank, processes = shard
     for i, row in enumerate(ds):
+        if i % processes != rank:
+            continue
         if audio_column not in row:
             raise DataError(f"the {name} stream has no audio column {audio_column!r} (columns: {', '.join(row)}); "
                             "pass --audio-column")

@@ -59,12 +59,15 @@ class TrainingBackend(Protocol):
     def set_training(self, training: bool) -> None: ...
 
     def accumulate_gradients(self, examples, indices: List[int], states: Optional[list],
-                             labels: Tuple[np.ndarray, np.ndarray, np.ndarray], accumulation: int) -> Tuple[float, float]:
-        """Forward and backward of one micro-batch (gradients scaled by 1/accumulation and summed);
+                             labels: Tuple[np.ndarray, np.ndarray, np.ndarray], scale: float) -> Tuple[float, float]:
+        """Forward and backward of one micro-batch: the gradient of its mean token loss times `scale`
+        (the loop's share of this micro-batch in the step: 1/accumulation in one process, and its
+        tokens over all processes' tokens in a data-parallel run) is added to the gradients;
         returns (sum of token losses, number of target tokens)."""
 
     def update(self, learning_rate: float, max_grad_norm: float) -> None:
-        """Clip, one optimizer step at this rate, clear the gradients."""
+        """In a data-parallel run first sum the gradients over the processes; then clip, one
+        optimizer step at this rate, clear the gradients."""
 
     def batch_loss(self, examples, indices: List[int], states: Optional[list],
                    labels: Tuple[np.ndarray, np.ndarray, np.ndarray]) -> Tuple[float, float]:

@@ -100,9 +100,10 @@ def stream_sample(config: RunConfig, rows: int = 1000) -> list:
                                   buffer_size=0, max_samples=min(rows, config.max_samples or rows)))
 
 
-def streamed_train_batches(model, config: RunConfig, style: str):
+def streamed_train_batches(model, config: RunConfig, style: str, rank: int = 0, processes: int = 1):
     """--streaming: batches checked and labelled as they are read, from a shuffle buffer of
-    --shuffle-buffer rows; the training split is never held in memory as a whole."""
+    --shuffle-buffer rows; the training split is never held in memory as a whole. In a
+    data-parallel run each of the `processes` reads its own rows and makes its share of the batch."""
     from ..data.streaming import stream_utterances
     from .streamed_batches import StreamedBatches
 
@@ -113,7 +114,8 @@ def streamed_train_batches(model, config: RunConfig, style: str):
 
     def open_epoch(epoch: int):
         return stream_utterances(stream, config.audio_column, config.text_column, seed=int(config.seed), epoch=epoch,
-                                 buffer_size=int(config.shuffle_buffer), max_samples=config.max_samples)
+                                 buffer_size=int(config.shuffle_buffer), max_samples=config.max_samples,
+                                 shard=(rank, processes))
 
     def check(utterances: list) -> list:
         kept, _ = check_utterances(utterances, "train", min(float(config.max_duration), 30.0),
@@ -131,4 +133,4 @@ def streamed_train_batches(model, config: RunConfig, style: str):
                                        "train", style)
         return examples
 
-    return StreamedBatches(open_epoch, check, label, int(config.batch_size), config.max_samples)
+    return StreamedBatches(open_epoch, check, label, int(config.batch_size) // processes, config.max_samples)

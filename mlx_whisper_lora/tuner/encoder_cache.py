@@ -9,7 +9,9 @@ spills it as float32 numpy; the back end turns spilled rows back into its own ar
 
 from __future__ import annotations
 
+import hashlib
 import os
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -91,20 +93,78 @@ class CachedStates:
             chunk = missing[start:start + self.batch_size]
             for i, states in zip(chunk, self.backend.encode(self.examples, chunk, self.for_training)):
                 self.cache.put(i, states, self.backend.states_nbytes(states), self.backend.states_numpy)
-                extra = self.backend.extras_nbytes(states) if i in self.cache.memory else 0
-                if extra and not self.cache.reserve(extra):  # the states fit, their extras do not
-                    self.cache.memory[i] = self.backend.without_extras(states)
+                self._keep_extras(i, states)
             self.examples.forget_mels(chunk)  # the log-mels are no longer needed
         return [self.cache.get(i) for i in indices]
 
-    def fill(self, progress: Optional[Callable] = None) -> None:
-        """Compute every usable utterance's states now (with a progress bar)."""
+    def _keep_extras(self, i: int, states) -> None:
+        extra = self.backend.extras_nbytes(states) if i in self.cache.memory else 0
+        if extra and not self.cache.reserve(extra):  # the states fit, their extras do not
+            self.cache.memory[i] = self.backend.without_extras(states)
+
+    def fill(self, progress: Optional[Callable] = None, world=None) -> None:
+        """Compute every usable utterance's states now (with a progress bar). In a data-parallel run
+        (`world`, tuner/distributed.py) each process computes its share into one file that all
+        then read; where the processes do not see the same folder, each computes them all."""
+        shared = self._shared_file(world) if world is not None and world.parallel else None
+        if shared is not None:
+            return self._fill_shared(shared, progress, world)
         todo = self.cache.missing(range(len(self.examples)))
         chunks = [todo[i:i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
         for chunk in (progress(chunks) if progress else chunks):
             usable = self.examples.usable(chunk)
             if usable:
                 self(usable)
+
+    def _shared_file(self, world) -> Optional[Path]:
+        """The file the processes share the states through, when they all see the main one's folder."""
+        if self.cache.folder is None:
+            return None
+        ids = "\n".join(u.id for u in self.examples.utterances).encode()
+        path = Path(self.cache.folder) / f"encoder_states.{hashlib.sha1(ids).hexdigest()[:12]}.shared.f32"
+        token_file = path.with_suffix(".token")
+        token = 0
+        if world.is_main:
+            token = secrets.randbelow(1 << 30) + 1
+            path.parent.mkdir(parents=True, exist_ok=True)
+            world.leftovers.append(str(path))
+            np.memmap(path, dtype=np.float32, mode="w+", shape=(len(self.examples), *self.cache.shape)).flush()
+            token_file.write_text(str(token))
+        token = int(world.sum([token])[0])  # also waits for the file
+        seen = token_file.read_text() if token_file.exists() else ""
+        shared = world.all_agree(seen == str(token))
+        if world.is_main:
+            token_file.unlink()
+            if not shared:
+                path.unlink()
+        return path if shared else None
+
+    def _fill_shared(self, path: Path, progress: Optional[Callable], world) -> None:
+        n = len(self.examples)
+        disk = np.memmap(path, dtype=np.float32, mode="r+", shape=(n, *self.cache.shape))
+        mine = world.shard([i for i in range(n) if i not in self.examples.failed])
+        chunks = [mine[i:i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
+        for chunk in (progress(chunks) if progress else chunks):
+            usable = self.examples.usable(chunk)
+            if not usable:
+                continue
+            for i, states in zip(usable, self.backend.encode(self.examples, usable, self.for_training)):
+                disk[i] = self.backend.states_numpy(states)
+                if self.cache.reserve(self.backend.states_nbytes(states)):
+                    self.cache.memory[i] = states
+                    self._keep_extras(i, states)
+            self.examples.forget_mels(usable)
+        disk.flush()
+        failed = np.zeros(n, dtype=np.int32)
+        failed[list(self.examples.failed)] = 1
+        for i in np.flatnonzero(world.sum(failed)):  # also waits for every share to be written
+            self.examples.failed.setdefault(int(i), "unreadable (found by another process)")
+        self.cache.disk = disk
+        self.cache.disk_path = str(path) if world.is_main else None  # the main process removes it
+        world.leftovers.append(str(path))
+        read = [i for i in range(n) if i not in self.examples.failed]
+        self.examples.mark_readable(read)
+        self.cache.on_disk[read] = True
 
     def close(self) -> None:
         self.cache.close()

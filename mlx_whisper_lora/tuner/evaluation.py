@@ -14,26 +14,30 @@ from typing import Dict, List, Optional
 from ..data.examples import ExampleSet
 from ..text.case_style import render as render_case
 from ..text.metrics import score
+from .distributed import world_of
 from .encoder_cache import CachedStates
 from .loop import evaluate_loss
 
 
 def transcribe_examples(backend, examples: ExampleSet, task: str = "transcribe", batch_size: int = 8,
                         progress: bool = True, num_batches: int = -1, states: Optional[CachedStates] = None) -> tuple:
-    """(indices, transcripts) of greedy decoding, language and task forced, in dataset order."""
+    """(indices, transcripts) of greedy decoding, language and task forced, in dataset order. In a
+    data-parallel run each process decodes its share and every process gets all transcripts."""
+    world = world_of(backend)
     backend.set_training(False)
-    indices = examples.usable(list(range(len(examples))))
+    candidates = [i for i in range(len(examples)) if i not in examples.failed]
     if num_batches >= 0:
-        indices = indices[: num_batches * batch_size]
+        candidates = candidates[: num_batches * batch_size]
+    mine = examples.usable(world.shard(candidates))
     groups: Dict[Optional[str], List[int]] = {}
-    for i in indices:
+    for i in mine:
         groups.setdefault(examples.utterances[i].language, []).append(i)
     texts: Dict[int, str] = {}
     bar = None
-    if progress:
+    if progress and world.is_main:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(indices), desc="decode", unit="utt", dynamic_ncols=True, file=sys.stderr)
+        bar = tqdm(total=len(mine), desc="decode", unit="utt", dynamic_ncols=True, file=sys.stderr)
     for language, members in groups.items():
         for start in range(0, len(members), batch_size):
             chunk = members[start:start + batch_size]
@@ -44,6 +48,8 @@ def transcribe_examples(backend, examples: ExampleSet, task: str = "transcribe",
                 bar.update(len(chunk))
     if bar is not None:
         bar.close()
+    texts = world.gather(texts)
+    indices = [i for i in candidates if i in texts]
     return indices, [texts[i] for i in indices]
 
 

@@ -25,6 +25,7 @@ from ..errors import UserError
 from ..formats.adapter_files import ADAPTER_FILE, optimizer_file_for, saved_step, write_adapter_tensors
 from ..formats.safetensors_io import read_metadata, read_safetensors, write_safetensors
 from ..data.augment import Augmenter
+from .distributed import PeerLost, peer_lost, world_of
 from .encoder_cache import CachedStates
 from .streamed_batches import IndexedBatches, StreamedBatches
 from .schedule import learning_rate_at
@@ -98,20 +99,24 @@ def cached_states(backend, examples: Optional[ExampleSet], args: TrainingArgs, f
 
 def evaluate_loss(backend, examples: ExampleSet, batch_size: int, num_batches: int = -1,
                   states: Optional[CachedStates] = None) -> float:
-    """Token-weighted mean loss over the first `num_batches` batches (-1: all) in a fixed order."""
+    """Token-weighted mean loss over the first `num_batches` batches (-1: all) in a fixed order
+    (in a data-parallel run each process takes its share of every batch and the sums are added)."""
+    world = world_of(backend)
     backend.set_training(False)
     batches = epoch_batches(examples.lengths, batch_size, seed=0, epoch=0)
     if num_batches >= 0:
         batches = batches[:num_batches]
     total = count = 0.0
     for indices in batches:
-        indices = examples.usable(indices)
+        indices = examples.usable(world.shard(indices))
         if not indices:
             continue
         loss_sum, tokens = backend.batch_loss(examples, indices, batch_states(states, indices),
                                               collate([examples.labels[i] for i in indices], pad_token=0))
         total += loss_sum
         count += tokens
+    if world.parallel:
+        total, count = (float(v) for v in world.sum([total, count]))
     return total / count if count else float("nan")
 
 
@@ -180,11 +185,13 @@ def train(backend, train_set: Union[ExampleSet, StreamedBatches], valid_set: Opt
     Every metrics.jsonl entry also goes to `on_metrics` (TensorBoard, wandb: tuner/reporting.py).
     `train_set`: an example set, or batches read from a stream (--streaming)."""
     adapter_dir = Path(adapter_dir)
-    adapter_dir.mkdir(parents=True, exist_ok=True)
+    world = world_of(backend)  # in a data-parallel run only the main process writes files
+    if world.is_main:
+        adapter_dir.mkdir(parents=True, exist_ok=True)
     backend.start_training(args)
     start = restore_optimizer(backend, Path(resume_file), log) if resume_file else 0
     source = train_set if isinstance(train_set, StreamedBatches) else \
-        IndexedBatches(train_set, args.batch_size, args.seed, args.bucket)
+        IndexedBatches(train_set, args.batch_size, args.seed, args.bucket, world.shard)
     augmenter = Augmenter(args.augment, args.seed) if args.augment else None
     if augmenter is not None and not backend.encoder_trained and args.encoder_cache:
         log(f"augmentation ({', '.join(args.augment)}) changes the audio every step: the frozen encoder's states are "
@@ -195,6 +202,8 @@ def train(backend, train_set: Union[ExampleSet, StreamedBatches], valid_set: Opt
     summary = {"status": "done", "start_step": start, "steps": start}
 
     def record(entry: dict) -> None:
+        if not world.is_main:
+            return
         if on_metrics is not None:
             on_metrics(entry)
         try:
@@ -204,6 +213,8 @@ def train(backend, train_set: Union[ExampleSet, StreamedBatches], valid_set: Opt
             log(f"warning: could not append to {metrics_path}: {e.strerror or e}")
 
     def save(step: int, final: bool) -> bool:
+        if not world.is_main:
+            return True
         try:
             save_checkpoint(backend, adapter_dir, step, keep_step_copy=not final)
             return True
@@ -215,13 +226,14 @@ def train(backend, train_set: Union[ExampleSet, StreamedBatches], valid_set: Opt
 
     window = {"loss": 0.0, "tokens": 0.0, "seconds": 0.0, "audio": 0.0, "steps": 0}
     step = start
+    lost: Optional[PeerLost] = None
     bar = None
     with StopFlag(log) as stop:
         try:
             fill_bar = (lambda it: _progress_bar(it, "encoder states", "batch")) if progress else None
             for states in (train_states, valid_states):
                 if states is not None and not stop.requested:
-                    states.fill(fill_bar)
+                    states.fill(fill_bar, world)
             source.skip(start * args.grad_accumulation_steps)
             log(f"training on {source.describe()}")
             bar = _progress_bar(None, "train", "step", total=args.iters, initial=start) if progress else None
@@ -235,28 +247,40 @@ def train(backend, train_set: Union[ExampleSet, StreamedBatches], valid_set: Opt
                 loss_sum = tok_sum = audio_seconds = 0.0
                 step_ids: List[str] = []
                 for k in range(args.grad_accumulation_steps):
-                    examples, indices = source.batch(step * args.grad_accumulation_steps + k)
-                    if not indices:
+                    examples, mine = source.batch(step * args.grad_accumulation_steps + k)  # this process's share
+                    mine_tokens = float(sum(examples.labels[i].target_count for i in mine))
+                    # each process's gradient is weighted by its tokens over the micro-batch's tokens on all processes
+                    batch_tokens = float(world.sum([mine_tokens])[0]) if world.parallel else mine_tokens
+                    if not mine_tokens:
                         continue
-                    step_ids += [examples.utterances[i].id for i in indices]
-                    labels = collate([examples.labels[i] for i in indices], pad_token=0)
+                    labels = collate([examples.labels[i] for i in mine], pad_token=0)
+                    step_ids += [examples.utterances[i].id for i in mine]
                     examples.augment = augmenter
                     try:
-                        batch_loss, tokens = backend.accumulate_gradients(examples, indices,
-                                                                         batch_states(train_states, indices),
-                                                                         labels, args.grad_accumulation_steps)
+                        batch_loss, tokens = backend.accumulate_gradients(
+                            examples, mine, batch_states(train_states, mine), labels,
+                            mine_tokens / (batch_tokens * args.grad_accumulation_steps))
                     finally:
                         examples.augment = None
                     loss_sum += batch_loss
                     tok_sum += tokens
-                    audio_seconds += examples.seconds(indices)
+                    audio_seconds += examples.seconds(mine)
+                if world.parallel:  # the step's figures over all processes, and a stop asked of any
+                    loss_sum, tok_sum, audio_seconds, stops = (float(v) for v in world.sum(
+                        [loss_sum, tok_sum, audio_seconds, float(stop.requested)]))
+                    stop.requested = stops > 0
                 if tok_sum == 0:
                     raise RuntimeError("no readable audio in this batch")
                 if not math.isfinite(loss_sum):  # before the update: the weights and the checkpoints stay good
                     raise UserError(f"the loss of step {step + 1} is not a number (batch: {', '.join(step_ids[:8])}); "
                                     f"training stopped, the last checkpoint in {adapter_dir} is intact. Check those "
                                     "utterances, or lower --learning-rate")
-                backend.update(lr, args.max_grad_norm)
+                try:
+                    backend.update(lr, args.max_grad_norm)
+                except RuntimeError as e:
+                    if not world.parallel:
+                        raise
+                    raise peer_lost(e) from None
                 step += 1
                 for key, value in (("loss", loss_sum), ("tokens", tok_sum), ("audio", audio_seconds),
                                    ("seconds", time.perf_counter() - tic), ("steps", 1)):
@@ -284,6 +308,8 @@ def train(backend, train_set: Union[ExampleSet, StreamedBatches], valid_set: Opt
                     break
         except KeyboardInterrupt:
             summary["status"] = "interrupted"
+        except PeerLost as e:  # the weights are those of the last whole step, the same in every process
+            summary["status"], lost = "peer_lost", e
         finally:
             if bar is not None:
                 bar.close()
@@ -293,6 +319,11 @@ def train(backend, train_set: Union[ExampleSet, StreamedBatches], valid_set: Opt
     backend.set_training(False)
     summary["steps"] = step
     summary["saved"] = save(step, final=True)
+    if lost is not None:
+        kept = f"the adapters of step {step} are saved in {adapter_dir}" if world.is_main and summary["saved"] else \
+            f"the last checkpoint in {adapter_dir} is intact"
+        raise PeerLost(f"{lost.cause}; this process stops too, and {kept}. Resume with --resume-adapter-file "
+                       f"{adapter_dir / ADAPTER_FILE} (with any number of processes)")
     if summary["status"] == "interrupted":
         log(f"interrupted at step {step}; adapters saved in {adapter_dir}. Resume with "
             f"--resume-adapter-file {adapter_dir / ADAPTER_FILE}")

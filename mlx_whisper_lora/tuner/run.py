@@ -18,6 +18,7 @@ from ..text import case_style
 from .alignment import HeadReselection
 from .backend_choice import choose_backend
 from .data_prep import prepare_split, read_splits, stream_sample, streamed_train_batches, tokenizer_for
+from .distributed import backend_for_launcher, join_world, launcher, quiet, world_of
 from .evaluation import transcribe_examples
 from .loop import METRICS_FILE, train
 from .reporting import CURVES_PLOT, Reporter, parse_report_to, plot_training_curves
@@ -37,11 +38,20 @@ def existing_adapter_config(config: RunConfig) -> Optional[AdapterConfig]:
 
 
 def open_backend(config: RunConfig, log: Callable):
-    """The back end `--backend` asks for (auto: see backend_choice.py), with the base model loaded.
-    `config.model` is filled in from the adapters' config when not given."""
-    requested = config.backend
+    """The back end `--backend` asks for (auto: see backend_choice.py; under torchrun or mlx.launch the
+    launcher's), with the base model loaded and, in a data-parallel run, the processes joined
+    (`backend.world`). `config.model` is filled in from the adapters' config when not given."""
+    implied = backend_for_launcher(config.backend)
+    requested = implied or config.backend
     name, why = choose_backend(requested, config.device)
+    if implied:
+        why = f"started by {launcher()}"
+    world, group = join_world(name, config.device)
+    if not world.is_main:
+        log = quiet
     log(f"back end: {name} ({why})")
+    if world.parallel:
+        log(f"data-parallel: {world.describe()}; --batch-size {config.batch_size} is the global batch")
     existing = existing_adapter_config(config)
     if config.model is None and existing is not None and existing.base_model:
         config.model = existing.base_model
@@ -51,15 +61,20 @@ def open_backend(config: RunConfig, log: Callable):
         from ..backend_torch.engine import load_base  # a UserError when torch is missing
 
         try:
-            return load_base(config, log)
+            backend = load_base(config, log)
+            backend.data_parallel = world.parallel
+            backend.world = world
+            return backend
         except QuantizedBase:
-            if requested != "auto":
+            if requested != "auto" or world.parallel:
                 raise
             log("back end: mlx (the base model is MLX-quantized; the torch back end loads floating-point weights)")
             config.backend = "mlx"
     from ..backend_mlx.engine import load_base
 
-    return load_base(config, log)
+    backend = load_base(config, log)
+    backend.group, backend.world = group, world
+    return backend
 
 
 def choose_text_style(adapter_config: AdapterConfig, config: RunConfig, texts: List[str], log: Callable) -> None:
@@ -88,7 +103,7 @@ def base_style_utterances(backend, utterances: list, config: RunConfig, style: s
     saved = {}
     if path.exists():
         saved = {r["key"]: r["text"] for r in map(json.loads, path.read_text().splitlines()) if r}
-    if saved and all(key(u) in saved for u in utterances):
+    if world_of(backend).all_agree(bool(saved) and all(key(u) in saved for u in utterances)):
         log(f"base-style targets: read from {path}")
         return [replace(u, text=saved[key(u)]) for u in utterances]
     model = backend.model
@@ -102,7 +117,8 @@ def base_style_utterances(backend, utterances: list, config: RunConfig, style: s
         styled = replace(u, text=case_style.base_styled_text(u.text, hyp, style, tokenizer, u.language))
         rows.append({"key": key(u), "base": hyp, "text": styled.text})
         out.append(styled)
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    if world_of(backend).is_main:
+        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return out
 
 
@@ -141,6 +157,7 @@ def resume_file(model, config: RunConfig) -> Optional[Path]:
 
 
 def run_training(backend, config: RunConfig, log: Callable) -> dict:
+    world = world_of(backend)  # in a data-parallel run the main process alone writes files
     adapter_config = adapter_config_from(config, backend.model)
     backend.apply_adapters(adapter_config)
     resume = resume_file(backend.model, config)
@@ -152,7 +169,8 @@ def run_training(backend, config: RunConfig, log: Callable) -> dict:
     if config.streaming:
         sample = stream_sample(config)  # the text style is settled on the stream's first rows
         choose_text_style(adapter_config, config, [u.text for u in sample], log)
-        train_set, train_report = streamed_train_batches(backend.model, config, adapter_config.case_style), None
+        train_set, train_report = streamed_train_batches(backend.model, config, adapter_config.case_style,
+                                                         world.rank, world.size), None
         first_rows, _ = prepare_split(backend.model, sample[:64], "train", config, lambda m: None, timestamps=True,
                                       style=adapter_config.case_style)
     else:
@@ -164,17 +182,20 @@ def run_training(backend, config: RunConfig, log: Callable) -> dict:
     if splits.get("valid"):
         valid_set, _ = prepare_split(backend.model, splits["valid"], "valid", config, log, timestamps=True,
                                      style=adapter_config.case_style)
-    save_adapter_config(adapter_config, config.adapter_path)
+    if world.is_main:
+        save_adapter_config(adapter_config, config.adapter_path)
     heads = None
-    if config.alignment_heads == "auto" and not resume:  # a resumed run has no base model to compare against
+    if config.alignment_heads == "auto" and not resume and world.is_main:  # a resumed run has no base model to compare against
         heads = HeadReselection(backend, first_rows, config.task, log)
-    reporter = Reporter(parse_report_to(config.report_to or ()), Path(config.adapter_path), config.to_json(), log)
+    reporter = Reporter(parse_report_to(config.report_to or ()) if world.is_main else [], Path(config.adapter_path),
+                        config.to_json(), log)
     try:
         summary = train(backend, train_set, valid_set, config.training_args(), Path(config.adapter_path), resume, log,
                         config.progress, on_metrics=reporter)
     finally:
         reporter.close()
-    plot = plot_training_curves(Path(config.adapter_path) / METRICS_FILE, Path(config.adapter_path) / CURVES_PLOT)
+    plot = world.is_main and plot_training_curves(Path(config.adapter_path) / METRICS_FILE,
+                                                  Path(config.adapter_path) / CURVES_PLOT)
     if plot:
         log(f"wrote {plot}")
     if heads is not None and summary.get("saved") and summary.get("status") != "interrupted":
@@ -191,6 +212,13 @@ def run(config: RunConfig, log: Callable) -> dict:
     if config.train:  # before hours of work whose results would have nowhere to go
         check_writable(config.adapter_path, "pass another --adapter-path")
     backend = open_backend(config, log)
+    world = world_of(backend)
+    world.adapter_dir = str(config.adapter_path)
+    if not world.is_main:  # the main process speaks for the run
+        log, config.progress = quiet, False
+    if config.streaming and world.parallel and int(config.batch_size) % world.size:
+        raise UserError(f"--batch-size {config.batch_size} is the global batch: with --streaming it must be a multiple "
+                        f"of the {world.size} processes (each reads batch-size/{world.size} rows a step)")
     result = {}
     adapter_config = None
     base = None

@@ -12,12 +12,15 @@ from ..data.manifests import DataError, Utterance, epoch_batches
 
 
 class IndexedBatches:
-    """Batches of a whole example set: the same for the same (seed, epoch), reshuffled each epoch."""
+    """Batches of a whole example set: the same for the same (seed, epoch), reshuffled each epoch.
+    Every process of a data-parallel run draws the same batches and reads only its share."""
 
     streamed = False
 
-    def __init__(self, examples: ExampleSet, batch_size: int, seed: int, bucket: bool = True):
+    def __init__(self, examples: ExampleSet, batch_size: int, seed: int, bucket: bool = True,
+                 shard: Callable[[list], list] = list):
         self.examples, self.batch_size, self.seed, self.bucket = examples, batch_size, seed, bucket
+        self.shard = shard  # a data-parallel run's share of each batch for this process (World.shard)
         self.per_epoch = -(-len(examples) // batch_size)
         self._epochs: Dict[int, list] = {}
 
@@ -27,7 +30,7 @@ class IndexedBatches:
         if epoch not in self._epochs:
             self._epochs.clear()
             self._epochs[epoch] = epoch_batches(self.examples.lengths, self.batch_size, self.seed, epoch, self.bucket)
-        return self.examples, self.examples.usable(self._epochs[epoch][index])
+        return self.examples, self.examples.usable(self.shard(self._epochs[epoch][index]))
 
     def skip(self, batches: int) -> None:
         """Nothing to skip: batch numbers index the epochs directly."""
@@ -41,7 +44,7 @@ class IndexedBatches:
 
 class StreamedBatches:
     """Batches read from a stream (one epoch after another). `open_epoch(epoch)` gives the epoch's
-    utterances; `check(utterances)` keeps the usable ones; `label(utterances)` makes an ExampleSet."""
+    utterances (in a data-parallel run, this process's rows: data_prep.py); `check(utterances)` keeps the usable ones; `label(utterances)` makes an ExampleSet."""
 
     streamed = True
 

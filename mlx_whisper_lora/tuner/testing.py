@@ -20,6 +20,7 @@ from ..formats.adapter_config import AdapterConfig
 from ..formats.adapter_files import ADAPTER_FILE, CONFIG_FILE, saved_step
 from ..text.normalizers import normalizer_name
 from .data_prep import prepare_split, read_splits
+from .distributed import world_of
 from .evaluation import log_report, test_report
 from .no_speech import hallucination_line, hallucination_report
 from .reporting import TAGS, TEST_PLOT, Reporter, parse_report_to, plot_test_scores
@@ -101,7 +102,7 @@ def score_examples(backend, config: RunConfig, examples, style: Optional[str], p
 
 def score_base(backend, config: RunConfig, log: Callable) -> Dict[str, Optional[dict]]:
     """The base model's reports on the test split (and the general data), cached; call before adapters."""
-    model = backend.model
+    model, world = backend.model, world_of(backend)
     out: Dict[str, Optional[dict]] = {"test": None, "general": None, "no_speech": None}
     jobs = [("test", config, lambda: read_splits(config, ["test"], log)["test"])]
     if config.general_data:
@@ -112,13 +113,16 @@ def score_base(backend, config: RunConfig, log: Callable) -> Dict[str, Optional[
                                     style=model.case_style or "keep")
         key = split_key(backend, job_config, examples)
         report = cached_base_report(key)
+        if not world.all_agree(report is not None):  # every process decodes its share, or none does
+            report = None
         if report is not None:
             log(f"base model on the {name} data: cached scores ({len(examples)} utterances)")
         else:
             log(f"base model on the {name} data: scoring {len(examples)} utterances (cached for later runs)")
             report = score_examples(backend, job_config, examples, model.case_style, model.punctuation)
             report["base_cache_key"] = key
-            cache_base_report(key, report)
+            if world.is_main:
+                cache_base_report(key, report)
         out[name] = report
     out["no_speech"] = hallucination_report(backend, test_language(config), config.task,
                                             int(config.batch_size))  # seconds: not cached
@@ -175,7 +179,7 @@ def run_test(backend, config: RunConfig, log: Callable, adapter_config: Optional
     report["warnings"] = [w for w in warnings if w]
     for warning in report["warnings"]:
         log(warning)
-    if adapter_dir.exists() or config.train:
+    if (adapter_dir.exists() or config.train) and world_of(backend).is_main:
         write_results(adapter_dir, config, report, base, general, adapter_config is not None, log)
     return report
 
