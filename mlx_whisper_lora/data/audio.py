@@ -163,7 +163,7 @@ def mel_filters(n_mels: int, sr: int = SAMPLE_RATE, n_fft: int = N_FFT) -> np.nd
 
 
 @functools.lru_cache(maxsize=None)
-def _hann_window(n: int) -> mx.array:
+def hann_window(n: int) -> mx.array:
     k = np.arange(n)
     return mx.array((0.5 - 0.5 * np.cos(2 * np.pi * k / n)).astype(np.float32))  # periodic
 
@@ -188,7 +188,7 @@ def log_mel_spectrogram(audio, n_mels: int = 80, padding: int = 0) -> mx.array:
     x = mx.concatenate([prefix, x, suffix])
     n_frames = 1 + (x.shape[0] - N_FFT) // HOP_LENGTH
     frames = mx.as_strided(x, shape=(n_frames, N_FFT), strides=(HOP_LENGTH, 1))
-    spectrum = mx.fft.rfft(frames * _hann_window(N_FFT))
+    spectrum = mx.fft.rfft(frames * hann_window(N_FFT))
     power = mx.square(mx.abs(spectrum[:-1]))  # Whisper drops the last frame
     mel = power @ mx.array(mel_filters(n_mels)).T
     log_spec = mx.log10(mx.maximum(mel, 1e-10))

@@ -24,6 +24,7 @@ from ..data.audio import (
     log_mel_spectrogram,
     pad_or_trim,
 )
+from ..data.long_audio import open_long_audio
 from . import timing
 from .decoding import DecodingOptions, DecodingResult, decode, detect_language
 from ..errors import UserError
@@ -336,11 +337,23 @@ def _check_language_and_task(model: Whisper, language: Optional[str], task: str)
     return language
 
 
-def _padded_mel(model: Whisper, audio) -> mx.array:
-    """Log-mel of the whole audio followed by a 30 s window of silence (so every window is full)."""
+def _padded_mel(model: Whisper, audio):
+    """Log-mel of the whole audio followed by a 30 s window of silence (so every window is full).
+    A long file is read into a temporary file and its log-mel computed window by window
+    (data/long_audio.py), so memory does not grow with its length."""
     if isinstance(audio, (str, Path)):
+        windowed = open_long_audio(audio, model.dims.n_mels, padding=N_SAMPLES)
+        if windowed is not None:
+            return windowed
         audio = load_audio(audio)
     return log_mel_spectrogram(audio, model.dims.n_mels, padding=N_SAMPLES)
+
+
+def _release(mel) -> None:
+    """Close a windowed log-mel's temporary file (an mx.array has nothing to close)."""
+    close = getattr(mel, "close", None)
+    if close is not None:
+        close()
 
 
 @dataclass
@@ -469,6 +482,7 @@ def transcribe(
     finally:
         if bar:
             bar.close()
+        _release(state.mel)
     return state.result()
 
 
@@ -546,6 +560,7 @@ def transcribe_many(
                     first = None
                     state.accept(result, frames, window_feats)
                 results[chunk[j]] = state.result()
+                _release(state.mel)
                 if bar:
                     bar.update(1)
     finally:
