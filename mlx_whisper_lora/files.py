@@ -8,6 +8,7 @@ replaces it in one rename. The temporary name keeps the target's suffix, because
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Callable, Union
@@ -19,14 +20,25 @@ def temporary_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}.tmp{path.suffix}")
 
 
+@functools.lru_cache(maxsize=None)
+def default_file_mode() -> int:
+    """The mode a plain `open(path, "w")` gives a new file: 0o666 less the process's umask."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: Union[str, Path], write: Callable[[Path], None]) -> Path:
     """Call `write(temporary path)`, then move the result onto `path`; on any failure the
-    temporary file is removed and the previous `path` stays as it was."""
+    temporary file is removed and the previous `path` stays as it was. The file gets the usual
+    mode of a new file, whichever library wrote it (safetensors' writer makes its files 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
     try:
         write(tmp)
+        if tmp.is_file():
+            os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

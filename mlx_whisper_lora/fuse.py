@@ -38,6 +38,10 @@ def fuse(model_name: Optional[str], adapter_path, save_path, export_format: str 
     adapter_path = Path(adapter_path)
     if not adapter_path.exists():
         raise UserError(f"adapter path not found: {adapter_path}")
+    adapter_folder = adapter_path if adapter_path.is_dir() else adapter_path.parent
+    if Path(save_path).resolve() == adapter_folder.resolve():
+        raise UserError(f"--save-path {save_path} is the adapter folder: the export would replace its "
+                        "adapter_config.json (and the adapters would no longer load); pass another --save-path")
     config = read_adapter_config(adapter_path)
     name = model_name or config.base_model
     if not name:

@@ -125,7 +125,7 @@ def _str2bool(value: str) -> bool:
 @cli_entry
 def main(argv=None):
     from .assets_dir import DEMO_ADAPTER, DEMO_CLIP
-    from .formats.transcript_writers import FORMATS, write_result
+    from .formats.transcript_writers import FORMATS, write_results
 
     args = build_parser().parse_args(argv)
     if not args.audio and args.model is None and args.adapter_path is None:
@@ -178,10 +178,8 @@ def main(argv=None):
     for path, result in zip(audio_paths, results):
         if not result["text"].strip():
             print(f"warning: no speech found in {path}; its outputs are empty", file=sys.stderr)
-        for fmt in formats:
-            written = write_result(result, out_dir, Path(path).stem, fmt, subtitles)
-            if args.verbose:
-                print(f"wrote {written}", file=sys.stderr)
+    write_results(results, [Path(p).stem for p in audio_paths], out_dir, formats, subtitles,
+                  (lambda m: print(m, file=sys.stderr)) if args.verbose else (lambda m: None))
     return 0
 
 

@@ -173,3 +173,14 @@ def test_console_and_files_show_the_same_rendered_text(adapted, tmp_path, capsys
     written = [line for line in (tmp_path / "demo.srt").read_text().splitlines()
                if line.strip() and "-->" not in line and not line.strip().isdigit()]
     assert printed and printed == written and all(p == p.upper() for p in printed)
+
+
+def test_an_export_into_the_adapter_folder_is_refused_before_anything_is_written(adapted):
+    from mlx_whisper_lora.errors import UserError
+
+    _, folder = adapted
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    for save_path in (folder, folder / ".", folder.parent / folder.name):
+        with pytest.raises(UserError, match="is the adapter folder"):
+            fuse(None, folder, save_path, export_format="peft")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before

@@ -7,7 +7,10 @@ top half of a float32), from the file's own header, so no framework is needed to
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import re
 import struct
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
@@ -78,4 +81,15 @@ def write_safetensors(path: Union[str, Path], tensors: Dict[str, np.ndarray], me
 
     arrays = {k: np.require(v, requirements="C") for k, v in tensors.items()}  # 0-d arrays stay 0-d
     meta = {k: str(v) for k, v in (metadata or {}).items()}
-    return atomic_write(path, lambda tmp: save_file(arrays, str(tmp), metadata=meta))
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(arrays, str(tmp), metadata=meta)
+        except Exception as e:  # the Rust writer reports a full disk as SafetensorError: make it the OSError it is
+            if type(e).__name__ != "SafetensorError":
+                raise
+            code = re.search(r"os error (\d+)", str(e))
+            number = int(code.group(1)) if code else errno.EIO
+            raise OSError(number, os.strerror(number), str(tmp)) from None
+
+    return atomic_write(path, write)

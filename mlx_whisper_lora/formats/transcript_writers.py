@@ -149,6 +149,7 @@ def write_result(result: dict, output_dir, stem: str, fmt: str, subtitles: Subti
     """Write one format atomically (temporary file, then rename) and return its path."""
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+
     def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             if fmt in ("srt", "vtt"):
@@ -157,3 +158,30 @@ def write_result(result: dict, output_dir, stem: str, fmt: str, subtitles: Subti
                 FORMATS[fmt](result, f)
 
     return atomic_write(out_dir / f"{stem}.{fmt}", write)
+
+
+def write_results(results: List[dict], stems: List[str], output_dir, formats: List[str],
+                  subtitles: SubtitleOptions = SubtitleOptions(), log: Callable[[str], None] = print) -> List[Path]:
+    """Write every result in every format. When the output folder fails (a full disk, a folder made
+    read-only meanwhile), the transcripts are written to a new temporary folder instead and a
+    UserError names the failure and where they are: hours of transcription are never lost."""
+    written: List[Path] = []
+    try:
+        for result, stem in zip(results, stems):
+            for fmt in formats:
+                written.append(write_result(result, output_dir, stem, fmt, subtitles))
+                log(f"wrote {written[-1]}")
+    except OSError as e:
+        import tempfile
+
+        rescue = Path(tempfile.mkdtemp(prefix="mlx_whisper_lora_transcripts_"))
+        try:
+            for result, stem in zip(results, stems):
+                for fmt in formats:
+                    write_result(result, rescue, stem, fmt, subtitles)
+        except OSError as again:
+            raise UserError(f"cannot write the transcripts to {output_dir} ({e.strerror or e}) nor to {rescue} "
+                            f"({again.strerror or again}); free some disk space and run again") from None
+        raise UserError(f"cannot write the transcripts to {output_dir} ({e.strerror or e}); they are saved in "
+                        f"{rescue} instead: move them from there, or free space and pass --output-dir") from None
+    return written

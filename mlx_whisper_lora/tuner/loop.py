@@ -219,8 +219,10 @@ def train(backend, train_set: Union[ExampleSet, StreamedBatches], valid_set: Opt
             save_checkpoint(backend, adapter_dir, step, keep_step_copy=not final)
             return True
         except OSError as e:
+            before = "the previous checkpoint is intact" if (adapter_dir / ADAPTER_FILE).exists() else \
+                "no checkpoint is there yet"
             log(f"warning: could not write the checkpoint of step {step} to {adapter_dir}: {e.strerror or e}; "
-                "the previous checkpoint is intact" + ("" if final else "; training goes on and saves again later"))
+                f"{before}" + ("" if final else "; training goes on and saves again later"))
             record({"step": step, "event": "checkpoint_failed", "error": str(e)})
             return False
 

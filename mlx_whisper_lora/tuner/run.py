@@ -20,7 +20,7 @@ from .backend_choice import choose_backend
 from .data_prep import prepare_split, read_splits, stream_sample, streamed_train_batches, tokenizer_for
 from .distributed import backend_for_launcher, join_world, launcher, quiet, world_of
 from .evaluation import transcribe_examples
-from .loop import METRICS_FILE, train
+from .loop import METRICS_FILE, save_checkpoint, train
 from .reporting import CURVES_PLOT, Reporter, parse_report_to, plot_training_curves
 from .run_config import RunConfig
 from .testing import run_test, score_base, with_replay
@@ -206,6 +206,20 @@ def run_training(backend, config: RunConfig, log: Callable) -> dict:
     return summary
 
 
+def rescue_adapters(backend, adapter_config: AdapterConfig, step: int) -> str:
+    """Where the trained adapters went when their folder could not take them (a full disk): a new
+    temporary folder, so that the training is not lost."""
+    import tempfile
+
+    try:
+        rescue = Path(tempfile.mkdtemp(prefix="mlx_whisper_lora_adapters_"))
+        save_checkpoint(backend, rescue, step, keep_step_copy=False)
+        save_adapter_config(adapter_config, rescue)
+    except OSError as e:
+        return f"nor to a temporary folder ({e.strerror or e}): free some disk space and train again"
+    return f"they are saved in {rescue} instead (move that folder where you want the adapters)"
+
+
 def run(config: RunConfig, log: Callable) -> dict:
     """Train and/or test as `config` says; returns {"train": summary, "test": report}."""
     config.check()
@@ -230,7 +244,8 @@ def run(config: RunConfig, log: Callable) -> dict:
         if result["train"]["status"] == "interrupted":
             return result
         if not result["train"].get("saved"):
-            raise UserError(f"training finished but the adapters could not be written to {config.adapter_path}")
+            raise UserError(f"training finished but the adapters could not be written to {config.adapter_path}; "
+                            f"{rescue_adapters(backend, adapter_config, result['train']['steps'])}")
     if config.test:
         result["test"] = run_test(backend, config, log, adapter_config, base)
     return result
