@@ -161,6 +161,27 @@ def test_truncated_safetensors(tiny_en, tmp_path):
         load_model(folder)
 
 
+def test_configs_without_a_dimension_and_a_damaged_pytorch_file_are_one_error(tiny_en, tmp_path):
+    folder = save_model(tiny_en, tmp_path / "mlx")
+    config = json.loads((folder / "config.json").read_text())
+    del config["n_vocab"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=r"config.json.*n_vocab"):
+        load_model(folder)
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "whisper", "d_model": 384}))
+    (hf / "pytorch_model.bin").write_bytes(b"PK\x03\x04" + bytes(range(256)) * 20)
+    with pytest.raises(ModelLoadError, match="pytorch_model.bin.*download it again"):
+        load_model(hf)
+    (hf / "pytorch_model.bin").unlink()
+    from safetensors.numpy import save_file
+
+    save_file({"model.encoder.conv1.weight": np.zeros((384, 80, 3), np.float32)}, str(hf / "model.safetensors"))
+    with pytest.raises(ModelLoadError, match="config.json has no 'num_mel_bins'"):
+        load_model(hf)
+
+
 def test_folder_without_model(tmp_path):
     with pytest.raises(ModelLoadError, match="holds no Whisper model"):
         load_model(tmp_path)

@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -81,6 +81,17 @@ def _read_mlx_weights(path: Path) -> Dict[str, np.ndarray]:
     return _read_safetensors(path)
 
 
+def _dims(read: Callable[[], ModelDimensions], config_file: Path) -> ModelDimensions:
+    """The model's dimensions from its config, or one error naming the config and what it lacks."""
+    try:
+        return read()
+    except KeyError as e:
+        raise ModelLoadError(f"{config_file} has no {e.args[0]!r}: it is not a complete Whisper config "
+                             "(export or download the model again)") from None
+    except (TypeError, ValueError) as e:
+        raise ModelLoadError(f"{config_file}: {e} (export or download the model again)") from None
+
+
 def read_mlx_folder(folder: Path) -> Checkpoint:
     config = _read_json(folder / "config.json")
     quantization = config.pop("quantization", None)
@@ -93,7 +104,7 @@ def read_mlx_folder(folder: Path) -> Checkpoint:
     weights = _read_mlx_weights(weight_file)
     heads = weights.pop("alignment_heads", None)
     return Checkpoint(
-        dims=ModelDimensions.from_dict(config),
+        dims=_dims(lambda: ModelDimensions.from_dict(config), folder / "config.json"),
         weights=weights,
         source=str(folder),
         folder=folder,
@@ -115,8 +126,14 @@ def read_hf_folder(folder: Path) -> Checkpoint:
             weights.update(_read_safetensors(folder / shard))
     elif (folder / "pytorch_model.bin").exists():
         torch = _import_torch("a transformers pytorch_model.bin")
-        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-        weights = {k: v.float().numpy() for k, v in state.items()}
+        try:
+            state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+            weights = {k: v.float().numpy() for k, v in state.items()}
+        except Exception as e:
+            why = "it is not a plain tensor file (what else it holds is never run here)" \
+                if "Weights only load failed" in str(e) else str(e).splitlines()[0]
+            raise ModelLoadError(f"cannot read {folder / 'pytorch_model.bin'}: {why}; the file may be truncated or "
+                                 "damaged: download it again") from None
     else:
         raise ModelLoadError(f"{folder} is a transformers folder without model.safetensors or pytorch_model.bin")
     heads = None
@@ -124,7 +141,7 @@ def read_hf_folder(folder: Path) -> Checkpoint:
     if gen.exists():
         heads = _read_json(gen).get("alignment_heads")
     return Checkpoint(
-        dims=weight_names.hf_dims(config),
+        dims=_dims(lambda: weight_names.hf_dims(config), folder / "config.json"),
         weights=weight_names.hf_to_mlx(weights),
         source=str(folder),
         folder=folder,
