@@ -4,7 +4,7 @@
     python -m mlx_whisper_lora.fuse --adapter-path adapters --save-path hf_model --export-format hf
     python -m mlx_whisper_lora.fuse --adapter-path adapters --save-path peft_adapter --export-format peft
     python -m mlx_whisper_lora.fuse --adapter-path adapters --save-path ct2_model --export-format ct2 [--quantize int8]
-    python -m mlx_whisper_lora.fuse --adapter-path adapters --save-path ggml_model --export-format ggml
+    python -m mlx_whisper_lora.fuse --adapter-path adapters --save-path ggml_model --export-format ggml [--quantize q5_0]
 
 mlx: a folder PyPI mlx-whisper loads with its defaults (float16). hf: a transformers folder (config,
 generation and preprocessor configs, tokenizer) for `pipeline(...)` and `generate(...)`. peft: an adapter
@@ -68,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dequantize", action="store_true", help="write a floating-point model from a quantized base")
     p.add_argument("--dtype", default=None, choices=["float16", "float32", "bfloat16"],
                    help="weights of the export (default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_DTYPES.items()) + ")")
-    p.add_argument("--quantize", default=None, choices=["int8", "int4"],
-                   help="integer weights: mlx int8/int4 (MLX affine), ct2 int8 (with --dtype as the compute type)")
+    p.add_argument("--quantize", default=None, choices=["int8", "int4", "q8_0", "q5_0", "q4_0"],
+                   help="integer weights: mlx int8/int4 (MLX affine), ct2 int8 (with --dtype as the compute type), "
+                        "ggml q8_0/q5_0/q4_0 (whisper.cpp's)")
     p.add_argument("--base-path", default=None,
                    help="peft: where the base model is written as a transformers folder (default: SAVE_PATH_base; "
                         "a hub id base is named as it is unless this is given)")

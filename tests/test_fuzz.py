@@ -26,6 +26,13 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=SEEDED, databa
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory) -> Path:
+    """One folder whose files every example overwrites: a campaign of a million examples must not
+    leave a million folders behind (one did, and filled the disk)."""
+    return tmp_path_factory.mktemp("fuzz")
+
+
 def _string(text: str) -> bytes:
     raw = text.encode() + b"\0"
     return struct.pack("<H", len(raw)) + raw
@@ -44,6 +51,15 @@ def small_model_bin() -> bytes:
 def test_the_small_model_bin_reads():
     variables = read_model_bin_bytes(small_model_bin())
     assert variables["encoder/w"].shape == (2, 3) and variables["decoder/alias"] is variables["decoder/b"]
+
+
+def test_dims_whose_product_wraps_around_are_damage():
+    """Found by a long campaign: shape (2**31, 2**31, 4) multiplies to 0 in int64, like an empty tensor."""
+    blob = struct.pack("<I", 6) + _string("WhisperSpec") + struct.pack("<I", 3) + struct.pack("<I", 1)
+    blob += _string("x") + struct.pack("<B", 3) + struct.pack("<III", 2**31, 2**31, 4)
+    blob += struct.pack("<B", 0) + struct.pack("<I", 0)  # float32, no bytes
+    with pytest.raises(CTranslate2FormatError, match="damaged"):
+        read_model_bin_bytes(blob)
 
 
 def read_model_bin_bytes(data: bytes, folder=None):
@@ -71,10 +87,10 @@ def test_model_bin_reader_only_raises_its_own_error(data):
 
 @FUZZ
 @given(st.binary(max_size=400), st.sampled_from(["csv", "jsonl"]))
-def test_manifest_reader_only_raises_its_own_error(tmp_path_factory, data, suffix):
+def test_manifest_reader_only_raises_its_own_error(scratch, data, suffix):
     from mlx_whisper_lora.data.manifests import read_manifest
 
-    path = tmp_path_factory.mktemp("m") / f"train.{suffix}"
+    path = scratch / f"train.{suffix}"
     header = b"audio,text,duration\n" if suffix == "csv" else b""
     path.write_bytes(header + data)
     try:
@@ -85,10 +101,10 @@ def test_manifest_reader_only_raises_its_own_error(tmp_path_factory, data, suffi
 
 @FUZZ
 @given(st.lists(st.one_of(st.text(max_size=30), st.integers(), st.floats(), st.none()), min_size=1, max_size=4))
-def test_manifest_fields_of_any_type_only_raise_its_own_error(tmp_path_factory, values):
+def test_manifest_fields_of_any_type_only_raise_its_own_error(scratch, values):
     from mlx_whisper_lora.data.manifests import read_manifest
 
-    path = tmp_path_factory.mktemp("j") / "train.jsonl"
+    path = scratch / "train.jsonl"
     row = dict(zip(["audio", "text", "duration", "language"], values))
     path.write_text(json.dumps(row) + "\n")
     try:
@@ -99,10 +115,10 @@ def test_manifest_fields_of_any_type_only_raise_its_own_error(tmp_path_factory, 
 
 @FUZZ
 @given(st.binary(max_size=600))
-def test_adapter_reader_only_raises_its_own_error(tmp_path_factory, data):
+def test_adapter_reader_only_raises_its_own_error(scratch, data):
     from mlx_whisper_lora.formats.adapter_files import read_adapter_tensors
 
-    folder = tmp_path_factory.mktemp("a")
+    folder = scratch
     (folder / "adapters.safetensors").write_bytes(data)
     (folder / "adapter_config.json").write_text("{}")
     try:
@@ -114,10 +130,10 @@ def test_adapter_reader_only_raises_its_own_error(tmp_path_factory, data):
 @settings(max_examples=max(20, EXAMPLES // 5), deadline=None, derandomize=SEEDED, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(st.binary(min_size=0, max_size=300), st.sampled_from([".wav", ".flac", ".ogg"]))
-def test_audio_loader_only_raises_its_own_error(tmp_path_factory, data, suffix):
+def test_audio_loader_only_raises_its_own_error(scratch, data, suffix):
     from mlx_whisper_lora.data.audio import load_audio
 
-    path = tmp_path_factory.mktemp("w") / f"clip{suffix}"
+    path = scratch / f"clip{suffix}"
     # half the cases start as a real WAV header, so the decoder gets past the magic bytes
     header = b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " if data[:1] and data[0] % 2 else b""
     path.write_bytes(header + data)

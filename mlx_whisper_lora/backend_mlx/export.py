@@ -21,7 +21,7 @@ DEFAULT_DTYPES = {"mlx": "float16", "hf": "float32", "peft": "float32", "ct2": "
 DTYPES = {"mlx": ("float16", "float32", "bfloat16"), "hf": ("float32", "float16"), "peft": ("float32", "float16"),
           "ct2": ("float16", "float32", "bfloat16"),
           "ggml": ("float16",)}  # whisper.cpp's convolution needs float16 kernels (a float32 file aborts it)
-QUANTIZE = {"mlx": ("int8", "int4"), "ct2": ("int8",), "hf": (), "peft": (), "ggml": ()}
+QUANTIZE = {"mlx": ("int8", "int4"), "ct2": ("int8",), "hf": (), "peft": (), "ggml": ("q8_0", "q5_0", "q4_0")}
 DESCRIPTIONS = {"mlx": "an MLX folder (mlx-whisper, mlx-whisper-lora)", "hf": "a transformers folder",
                 "peft": "a PEFT adapter", "ct2": "a CTranslate2 folder (faster-whisper)",
                 "ggml": "a whisper.cpp model (ggml-model.bin)"}
@@ -86,7 +86,7 @@ def export_model(model, config: AdapterConfig, adapter_path: Path, save_path, fm
         elif fmt == "ct2":
             out = _export_ct2(model, save_path, dtype, quantize)
         else:
-            out = _export_ggml(model, save_path, dtype)
+            out = _export_ggml(model, save_path, dtype, quantize)
     card = model_card(fmt, out, base_name, config, adapter_path, __version__, DESCRIPTIONS[fmt], base_ref)
     for plot in PLOTS:  # the card shows the training curves and test scores
         if adapter_path and (Path(adapter_path) / plot).exists():
@@ -105,7 +105,7 @@ def _export_ct2(model, save_path: Path, dtype: str, quantize: Optional[str]) -> 
         return convert_hf_folder(Path(tmp) / "hf", save_path, quantization)
 
 
-def _export_ggml(model, save_path: Path, dtype: str) -> Path:
+def _export_ggml(model, save_path: Path, dtype: str, quantize: Optional[str] = None) -> Path:
     from ..data.audio import mel_filters
     from ..formats.ggml_export import write_ggml
     from ..text.tokenizer import read_ranks
@@ -113,5 +113,6 @@ def _export_ggml(model, save_path: Path, dtype: str) -> Path:
 
     save_path.mkdir(parents=True, exist_ok=True)
     ranks = read_ranks(model.folder, model.is_multilingual)
-    write_ggml(save_path / "ggml-model.bin", float_weights(model), model.dims, mel_filters(model.dims.n_mels), ranks, dtype)
+    write_ggml(save_path / "ggml-model.bin", float_weights(model), model.dims, mel_filters(model.dims.n_mels), ranks, dtype,
+               quantize)
     return save_path

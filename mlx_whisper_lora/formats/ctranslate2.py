@@ -7,6 +7,7 @@ Parsing it ourselves lets users reuse faster-whisper folders without installing 
 
 from __future__ import annotations
 
+import math
 import struct
 from pathlib import Path
 from typing import Dict, Iterable, Union
@@ -89,7 +90,7 @@ def read_model_bin(parts: Union[str, Path, Iterable[Union[str, Path]]]) -> Dict[
         if dtype_code not in _DTYPES:
             raise CTranslate2FormatError(f"{origin}: unknown dtype code {dtype_code} for {name}")
         width = 2 if dtype_code == 5 else np.dtype(_DTYPES[dtype_code]).itemsize
-        if nbytes != width * int(np.prod(dims, dtype=np.int64)):
+        if nbytes != width * math.prod(dims):  # exact: a numpy product of damaged dims can overflow and pass
             raise CTranslate2FormatError(f"{origin} is damaged: {name} has shape {dims} but {nbytes} bytes; "
                                          "download it again")
         if dtype_code == 5:
