@@ -60,6 +60,9 @@ def test_dims_whose_product_wraps_around_are_damage():
     blob += struct.pack("<B", 0) + struct.pack("<I", 0)  # float32, no bytes
     with pytest.raises(CTranslate2FormatError, match="damaged"):
         read_model_bin_bytes(blob)
+    empty = blob.replace(struct.pack("<III", 2**31, 2**31, 4), struct.pack("<III", 0, 2**32 - 1, 2**32 - 1))
+    with pytest.raises(CTranslate2FormatError, match="damaged"):  # 0 values, but numpy cannot count the others
+        read_model_bin_bytes(empty)
 
 
 def read_model_bin_bytes(data: bytes, folder=None):

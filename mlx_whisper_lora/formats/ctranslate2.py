@@ -97,7 +97,10 @@ def read_model_bin(parts: Union[str, Path, Iterable[Union[str, Path]]]) -> Dict[
             arr = _bf16_to_f32(np.frombuffer(raw, dtype=np.uint16))
         else:
             arr = np.frombuffer(raw, dtype=_DTYPES[dtype_code])
-        variables[name] = arr.reshape(dims) if dims else arr.reshape(())
+        try:
+            variables[name] = arr.reshape(dims) if dims else arr.reshape(())
+        except ValueError:  # an empty tensor whose other dimensions numpy cannot even count
+            raise CTranslate2FormatError(f"{origin} is damaged: {name} has shape {dims}; download it again") from None
     if r.pos < len(blob):
         for _ in range(r.u32()):
             alias, target = r.string(), r.string()
