@@ -161,7 +161,8 @@ class CachedStates:
             self.examples.failed.setdefault(int(i), "unreadable (found by another process)")
         self.cache.disk = disk
         self.cache.disk_path = str(path) if world.is_main else None  # the main process removes it
-        world.leftovers.append(str(path))
+        if not world.is_main:  # the main process listed it when it made it
+            world.leftovers.append(str(path))
         read = [i for i in range(n) if i not in self.examples.failed]
         self.examples.mark_readable(read)
         self.cache.on_disk[read] = True
