@@ -7,6 +7,7 @@ the ratio to this package. Systems that are not installed are skipped.
 
 Usage: python scripts/benchmark_transcribe.py [--model tiny.en] [--systems ours,faster-whisper-int8,...]
 
+`ours-torch` and `ours-torch-bfloat16` run this package's PyTorch back end (float32, or bfloat16 autocast).
 A system name ending in `-words` runs the same system with word timestamps (`ours-words`,
 `faster-whisper-int8-words`, `mlx-whisper-words`): the cost of word timing, against the same run without.
 """
@@ -43,11 +44,13 @@ system, model_name = sys.argv[1], sys.argv[2]
 words = system.endswith("-words")
 system = system[: -len("-words")] if words else system
 items = json.load(sys.stdin)
-if system == "ours":
+if system.startswith("ours"):
     import mlx_whisper_lora
-    from mlx_whisper_lora.backend_mlx.load import load_model
+    from mlx_whisper_lora.load import load_for_inference
     from mlx_whisper_lora.transcribe import transcribe
-    model = load_model(model_name)
+    parts = system.split("-")  # ours[-torch[-bfloat16]]
+    backend = parts[1] if len(parts) > 1 else "mlx"
+    model = load_for_inference(model_name, None, parts[2] if len(parts) > 2 else "float32", backend, "cpu")
     run = lambda p: transcribe(p, model, progress=False, language="en", word_timestamps=words)["text"]
 elif system.startswith("faster-whisper"):
     from faster_whisper import WhisperModel
@@ -76,7 +79,7 @@ print(json.dumps({"texts": texts, "seconds": time.perf_counter() - start}))
 
 def available(system: str) -> bool:
     system = system[: -len("-words")] if system.endswith("-words") else system
-    module = {"ours": "mlx_whisper_lora", "mlx-whisper": "mlx_whisper", "mlx-whisper-mkl": "mlx_whisper"}.get(system, "faster_whisper")
+    module = {"ours": "mlx_whisper_lora", "ours-torch": "torch", "ours-torch-bfloat16": "torch", "mlx-whisper": "mlx_whisper", "mlx-whisper-mkl": "mlx_whisper"}.get(system, "faster_whisper")
     return subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode == 0
 
 

@@ -149,7 +149,8 @@ def test_faster_whisper_runs_the_ct2_export(trained):
 
 def test_whisper_cpp_runs_the_ggml_export(trained):
     """whisper.cpp computes its own log-mel of the zero-padded audio (as transformers' pipeline does), so
-    short clips reach the model with other padding frames: measured 17 of 20 clips agree (issue 13: 90%)."""
+    short clips reach the model with other padding frames: measured 17 of 20 clips agree (issue 13: 90%; the
+    base model itself: 14 of 20, see test_runtimes_that_pad_the_audio_differ_from_the_base_model_as_much)."""
     pytest.importorskip("pywhispercpp")
     from pywhispercpp.model import Model
 
@@ -157,7 +158,7 @@ def test_whisper_cpp_runs_the_ggml_export(trained):
     out = work / "ggml"
     _fuse(adapters, out, "ggml")
     model = Model(str(out / "ggml-model.bin"), n_threads=2, print_progress=False, print_realtime=False)
-    theirs = ["".join(s.text for s in model.transcribe(a, language="en")) for a in audios]
+    theirs = [" ".join(s.text.strip() for s in model.transcribe(a, language="en")) for a in audios]
     share, diff = _agreement(ours, theirs, "whisper.cpp")
     assert share >= 0.8, diff
 
@@ -175,11 +176,11 @@ def test_whisper_cpp_runs_the_q8_0_export(trained):
     if not (out / "ggml-model.bin").exists():
         _fuse(adapters, out, "ggml")
     model = Model(str(out / "ggml-model.bin"), n_threads=2, print_progress=False, print_realtime=False)
-    theirs = ["".join(s.text for s in model.transcribe(a, language="en")) for a in audios]
+    theirs = [" ".join(s.text.strip() for s in model.transcribe(a, language="en")) for a in audios]
     _fuse(adapters, q8, "ggml", "--quantize", "q8_0")
     assert (q8 / "ggml-model.bin").stat().st_size < 0.6 * (out / "ggml-model.bin").stat().st_size
     model = Model(str(q8 / "ggml-model.bin"), n_threads=2, print_progress=False, print_realtime=False)
-    quantized = ["".join(s.text for s in model.transcribe(a, language="en")) for a in audios]
+    quantized = [" ".join(s.text.strip() for s in model.transcribe(a, language="en")) for a in audios]
     from mlx_whisper_lora.text.metrics import score
 
     plain = lambda texts: [_plain(t) for t in texts]  # noqa: E731
@@ -188,6 +189,46 @@ def test_whisper_cpp_runs_the_q8_0_export(trained):
     share, diff = _agreement(ours, quantized, "whisper.cpp q8_0")
     # measured: 15 of 20 clips word for word, WER 1.35% against ours, 1.10% against whisper.cpp's float16
     assert share >= 0.7 and to_ours <= 0.03, diff
+
+
+@pytest.mark.slow
+def test_runtimes_that_pad_the_audio_differ_from_the_base_model_as_much(trained):
+    """Why transformers' pipeline and whisper.cpp agree on fewer clips than the 95% / 90% issue 13 asked:
+    they differ as much from this package with the unchanged base model (no adapter, no export of ours in
+    the way: convert's transformers folder, fuse at --adapter-scale 0 for whisper.cpp). Measured
+    2026-11-26: base model 15/20 in the pipeline and 14/20 in whisper.cpp; adapted 14/20 and 17/20.
+    The exports then add no disagreement of their own beyond a clip or two of the weak adapter's names."""
+    pytest.importorskip("pywhispercpp")
+    import transformers
+    from pywhispercpp.model import Model
+
+    from mlx_whisper_lora.transcribe import load_for_inference, transcribe
+
+    work, adapters, audios, ours = trained
+    base = load_for_inference("tiny.en", None)
+    ours_base = [transcribe(a, base, temperature=0.0, language="en")["text"] for a in audios]
+    subprocess.run([sys.executable, "-m", "mlx_whisper_lora.convert", "tiny.en", "--save-path", str(work / "base_hf"),
+                    "--export-format", "hf"], check=True, capture_output=True)
+    _fuse(adapters, work / "base_ggml", "ggml", "--adapter-scale", "0")
+    if not (work / "hf" / "config.json").exists():
+        _fuse(adapters, work / "hf", "hf")
+    if not (work / "ggml" / "ggml-model.bin").exists():
+        _fuse(adapters, work / "ggml", "ggml")
+
+    def piped(folder):
+        asr = transformers.pipeline("automatic-speech-recognition", model=str(folder))
+        return [asr(a.copy(), return_timestamps=True)["text"] for a in audios]
+
+    def cpp(folder):
+        model = Model(str(folder / "ggml-model.bin"), n_threads=2, print_progress=False, print_realtime=False)
+        return [" ".join(s.text.strip() for s in model.transcribe(a, language="en")) for a in audios]
+
+    for runtime, run, base_folder, folder in (("transformers pipeline", piped, work / "base_hf", work / "hf"),
+                                              ("whisper.cpp", cpp, work / "base_ggml", work / "ggml")):
+        base_share, base_diff = _agreement(ours_base, run(base_folder), f"{runtime}, base model")
+        share, diff = _agreement(ours, run(folder), f"{runtime}, adapted")
+        assert base_share < 0.95, base_diff  # the runtime itself, not the export, sets the ceiling
+        assert share >= base_share - 0.1, (diff, base_diff)
 
 
 def test_export_options_refused_where_a_format_cannot_hold_them(trained, tmp_path):

@@ -79,7 +79,8 @@ def _runner(fmt: str, path: Path, language: Optional[str]) -> Callable[[np.ndarr
     from pywhispercpp.model import Model
 
     model = Model(str(path / "ggml-model.bin"), print_progress=False, print_realtime=False)
-    return lambda a: "".join(s.text for s in model.transcribe(a, language=language or "auto"))
+    # pywhispercpp strips each segment's text: joined without a space, words at segment ends run together
+    return lambda a: " ".join(s.text.strip() for s in model.transcribe(a, language=language or "auto"))
 
 
 def verify_export(fmt: str, path: Path, adapter_path: Path, ours_model, count: int, log: Callable = print) -> Dict:

@@ -43,7 +43,7 @@ whisper-cli -m {path}/ggml-model.bin -l {language} -f speech.wav     # whisper.c
 ```
 ```python
 from pywhispercpp.model import Model
-print("".join(s.text for s in Model("{path}/ggml-model.bin").transcribe("speech.wav", language="{language}")))
+print(" ".join(s.text for s in Model("{path}/ggml-model.bin").transcribe("speech.wav", language="{language}")))
 ```""",
 }
 
