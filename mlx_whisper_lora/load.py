@@ -12,9 +12,19 @@ __all__ = ["load_model", "save_model", "quantize_model", "load_for_inference"]
 
 
 def load_for_inference(model_name: Optional[str], adapter_path: Optional[str], dtype: str = "float32",
-                       backend: str = "mlx", device: Optional[str] = None, adapter_scale: float = 1.0):
+                       backend: str = "mlx", device: Optional[str] = None, adapter_scale: float = 1.0,
+                       quantize: Optional[str] = None):
     """The base model, with adapters unfused if given (the base weights stay as they are), in the
-    MLX port or in torch behind the interface the decoder uses; `adapter_scale` scales LoRA updates."""
+    MLX port or in torch behind the interface the decoder uses; `adapter_scale` scales LoRA updates.
+    `quantize="int8"`: int8 matrix products on the CPU, adapters merged first (torch back end only,
+    backend_torch/int8.py says why)."""
+    if quantize not in (None, "int8"):
+        raise UserError(f"--quantize {quantize}: the only inference quantization is int8")
+    if quantize and backend != "torch":
+        raise UserError("--quantize int8 runs in the torch back end (MLX's CPU int8 products are slower than its "
+                        "float32 ones): use --backend torch, or leave --backend out")
+    if quantize and dtype != "float32":
+        raise UserError(f"--quantize int8 computes in int8 and float32: leave --dtype {dtype} out")
     base = model_name
     if adapter_path and base is None:
         base = read_adapter_config(adapter_path).base_model
@@ -28,9 +38,13 @@ def load_for_inference(model_name: Optional[str], adapter_path: Optional[str], d
         from .backend_torch.lora import load_adapters as load_torch_adapters
         from .backend_torch.model import load_model as load_torch_model
 
-        model = load_torch_model(base, device=pick_device(device))
+        model = load_torch_model(base, device=pick_device(device or ("cpu" if quantize else None)))
         if adapter_path:
             load_torch_adapters(model, adapter_path, adapter_scale)
+        if quantize:
+            from .backend_torch.int8 import quantize_int8
+
+            quantize_int8(model)
         return TorchDecodingModel(model, dtype)
     if device:
         raise UserError("--device applies to --backend torch; MLX picks its own device")

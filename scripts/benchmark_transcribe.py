@@ -3,11 +3,16 @@
 Each system runs in its own subprocess (so one's BLAS or threads do not affect another), on the
 same English clips from ../shared/data, greedy, with tiny.en weights. Prints the real-time factor
 (processing seconds / audio seconds, lower is faster), WER after Whisper's English normalizer, and
-the ratio to this package. Systems that are not installed are skipped.
+the ratio to the first system of the table (this package by default). Systems that are not installed are
+skipped.
 
 Usage: python scripts/benchmark_transcribe.py [--model tiny.en] [--systems ours,faster-whisper-int8,...]
 
+`ours-int8` runs `transcribe --quantize int8` (int8 matrix products through the torch back end);
 `ours-torch` and `ours-torch-bfloat16` run this package's PyTorch back end (float32, or bfloat16 autocast).
+The second table transcribes one long file (`--long-seconds`, default 600) with batched long-form
+decoding: `ours-int8-vad` (`transcribe --vad --batch-size 8 --quantize int8`) against faster-whisper's
+`BatchedInferencePipeline` (`faster-whisper-int8-batched`, batch 8), and the sequential decoding of each.
 A system name ending in `-words` runs the same system with word timestamps (`ours-words`,
 `faster-whisper-int8-words`, `mlx-whisper-words`): the cost of word timing, against the same run without.
 """
@@ -23,7 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
 DEFAULT_CLIPS = [("fleurs_en_de", "en"), ("pocketsphinx_librivox", "en"), ("librispeech_test_clean_4", "en")]
-SYSTEMS = ["ours", "faster-whisper-int8", "faster-whisper-float32", "mlx-whisper", "mlx-whisper-mkl"]
+LONG_SYSTEMS = ["ours-int8-vad", "faster-whisper-int8-batched", "ours-int8", "faster-whisper-int8"]
+SYSTEMS = ["ours", "ours-int8", "faster-whisper-int8", "faster-whisper-float32", "mlx-whisper", "mlx-whisper-mkl"]
 
 
 def clips():
@@ -36,28 +42,42 @@ def clips():
     return out
 
 
-# Each worker reads the clip list on stdin and prints {"texts": [...], "seconds": float}; the first
-# clip is transcribed once untimed to warm up (model load and first-call costs are excluded).
+# Each worker reads {"warm": path, "items": [...]} on stdin and prints {"texts": [...], "seconds": float};
+# the warm-up clip is transcribed once untimed first (model load and first-call costs are excluded).
 WORKER = r'''
 import json, sys, time
 system, model_name = sys.argv[1], sys.argv[2]
 words = system.endswith("-words")
 system = system[: -len("-words")] if words else system
-items = json.load(sys.stdin)
+job = json.load(sys.stdin)
+items = job["items"]
+vad = system.endswith("-vad") or system.endswith("-batched")  # batched long-form of one file
+system = system.rsplit("-", 1)[0] if vad else system
 if system.startswith("ours"):
     import mlx_whisper_lora
     from mlx_whisper_lora.load import load_for_inference
     from mlx_whisper_lora.transcribe import transcribe
-    parts = system.split("-")  # ours[-torch[-bfloat16]]
-    backend = parts[1] if len(parts) > 1 else "mlx"
-    model = load_for_inference(model_name, None, parts[2] if len(parts) > 2 else "float32", backend, "cpu")
+    parts = system.split("-")  # ours[-torch[-bfloat16]] or ours-int8
+    quantize = "int8" if parts[1:] == ["int8"] else None
+    backend = "torch" if quantize or parts[1:2] == ["torch"] else "mlx"
+    dtype = parts[2] if len(parts) > 2 else "float32"
+    model = load_for_inference(model_name, None, dtype, backend, "cpu" if backend == "torch" else None, quantize=quantize)
     run = lambda p: transcribe(p, model, progress=False, language="en", word_timestamps=words)["text"]
+    if vad:
+        from mlx_whisper_lora.inference.vad_chunks import transcribe_vad
+        run = lambda p: transcribe_vad(p, model, batch_size=8, progress=False, verbose=False, language="en",
+                                       word_timestamps=words)["text"]
 elif system.startswith("faster-whisper"):
     from faster_whisper import WhisperModel
     from mlx_whisper_lora.formats.offline_models import OFFLINE_MODELS
     folder = OFFLINE_MODELS[model_name].locate().folder
     fw = WhisperModel(str(folder), device="cpu", compute_type=system.rsplit("-", 1)[1], cpu_threads=2)
     run = lambda p: "".join(s.text for s in fw.transcribe(p, beam_size=1, language="en", word_timestamps=words)[0])
+    if vad:
+        from faster_whisper import BatchedInferencePipeline
+        batched = BatchedInferencePipeline(fw)
+        run = lambda p: "".join(s.text for s in batched.transcribe(p, batch_size=8, beam_size=1, language="en",
+                                                                   word_timestamps=words)[0])
 else:
     if system == "mlx-whisper-mkl":
         import mlx_whisper_lora  # loads MKL before mlx
@@ -70,16 +90,73 @@ else:
     from mlx_whisper_lora.data.audio import load_audio  # mlx-whisper reads files only through ffmpeg
     run = lambda p: mlx_whisper.transcribe(load_audio(p), path_or_hf_repo=folder, language="en", fp16=False,
                                            verbose=None, word_timestamps=words)["text"]
-run(items[0]["path"])
+run(job["warm"])
 start = time.perf_counter()
 texts = [run(i["path"]) for i in items]
 print(json.dumps({"texts": texts, "seconds": time.perf_counter() - start}))
 '''
 
 
+def long_file(seconds: float) -> dict:
+    """One long recording for the batched long-form systems: consecutive LibriSpeech utterances of
+    ../shared/data/librispeech_2spk (one chapter after another, as read), 0.5 s of silence between them,
+    written once to a WAV file beside the other temporary files."""
+    import tempfile
+
+    import numpy as np
+    import soundfile as sf
+
+    from mlx_whisper_lora.data.audio import load_audio
+
+    folder = DATA / "librispeech_2spk"
+    rows = sorted((json.loads(line) for line in open(folder / "manifest.jsonl", encoding="utf-8")), key=lambda r: r["audio"])
+    parts, texts, total = [], [], 0.0
+    for row in rows:
+        if total >= seconds:
+            break
+        parts += [np.array(load_audio(folder / row["audio"])), np.zeros(8000, dtype=np.float32)]
+        texts.append(row["text"])
+        total += row["duration"] + 0.5
+    path = Path(tempfile.gettempdir()) / f"benchmark_long_{int(seconds)}s.wav"
+    if not path.exists():
+        sf.write(path, np.concatenate(parts), 16000)
+    return {"path": str(path), "text": " ".join(texts), "duration": total}
+
+
+def run_system(system: str, model: str, items: list, warm: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", WORKER, system, model], input=json.dumps({"warm": warm, "items": items}),
+                          capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def table(title: str, systems: list, model: str, items: list, warm: str, norm) -> None:
+    import jiwer
+
+    audio_seconds = sum(i["duration"] for i in items)
+    refs = [norm(i["text"]) for i in items]
+    print(title)
+    print(f"{'system':30s} {'seconds':>8s} {'RTF':>7s} {'WER':>7s} {'x first':>7s}")
+    first = None
+    for system in systems:
+        if not available(system):
+            print(f"{system:30s} not installed")
+            continue
+        out = run_system(system, model, items, warm)
+        if "error" in out:
+            print(f"{system:30s} failed: {out['error']}")
+            continue
+        rtf = out["seconds"] / audio_seconds
+        first = first or rtf
+        wer = jiwer.wer(refs, [norm(t) for t in out["texts"]]) * 100
+        print(f"{system:30s} {out['seconds']:8.2f} {rtf:7.3f} {wer:6.2f}% {rtf / first:6.2f}x", flush=True)
+
+
 def available(system: str) -> bool:
     system = system[: -len("-words")] if system.endswith("-words") else system
-    module = {"ours": "mlx_whisper_lora", "ours-torch": "torch", "ours-torch-bfloat16": "torch", "mlx-whisper": "mlx_whisper", "mlx-whisper-mkl": "mlx_whisper"}.get(system, "faster_whisper")
+    system = system.rsplit("-", 1)[0] if system.endswith("-vad") or system.endswith("-batched") else system
+    module = {"ours": "mlx_whisper_lora", "ours-int8": "torch", "ours-torch": "torch", "ours-torch-bfloat16": "torch", "mlx-whisper": "mlx_whisper", "mlx-whisper-mkl": "mlx_whisper"}.get(system, "faster_whisper")
     return subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode == 0
 
 
@@ -88,32 +165,22 @@ def main(argv=None):
     p.add_argument("--model", default="tiny.en")
     p.add_argument("--systems", default=",".join(SYSTEMS))
     p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--long-systems", default=",".join(LONG_SYSTEMS),
+                   help="systems for one long file (batched, VAD-chunked); empty to skip")
+    p.add_argument("--long-seconds", type=float, default=600.0)
     args = p.parse_args(argv)
     items = clips()[: args.limit or None]
-    audio_seconds = sum(i["duration"] for i in items)
-    import jiwer
     from whisper.normalizers import EnglishTextNormalizer
 
     norm = EnglishTextNormalizer()
-    refs = [norm(i["text"]) for i in items]
-    print(f"{len(items)} clips, {audio_seconds:.1f} s of audio, model {args.model}, greedy, 2 CPU threads")
-    print(f"{'system':24s} {'seconds':>8s} {'RTF':>7s} {'WER':>7s} {'x ours':>7s}")
-    ours_rtf = None
-    for system in args.systems.split(","):
-        if not available(system):
-            print(f"{system:24s} not installed")
-            continue
-        proc = subprocess.run([sys.executable, "-c", WORKER, system, args.model], input=json.dumps(items),
-                              capture_output=True, text=True, cwd=ROOT)
-        if proc.returncode != 0:
-            print(f"{system:24s} failed: {proc.stderr.strip().splitlines()[-1:]}")
-            continue
-        out = json.loads(proc.stdout.strip().splitlines()[-1])
-        rtf = out["seconds"] / audio_seconds
-        ours_rtf = rtf if system == "ours" else ours_rtf
-        wer = jiwer.wer(refs, [norm(t) for t in out["texts"]]) * 100
-        ratio = f"{rtf / ours_rtf:6.2f}x" if ours_rtf else "      -"
-        print(f"{system:24s} {out['seconds']:8.2f} {rtf:7.3f} {wer:6.2f}% {ratio}", flush=True)
+    audio_seconds = sum(i["duration"] for i in items)
+    if args.systems:
+        table(f"{len(items)} clips, {audio_seconds:.1f} s of audio, model {args.model}, greedy, 2 CPU threads",
+              args.systems.split(","), args.model, items, items[0]["path"], norm)
+    if args.long_systems:
+        long = long_file(args.long_seconds)
+        table(f"\none file of {long['duration']:.0f} s, batched long-form (batch 8, silero VAD chunks), model "
+              f"{args.model}", args.long_systems.split(","), args.model, [long], items[0]["path"], norm)
 
 
 if __name__ == "__main__":

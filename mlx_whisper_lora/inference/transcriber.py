@@ -260,7 +260,7 @@ class _FileTranscription:
             self.segments.append(s)
             self.tokens.extend(s["tokens"])
             if self.verbose:
-                print(f"[{_clock(s['start'])} --> {_clock(s['end'])}] {s['text'].strip()}")
+                print(f"[{clock(s['start'])} --> {clock(s['end'])}] {s['text'].strip()}")
         if not self.condition or result.temperature > 0.5:
             self.prompt_reset_since = len(self.tokens)  # a hot fallback: do not feed it forward
         return self._advanced(previous, window_frames)
@@ -505,6 +505,7 @@ def transcribe_many(
     hallucination_silence_threshold: Optional[float] = None,
     progress: Optional[bool] = None,
     select_rows: Optional[Callable[[List[int]], None]] = None,
+    unit: str = "file",
     **decode_options,
 ) -> List[dict]:
     """Transcribe several files, decoding their first windows `batch_size` at a time.
@@ -526,7 +527,7 @@ def transcribe_many(
     if progress or (progress is None and verbose is not False and len(audios) > 1):
         from tqdm import tqdm
 
-        bar = tqdm(total=len(audios), unit="file", file=sys.stderr)
+        bar = tqdm(total=len(audios), unit=unit, file=sys.stderr)
     try:
         for start in range(0, len(audios), batch_size):
             chunk = list(range(start, min(start + batch_size, len(audios))))
@@ -547,18 +548,8 @@ def transcribe_many(
                 select([chunk[j] for j in rows])
                 decoded = decode(model, None, opts, audio_features=feats[mx.array(rows)])
                 first_results.update(zip(rows, decoded))
+            _later_windows(model, states, [chunk[j] for j in range(len(chunk))], feats, first_results, rules, select)
             for j, state in enumerate(states):
-                select([chunk[j]])
-                first = first_results.get(j)
-                while not state.done:
-                    window, frames = state.window()
-                    if first is not None:
-                        window_feats = feats[j : j + 1]
-                    else:
-                        window_feats = model.embed_audio(window[None])
-                    result = decode_with_fallback(model, window_feats, state.window_options(), rules, first=first)
-                    first = None
-                    state.accept(result, frames, window_feats)
                 results[chunk[j]] = state.result()
                 _release(state.mel)
                 if bar:
@@ -569,6 +560,41 @@ def transcribe_many(
     return results  # type: ignore[return-value]
 
 
-def _clock(seconds: float) -> str:
+def _later_windows(model, states, files, feats, first_results, rules, select) -> None:
+    """Finish every file of a batch, window by window in lockstep: each round decodes the current
+    window of every unfinished file, batching the files whose windows have the same decoding options
+    (same language and prompt: always so without conditioning on previous text, as `--vad` runs),
+    then checks each for fallback on its own. A file's windows stay in order; the results are those
+    of `transcribe` file by file."""
+    features = {j: feats[j : j + 1] for j in range(len(states))}
+    decoded = dict(first_results)
+    while True:
+        live = [j for j, state in enumerate(states) if not state.done]
+        if not live:
+            return
+        windows = {j: states[j].window() for j in live}
+        missing = [j for j in live if j not in features]
+        if missing:
+            select([files[j] for j in missing])
+            embedded = model.embed_audio(mx.stack([windows[j][0] for j in missing]))
+            features.update({j: embedded[k : k + 1] for k, j in enumerate(missing)})
+        groups: List[Tuple[DecodingOptions, List[int]]] = []
+        for j in (j for j in live if decoded.get(j) is None):
+            options = states[j].window_options()
+            group = next((g for g in groups if g[0] == options), None)
+            group[1].append(j) if group else groups.append((options, [j]))
+        for options, rows in groups:
+            if len(rows) > 1:  # a lone row is decoded by decode_with_fallback itself
+                select([files[j] for j in rows])
+                batch = mx.concatenate([features[j] for j in rows])
+                decoded.update(zip(rows, decode(model, None, _options_at(options, rules.temperatures[0]),
+                                                audio_features=batch)))
+        for j in live:
+            select([files[j]])
+            result = decode_with_fallback(model, features[j], states[j].window_options(), rules, first=decoded.pop(j, None))
+            states[j].accept(result, windows[j][1], features.pop(j))
+
+
+def clock(seconds: float) -> str:
     m, s = divmod(seconds, 60)
     return f"{int(m):02d}:{s:06.3f}"

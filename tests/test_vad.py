@@ -1,0 +1,87 @@
+"""`transcribe --vad`: silero-vad speech chunks decoded in batches (inference/vad_chunks.py), and the
+lockstep batching of later windows in `transcribe_many` that it relies on."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("silero_vad")
+
+from mlx_whisper_lora.data.audio import SAMPLE_RATE, load_audio  # noqa: E402
+
+CLIPS = ["librispeech_test_clean_4/audio/1089-134691-0000.flac", "whisper_mlx_classics/audio/jfk.flac",
+         "pocketsphinx_librivox/audio/sense_and_sensibility_01_austen_64kb-0880.flac",
+         "librispeech_test_clean_4/audio/1089-134691-0001.flac"]
+
+
+@pytest.fixture(scope="module")
+def long_recording(shared_data):
+    """The four clips twice (about 66 s), 3 s of silence before each: (audio, (start, end) second of each clip)."""
+    parts, starts, at = [], [], 0.0
+    for clip in CLIPS + CLIPS:
+        audio = np.array(load_audio(shared_data / clip))
+        parts += [np.zeros(3 * SAMPLE_RATE, dtype=np.float32), audio]
+        starts.append((at + 3.0, at + 3.0 + len(audio) / SAMPLE_RATE))
+        at += 3.0 + len(audio) / SAMPLE_RATE
+    return np.concatenate(parts), starts
+
+
+def test_speech_chunks_hold_the_speech_in_windows_of_at_most_30_s(long_recording):
+    from mlx_whisper_lora.inference.vad_chunks import speech_chunks
+
+    audio, starts = long_recording
+    chunks = speech_chunks(audio)
+    assert len(chunks) >= 2 and all(0 < e - s <= 30 * SAMPLE_RATE for s, e in chunks)
+    assert all(a[1] <= b[0] for a, b in zip(chunks, chunks[1:]))  # in order, not overlapping
+    assert chunks[0][0] > 2.5 * SAMPLE_RATE  # the leading silence is skipped
+    for start, end in starts:  # nearly all of every clip lies in chunks (clips hold short pauses too)
+        inside = sum(max(0, min(e, end * SAMPLE_RATE) - max(s, start * SAMPLE_RATE)) for s, e in chunks)
+        assert inside >= 0.8 * (end - start) * SAMPLE_RATE, (start, end, chunks)
+
+
+def test_vad_transcript_follows_sequential_decoding_in_the_files_time(tiny_en, long_recording):
+    import jiwer
+
+    from mlx_whisper_lora.backend_mlx.export_verify import plain
+    from mlx_whisper_lora.inference.vad_chunks import transcribe_vad
+    from mlx_whisper_lora.transcribe import transcribe
+
+    audio, starts = long_recording
+    sequential = transcribe(audio, tiny_en, language="en", verbose=False)
+    batched = transcribe_vad(audio, tiny_en, batch_size=4, language="en", word_timestamps=True, verbose=False)
+    assert jiwer.wer(plain(sequential["text"]), plain(batched["text"])) <= 0.1, (sequential["text"], batched["text"])
+    segments = batched["segments"]
+    assert [s["id"] for s in segments] == list(range(len(segments)))
+    assert all(a["start"] <= b["start"] for a, b in zip(segments, segments[1:]))
+    assert segments[-1]["end"] <= len(audio) / SAMPLE_RATE + 0.01
+    words = [w for s in segments for w in s["words"]]
+    jfk = next(w for w in words if "fellow" in w["word"].lower())  # "And so my fellow Americans": 2nd clip
+    assert starts[1][0] < jfk["start"] < starts[1][0] + 2.0, (jfk, starts)
+    assert all(s["start"] >= starts[0][0] - 0.5 for s in segments)
+
+
+def test_later_windows_are_batched_with_the_same_results(tiny_en, long_recording, monkeypatch):
+    """Without conditioning on previous text, every window of every file can share a batch; results
+    equal `transcribe` file by file (both files are over 30 s: their second windows are batched)."""
+    from mlx_whisper_lora.transcribe import transcribe, transcribe_many
+
+    audio, _ = long_recording
+    files = [audio[: 40 * SAMPLE_RATE], audio[5 * SAMPLE_RATE : 50 * SAMPLE_RATE]]
+    calls = []
+    embed = type(tiny_en).embed_audio
+    monkeypatch.setattr(type(tiny_en), "embed_audio", lambda self, mel: (calls.append(mel.shape[0]), embed(self, mel))[1])
+    batched = transcribe_many(files, tiny_en, batch_size=2, language="en", condition_on_previous_text=False,
+                              progress=False, verbose=False)
+    monkeypatch.undo()
+    one_by_one = [transcribe(f, tiny_en, language="en", condition_on_previous_text=False, verbose=False) for f in files]
+    assert [r["text"] for r in batched] == [r["text"] for r in one_by_one]
+    assert calls[:2] == [2, 2], calls  # first windows together, then the second windows together
+
+
+def test_vad_refuses_options_it_replaces(tmp_path, jfk):
+    proc = subprocess.run([sys.executable, "-m", "mlx_whisper_lora.transcribe", str(jfk), "--vad", "--clip-timestamps",
+                           "0,5", "-o", str(tmp_path)], capture_output=True, text=True)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "--vad" in lines[0], proc.stderr
