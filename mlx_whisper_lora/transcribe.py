@@ -134,7 +134,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     args.backend = args.backend or ("torch" if args.quantize else "mlx")
     if not args.audio and args.model is None and args.adapter_path is None:
-        args.adapter_path, args.compare_base = str(DEMO_ADAPTER), True  # the first command: what adapters do
+        args.adapter_path, args.compare_base = str(DEMO_ADAPTER), not (args.vad or args.quantize)  # the demo
     if args.compare_base and not args.adapter_path:
         raise UserError("--compare-base compares an adapted model with its base: pass --adapter-path too")
     if args.compare_base and args.adapter_scale != 1:

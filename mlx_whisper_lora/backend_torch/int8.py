@@ -92,4 +92,3 @@ def quantize_int8(model) -> None:
     output = Int8Linear(model.decoder.token_embedding.weight)
     model.decoder.logits = lambda hidden: output(hidden)
     model.decoder.int8_output = output  # kept as a submodule, so that it is part of the model
-    model.quantized = "int8"

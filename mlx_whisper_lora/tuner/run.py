@@ -23,6 +23,7 @@ from .evaluation import transcribe_examples
 from .loop import METRICS_FILE, save_checkpoint, train
 from .reporting import CURVES_PLOT, Reporter, parse_report_to, plot_training_curves
 from .run_config import RunConfig
+from .self_replay import SELF, self_replay_utterances
 from .testing import run_test, score_base, with_replay
 
 
@@ -175,8 +176,11 @@ def run_training(backend, config: RunConfig, log: Callable) -> dict:
                                       style=adapter_config.case_style)
     else:
         choose_text_style(adapter_config, config, [u.text for u in splits["train"]], log)
-        train_set, train_report = prepare_train_split(backend, with_replay(splits["train"], config, log), config,
-                                                      adapter_config, log)
+        if config.replay_data == SELF:
+            train_utterances = splits["train"] + self_replay_utterances(backend, splits["train"], config, log)
+        else:
+            train_utterances = with_replay(splits["train"], config, log)
+        train_set, train_report = prepare_train_split(backend, train_utterances, config, adapter_config, log)
         first_rows = train_set
     valid_set = None
     if splits.get("valid"):

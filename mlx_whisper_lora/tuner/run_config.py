@@ -47,7 +47,8 @@ class RunConfig:
     adapter_scale: float = option(1.0, "--test of saved LoRA adapters with their update scaled (0: the base model, 1: as "
                                        "trained); the same flag of transcribe and fuse", "evaluation")
     replay_data: Optional[str] = option(None, "against forgetting: general-domain speech mixed into training (a folder, "
-                                              "a manifest, or builtin), in its own language", "evaluation")
+                                              "a manifest, or builtin), in its own language; or self: training audio "
+                                              "transcribed by the base model in --general-language", "evaluation")
     replay_fraction: float = option(0.0, "share of training utterances drawn from --replay-data (0: none)", "evaluation")
     # data
     data: Optional[str] = option(None, "folder with train/valid/test .jsonl or .csv (default: the bundled demo set)", "data")
@@ -179,7 +180,7 @@ class RunConfig:
             raise UserError(f"--replay-fraction must be in [0, 1), got {self.replay_fraction}")
         if float(self.replay_fraction) > 0 and not self.replay_data:
             raise UserError("--replay-fraction needs --replay-data (a folder or manifest of general speech, or builtin)")
-        if self.replay_data and self.replay_data != "builtin" and not Path(self.replay_data).exists():
+        if self.replay_data and self.replay_data not in ("builtin", "self") and not Path(self.replay_data).exists():
             raise UserError(f"--replay-data {self.replay_data}: no such file or folder")
         if self.streaming and float(self.replay_fraction) > 0:
             raise UserError("--replay-fraction is not available with --streaming yet: mix the general data into the "

@@ -1,0 +1,54 @@
+"""`--replay-data self`: replay without general-domain data. A share of the training audio is
+transcribed once by the base model in `--general-language` (English unless told otherwise), and those
+(audio, base transcript) pairs join training in that language.
+
+Why: adapters trained on one new language change the decoder for every language token, so English
+decoding starts writing the new language's spelling (measured on Yoruba: English WER 3.8% -> 22.8%).
+Replaying real English speech prevents most of it, but a user adapting to a new language may have none
+at hand; the base model's own English reading of the training audio is always there, and it asks the
+adapters to leave decoding under the general language token as the base model does.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+from ..files import atomic_write_text
+from .data_prep import prepare_split
+from .distributed import world_of
+from .evaluation import transcribe_examples
+from .run_config import RunConfig
+
+SELF = "self"
+TARGETS_FILE = "self_replay_targets.jsonl"  # what was replayed, for the user to read
+
+
+def self_replay_utterances(backend, utterances: list, config: RunConfig, log: Callable) -> list:
+    """`replay_fraction` of the training set, drawn with the seed from the training utterances, relabelled
+    with the base model's greedy transcripts in the general language (empty ones left out), also written
+    to the adapter folder. Call it before training: the adapters are still zero then, so the model
+    decodes as the base model."""
+    fraction = float(config.replay_fraction)
+    count = min(len(utterances), round(fraction / (1 - fraction) * len(utterances)))
+    if count <= 0:
+        return []
+    language = config.general_language
+    drawn = [replace(utterances[i], id=f"replay:self:{utterances[i].id}", language=language)
+             for i in sorted(random.Random(int(config.seed)).sample(range(len(utterances)), count))]
+    examples, _ = prepare_split(backend.model, drawn, "replay", replace(config, language=language), lambda m: None,
+                                timestamps=False, style="keep")
+    log(f"replay: transcribing {len(examples)} of the training utterances with the base model in {language} "
+        f"(--replay-data self)")
+    indices, texts = transcribe_examples(backend, examples, config.task, int(config.batch_size), config.progress)
+    out = [replace(examples.utterances[i], text=text) for i, text in zip(indices, texts) if text.strip()]
+    if world_of(backend).is_main:
+        atomic_write_text(Path(config.adapter_path) / TARGETS_FILE, "".join(
+            json.dumps({"id": u.id, "audio": u.audio if isinstance(u.audio, str) else "", "language": u.language,
+                        "text": u.text}, ensure_ascii=False) + "\n" for u in out))
+    log(f"replay: {len(out)} of them, with the base model's {language} transcripts, mixed into the "
+        f"{len(utterances)} training utterances ({100 * fraction:g}%)")
+    return out
