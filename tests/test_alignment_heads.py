@@ -1,6 +1,7 @@
 """Alignment heads: re-selected when other heads follow the audio better, kept through adapters, fuse
 and exports; and word and segment times of a fine-tuned model stay close to the base model's."""
 
+import pytest
 import json
 import subprocess
 import sys
@@ -94,6 +95,7 @@ def _held_out(shared_data, count):
     return [shared_data / "librispeech_2spk" / r["audio"] for r in rows if r["id"].startswith("4088-158079")][:count]
 
 
+@pytest.mark.slow  # 145 s: keeps the default suite under 15 minutes
 def test_times_survive_fine_tuning(shared_data, tmp_path):
     """A decoder LoRA adapter trained on two LibriSpeech speakers (with timestamp targets on part of the
     data): on held-out utterances of the same speakers, words the base and adapted models agree on start

@@ -121,6 +121,7 @@ def test_base_styled_text_takes_case_and_punctuation_where_the_words_agree():
     assert case_style.base_styled_text("THE BIG CAT", "The cat.", "upper", tok, "en") == "The big cat."
 
 
+@pytest.mark.slow  # 33 s: keeps the default suite under 15 minutes
 def test_unpunctuated_all_caps_data_with_base_style_targets(tmp_path, capsys):
     """CLI end to end (torch back end): no punctuation in the data, so none in the output; the base
     model's transcripts of the training audio give the targets their case and punctuation, and are

@@ -102,6 +102,7 @@ def test_seed_recipe_config_reads_as_the_peft_recipe():
     assert options.backend == "torch" and options.batch_size == 8 and options.warmup == 50
 
 
+@pytest.mark.slow  # 35 s: keeps the default suite under 15 minutes
 def test_both_back_ends_report_the_same_way(tmp_path, capsys):
     """One loop: the same console lines, metrics.jsonl fields, files and test report keys whichever back end trains."""
     pytest.importorskip("torch")

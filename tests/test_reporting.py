@@ -24,6 +24,7 @@ def test_report_to_is_checked_before_any_work():
         parse_report_to(["tensorbord"])
 
 
+@pytest.mark.slow  # 27 s: keeps the default suite under 15 minutes
 def test_training_writes_event_files_tensorboard_reads_back_and_plots(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -511,8 +511,9 @@ def transcribe_many(
     """Transcribe several files, decoding their first windows `batch_size` at a time.
 
     Gives the same results as `transcribe` on each file: the first window of every file is
-    decoded in a batch at the first temperature (one encoder and decoder pass for the batch); windows
-    that need a fallback, and the later windows of long files, are decoded one at a time.
+    decoded in a batch at the first temperature (one encoder and decoder pass for the batch); the later
+    windows of long files are batched in lockstep where their decoding options agree (always without
+    conditioning on previous text), else decoded one at a time, as are fallbacks.
     `select_rows(indices)`, when given, is called before each model computation with the indices
     (into `audios`) of the files it covers, in batch order: the server's adapter bank uses it to apply
     each file's own adapter (serving/adapter_bank.py).

@@ -29,14 +29,16 @@ _VAD = None
 def _vad_model():
     global _VAD
     if _VAD is None:
-        import torch
-
+        missing = UserError("--vad needs PyPI silero-vad: pip install 'mlx-whisper-lora[vad]' (or pip install silero-vad)")
+        try:
+            import torch
+        except ImportError:
+            raise missing from None
         threads = torch.get_num_threads()
         try:
             from silero_vad import load_silero_vad
         except ImportError:
-            raise UserError("--vad needs PyPI silero-vad: pip install 'mlx-whisper-lora[vad]' (or pip install "
-                            "silero-vad)") from None
+            raise missing from None
         finally:  # importing silero_vad sets PyTorch to one thread for the whole process: undo that
             torch.set_num_threads(threads)
         try:  # silero-vad 6.2+: the whole file in a few block-level ONNX calls, same timestamps (2.6x faster)
