@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from .lora import LoRALinear
 
 
 def int8_supported() -> bool:
@@ -65,8 +66,8 @@ def has_vnni() -> bool:
 
 
 def _dense(module: nn.Module) -> nn.Module:
-    """An adapter wrapper merged into its plain linear layer; anything else unchanged."""
-    return module.fuse() if hasattr(module, "fuse") and hasattr(module, "linear") else module
+    """An adapter wrapper (LoRA or DoRA) merged into its plain linear layer; anything else unchanged."""
+    return module.fuse() if isinstance(module, LoRALinear) else module
 
 
 def _swap_linears(module: nn.Module) -> None:

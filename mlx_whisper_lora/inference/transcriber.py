@@ -549,7 +549,7 @@ def transcribe_many(
                 select([chunk[j] for j in rows])
                 decoded = decode(model, None, opts, audio_features=feats[mx.array(rows)])
                 first_results.update(zip(rows, decoded))
-            _later_windows(model, states, [chunk[j] for j in range(len(chunk))], feats, first_results, rules, select)
+            _later_windows(model, states, chunk, feats, first_results, rules, select)
             for j, state in enumerate(states):
                 results[chunk[j]] = state.result()
                 _release(state.mel)
