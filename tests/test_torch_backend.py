@@ -165,13 +165,15 @@ def test_lora_cli_trains_and_tests_with_the_torch_back_end(tmp_path, capsys, tin
     assert mx.load(str(out / "adapters.safetensors"), return_metadata=True)[1]["step"] == "4"
 
 
-def test_cached_cross_attention_keys_values_give_the_same_loss_and_gradients(tiny_en_checkpoint, batch):
-    """Frozen encoder: the step from cached encoder states and cached base keys/values equals the
-    step that runs the encoder and every projection (the issue's 'identical losses' check)."""
+@pytest.mark.parametrize("modules", [None, ["cross_attn.key", "cross_attn.value", "attn.query"]])
+def test_cached_cross_attention_keys_values_give_the_same_loss_and_gradients(tiny_en_checkpoint, batch, modules):
+    """Frozen encoder: the step from cached encoder states and cached base keys/values (adapters on
+    the cross-attention's key or value taken through their rank-r terms) equals the step that runs
+    the encoder and every projection (the issue's 'identical losses' check)."""
     from mlx_whisper_lora.data.examples import ExampleSet
     from mlx_whisper_lora.data.manifests import Utterance
 
-    config = AdapterConfig(rank=4, alpha=8, freeze_encoder=True)
+    config = AdapterConfig(rank=4, alpha=8, freeze_encoder=True, modules=modules)
     _, torch_model = _adapted_pair(tiny_en_checkpoint, config)  # lora_b non-zero: the adapters' terms count
     utterances = [Utterance(str(ASSETS / "demo.flac"), t, language="en") for t in TEXTS]
     examples, _ = ExampleSet.build(utterances, get_tokenizer(False), "transcribe", 80, 448)

@@ -40,8 +40,14 @@ class LoRALinear(nn.Module):
         return self.linear(x) + self.delta(x)
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
-        """The adapter's term alone (added to a cached base projection)."""
-        return self.scale * ((self.dropout(x) @ self.lora_a.to(x.dtype)) @ self.lora_b.to(x.dtype))
+        """The adapter's term alone."""
+        low, up = self.low_rank_terms(x)
+        return low @ up
+
+    def low_rank_terms(self, x: torch.Tensor):
+        """(dropout(x) @ A, scale * B): the adapter's term is their product; a caller that multiplies
+        it by something else (attention over cached base keys) can take the rank-r route."""
+        return self.dropout(x) @ self.lora_a.to(x.dtype), self.scale * self.lora_b.to(x.dtype)
 
     def weight_delta(self) -> torch.Tensor:
         """The (out, in) update this adapter adds to the base weight."""

@@ -39,7 +39,9 @@ class MultiHeadAttention(nn.Module):
         b, n, d = x.shape
         h = self.n_head
         q = self.query(x).view(b, n, h, d // h).transpose(1, 2)
-        k, v = self.keys_values(source, kv)
+        if kv is not None:
+            return self.out(self._attend_cached(q, source, kv).transpose(1, 2).reshape(b, n, d))
+        k, v = self.key(source), self.value(source)
         k = k.view(b, source.shape[1], h, d // h).transpose(1, 2)
         v = v.view(b, source.shape[1], h, d // h).transpose(1, 2)
         if xa is not None and n < source.shape[1] // 8:
@@ -51,17 +53,32 @@ class MultiHeadAttention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, is_causal=causal and n > 1)
         return self.out(out.transpose(1, 2).reshape(b, n, d))
 
-    def keys_values(self, source: torch.Tensor, kv=None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of `source`; `kv` holds their frozen base projections, computed earlier
-        (cached per utterance), to which only the adapters' terms are added."""
-        if kv is None:
-            return self.key(source), self.value(source)
-        k, v = kv
+    def _attend_cached(self, q: torch.Tensor, source: torch.Tensor, kv: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Attention of queries (batch, heads, n, head_dim) over `source` whose frozen base keys and
+        values were computed earlier (`base_keys_values`' layout). An adapter on the key or value adds
+        s * (source @ A) @ B; its product with the queries or the attention weights is taken through
+        the rank-r term (source @ A) rather than over a full (frames, state) delta, which is what the
+        step costs otherwise (the same numbers, reassociated)."""
+        keys_t, values = kv  # (batch, heads, head_dim, frames), (batch, heads, frames, head_dim)
+        b, h, n, dh = q.shape
+        frames = keys_t.shape[-1]
+        q = q * dh ** -0.5
+        scores = q @ keys_t
         if hasattr(self.key, "delta"):
-            k = k + self.key.delta(source)
+            low, up = self.key.low_rank_terms(source)  # (batch, frames, r), (r, state)
+            q_up = q @ up.view(-1, h, dh).permute(1, 2, 0)  # (batch, heads, n, r)
+            # the heads as rows of one product per utterance: no copy of `low` per head
+            scores = scores + (q_up.reshape(b, h * n, -1) @ low.transpose(1, 2)).view(b, h, n, frames)
+        weights = torch.softmax(scores, dim=-1)
+        out = weights @ values
         if hasattr(self.value, "delta"):
-            v = v + self.value.delta(source)
-        return k, v
+            low, up = self.value.low_rank_terms(source)
+            mixed = (weights.reshape(b, h * n, frames) @ low).view(b, h, n, -1)  # (batch, heads, n, r)
+            out = out + mixed @ up.view(-1, h, dh).transpose(0, 1)
+        return out
+
+    def keys_values(self, source: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.key(source), self.value(source)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None,
                fixed_keys: bool = False) -> torch.Tensor:
@@ -98,8 +115,14 @@ class MultiHeadAttention(nn.Module):
         return not any(p.requires_grad for m in (self.key, self.value) for p in base(m).parameters())
 
     def base_keys_values(self, source: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The frozen base keys and values of `source` laid out for `_attend_cached`: keys as
+        (batch, heads, head_dim, frames), values as (batch, heads, frames, head_dim), contiguous, so a
+        cached utterance is stacked into a batch without another copy per step."""
         base = lambda m: getattr(m, "linear", m)  # noqa: E731
-        return base(self.key)(source), base(self.value)(source)
+        b, t, d = source.shape
+        split = lambda y: y.view(b, t, self.n_head, d // self.n_head)  # noqa: E731
+        return (split(base(self.key)(source)).permute(0, 2, 3, 1).contiguous(),
+                split(base(self.value)(source)).transpose(1, 2).contiguous())
 
 
 class ResidualAttentionBlock(nn.Module):
