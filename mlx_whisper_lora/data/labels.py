@@ -47,8 +47,10 @@ def make_label(tokenizer, text: str, language: Optional[str], task: str = "trans
 
     Text gets a leading space as Whisper writes it. An over-long label is cut and loses its
     <|endoftext|> (reported as truncated) rather than teaching the model to stop mid-sentence."""
+    if not text.strip():  # no speech: the transcript ends at once (timestamp decoding must begin with a time)
+        timestamps = False
     prefix = prefix_tokens(tokenizer, language, task, timestamps and duration is not None)
-    body = tokenizer.encode(" " + text.strip())
+    body = tokenizer.encode(" " + text.strip()) if text.strip() else []
     if timestamps and duration is not None:
         end = min(round(duration / TIME_PRECISION), 1500)
         body = [tokenizer.timestamp_begin] + body + [tokenizer.timestamp_begin + end]

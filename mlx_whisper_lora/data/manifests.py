@@ -42,6 +42,7 @@ class Utterance:
     duration: Optional[float] = None
     id: str = ""
     sampling_rate: int = SAMPLE_RATE  # for samples given as an array
+    no_speech: bool = False  # a clip without speech: its empty transcript is the target, not a data error
 
     def load(self) -> np.ndarray:
         """Mono float32 samples at 16 kHz."""
@@ -336,7 +337,7 @@ def check_utterances(utterances: List[Utterance], split: str, max_duration: floa
                 raise DataError(f"{utt.id}: language {lang!r} but the model is English-only; "
                                 "use a multilingual model (for example base) or drop the language field")
         utt.language = lang
-        if not utt.text.strip():
+        if not utt.text.strip() and not utt.no_speech:
             report.add("empty transcript", utt.id)
             continue
         try:

@@ -23,6 +23,7 @@ from .evaluation import transcribe_examples
 from .loop import METRICS_FILE, save_checkpoint, train
 from .reporting import CURVES_PLOT, Reporter, parse_report_to, plot_training_curves
 from .run_config import RunConfig
+from .no_speech import no_speech_training_clips
 from .self_replay import SELF, self_replay_utterances
 from .testing import run_test, score_base, with_replay
 
@@ -127,12 +128,25 @@ def prepare_train_split(backend, utterances: list, config: RunConfig, adapter_co
     """The training examples, in base style when --base-style-targets asks for it."""
     style = adapter_config.case_style
     one_style = style in ("upper", "lower") or adapter_config.punctuation == "none"
-    if not config.base_style_targets or not one_style:
-        if config.base_style_targets:
-            log("base-style targets: not used; the training transcripts are cased and punctuated already")
-        return prepare_split(backend.model, utterances, "train", config, log, timestamps=True, style=style)
-    styled = base_style_utterances(backend, utterances, config, style, log)
-    return prepare_split(backend.model, styled, "train", config, log, timestamps=True, style="keep")
+    if config.base_style_targets and one_style:
+        utterances, style = base_style_utterances(backend, utterances, config, style, log), "keep"
+    elif config.base_style_targets:
+        log("base-style targets: not used; the training transcripts are cased and punctuated already")
+    return prepare_split(backend.model, utterances + with_no_speech(utterances, config, log), "train", config, log,
+                         timestamps=True, style=style)
+
+
+def with_no_speech(utterances: list, config: RunConfig, log: Callable) -> list:
+    """--no-speech-fraction: generated noise and silence clips with empty transcripts, that share of
+    the training examples."""
+    fraction = float(config.no_speech_fraction)
+    count = round(fraction / (1 - fraction) * len(utterances)) if fraction > 0 else 0
+    if not count:
+        return []
+    languages = sorted({u.language for u in utterances if u.language} or ({config.language} - {None}))
+    log(f"no speech: {count} noise or silence clips with empty transcripts join the {len(utterances)} training "
+        f"utterances ({100 * fraction:g}%, --no-speech-fraction)")
+    return no_speech_training_clips(count, languages, int(config.seed))
 
 
 # ---------------------------------------------------------------- train and test

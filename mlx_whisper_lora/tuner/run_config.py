@@ -118,6 +118,8 @@ class RunConfig:
                                                 "speed, pitch (audiomentations); the encoder states are then computed "
                                                 "every step, not cached (default: none)", nargs="+")
     label_smoothing: float = option(0.0, "label smoothing of the training loss (validation and test losses are plain)")
+    no_speech_fraction: float = option(0.0, "share of training examples that are generated noise or silence with an "
+                                            "empty transcript, against writing words where nobody speaks (0: none)")
     steps_per_report: int = option(10, "steps between train-loss reports")
     steps_per_eval: int = option(100, "steps between validation losses")
     val_batches: int = option(25, "validation batches (-1: the whole split)")
@@ -185,6 +187,10 @@ class RunConfig:
         if self.streaming and float(self.replay_fraction) > 0:
             raise UserError("--replay-fraction is not available with --streaming yet: mix the general data into the "
                             "stream instead")
+        if not 0.0 <= float(self.no_speech_fraction) < 1.0:
+            raise UserError(f"--no-speech-fraction must be in [0, 1), got {self.no_speech_fraction}")
+        if self.streaming and float(self.no_speech_fraction) > 0:
+            raise UserError("--no-speech-fraction is not available with --streaming yet: drop one of them")
         if self.max_samples is not None and int(self.max_samples) < 1:
             raise UserError(f"--max-samples must be at least 1, got {self.max_samples}")
         if self.streaming and self.base_style_targets:
