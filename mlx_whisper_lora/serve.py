@@ -1,7 +1,7 @@
 """Serve Whisper and its adapters over OpenAI's audio API (FastAPI + uvicorn).
 
     python -m mlx_whisper_lora.serve [--model M] [--adapter NAME=PATH ...] [--host 127.0.0.1] [--port 8000]
-                                     [--backend mlx|torch]
+                                     [--backend mlx|torch] [--quantize int8]
 
 One base model is loaded once; every adapter is applied to it per request (`model` = the adapter's
 name, or the base's), so one process serves many voices, languages or customers. Requests that
@@ -29,7 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-demo-adapter", action="store_true", help="with no --adapter: serve the base model alone")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--backend", default="mlx", choices=["mlx", "torch"])
+    p.add_argument("--backend", default=None, choices=["mlx", "torch"],
+                   help="default: mlx, or torch with --quantize")
+    p.add_argument("--quantize", default=None, choices=["int8"],
+                   help="int8 base products on an x86 CPU (torch back end); adapters stay in float32 beside them")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="torch back end device")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--max-batch", type=int, default=8, help="most requests decoded together (default: 8)")
@@ -54,14 +57,14 @@ def model_name(model: Optional[str], adapters: Dict) -> str:
 
 
 def start_worker(model: str, adapters: Dict, backend: str = "mlx", dtype: str = "float32", device=None,
-                 max_batch: int = 8, max_pending: int = 64):
+                 max_batch: int = 8, max_pending: int = 64, quantize: Optional[str] = None):
     """A started worker holding `model` and `adapters` ({name: path}); load errors are raised here."""
     from .serving.adapter_bank import AdapterBank
     from .serving.worker import Worker
     from .load import load_for_inference
 
     def load():
-        bank = AdapterBank(load_for_inference(model, None, dtype, backend, device), backend)
+        bank = AdapterBank(load_for_inference(model, None, dtype, backend, device, quantize=quantize), backend)
         for name, path in adapters.items():
             bank.add(name, path)
         return bank
@@ -112,7 +115,9 @@ def main(argv=None):
             raise UserError(f"--adapter {name}=...: {name!r} names the base model here; give the adapter another name")
 
     print(f"loading {base} with {len(adapters)} adapter(s): {', '.join(adapters) or 'none'}", file=sys.stderr)
-    worker = start_worker(base, adapters, args.backend, args.dtype, args.device, args.max_batch, args.max_pending)
+    backend = args.backend or ("torch" if args.quantize else "mlx")
+    worker = start_worker(base, adapters, backend, args.dtype, args.device, args.max_batch, args.max_pending,
+                          args.quantize)
     limits = Limits(args.max_upload_mb, args.max_minutes * 60)
     app = create_app(worker, base, limits)
     if args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -284,3 +284,58 @@ def test_first_command_prints_base_and_adapted_side_by_side(tmp_path, monkeypatc
     assert " ".join((tmp_path / "demo.txt").read_text().split()) == " ".join(adapted.split())
     with pytest.raises(UserError, match="--compare-base"):
         main.__wrapped__([str(CLIP), "--compare-base"])
+
+
+def test_int8_serving_adds_each_adapters_term_to_the_int8_base(adapters, shared_data):
+    """`serve --quantize int8`: the base's products in int8 and each adapter's term in float32 beside
+    them (the bank over int8 layers). Each row computes what a model built the same way by hand (int8
+    base layers under the adapter's own LoRA/DoRA layers) computes, and served requests run through it."""
+    torch = pytest.importorskip("torch")
+    from mlx_whisper_lora.backend_torch.int8 import Int8Linear, int8_supported
+    from mlx_whisper_lora.backend_torch.lora import LoRALinear
+    from mlx_whisper_lora.data.audio import load_audio, log_mel_spectrogram, pad_or_trim
+    from mlx_whisper_lora.serve import start_worker
+    from mlx_whisper_lora.serving.worker import CallOptions
+    from mlx_whisper_lora.transcribe import load_for_inference
+
+    if not int8_supported():
+        pytest.skip("this PyTorch has no x86 int8 kernels (fbgemm)")
+
+    def by_hand(name):
+        model = load_for_inference("tiny.en", adapters.get(name), backend="torch", device="cpu")
+        for module in list(model.model.modules()):
+            for attr, child in list(module.named_children()):
+                if isinstance(child, LoRALinear):
+                    child.linear = Int8Linear(child.linear.weight, child.linear.bias)
+                elif isinstance(child, torch.nn.Linear):
+                    setattr(module, attr, Int8Linear(child.weight, child.bias))
+        output = Int8Linear(model.model.decoder.token_embedding.weight)
+        model.model.decoder.logits = lambda hidden: output(hidden)
+        return model
+
+    clip = str(sorted((shared_data / "librispeech_2spk").rglob("*.flac"))[0])
+    audio = load_audio(clip)
+    mel = mx.array(np.array(log_mel_spectrogram(pad_or_trim(audio, 480000), 80))[None, :3000])
+    tokens = mx.array([[50257, 50362, 775, 547, 1986]])
+    worker = start_worker("tiny.en", adapters, backend="torch", device="cpu", quantize="int8")
+    try:
+        bank = worker.bank
+        layer = bank.modules.decoder.blocks[0].attn.query
+        assert isinstance(layer.linear, Int8Linear) and layer.bank.terms  # a bank layer over an int8 layer
+        logits, int8_error = {}, {}
+        for name in (BASE, "demo", "dora"):
+            bank.select([name])
+            logits[name] = got = np.array(bank.model.logits(tokens, bank.model.embed_audio(mel)))
+            f32 = load_for_inference("tiny.en", adapters.get(name), backend="torch", device="cpu")
+            int8_error[name] = np.abs(got - np.array(f32.logits(tokens, f32.embed_audio(mel)))).max()
+            if name != "dora":  # (a DoRA layer computes its product in float, so no int8 model to build by hand)
+                expected = np.array((m := by_hand(name)).logits(tokens, m.embed_audio(mel)))
+                assert np.abs(got - expected).max() <= 1e-3 * np.abs(expected).max(), name
+        # DoRA rows are as close to their float32 model as the int8 base is to its own
+        assert int8_error["dora"] <= 2 * int8_error[BASE], int8_error
+        assert np.abs(logits["demo"] - logits[BASE]).max() > 1e-2  # the adapter's term is there
+        bank.select([BASE])
+        futures = [worker.submit(audio, name, CallOptions(language="en")) for name in (BASE, "demo", "dora")]
+        assert all(f.result(timeout=300)["text"].strip() for f in futures)
+    finally:
+        worker.stop()

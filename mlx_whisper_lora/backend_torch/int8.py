@@ -44,6 +44,13 @@ class Int8Linear(nn.Module):
             warnings.simplefilter("ignore")
             q = torch.quantize_per_channel(w, scales, torch.zeros(w.shape[0], dtype=torch.long), 0, torch.qint8)
             self._packed = torch.ops.quantized.linear_prepack(q, None if bias is None else bias.detach().float())
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone(), persistent=False)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized (out, in) float32 weight, for code that reads a linear layer's weight (the
+        serving bank's shape checks and DoRA norms); the products never use it."""
+        return torch.ops.quantized.linear_unpack(self._packed)[0].dequantize()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # one activation range per call (fbgemm's dynamic quantization); a range per 64 or 16 encoder

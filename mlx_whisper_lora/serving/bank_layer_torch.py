@@ -12,7 +12,7 @@ class TorchBankLinear(nn.Module):
     def __init__(self, linear: nn.Module, key: str, selection: Selection):
         super().__init__()
         self.linear = linear
-        device = next(linear.parameters()).device
+        device = linear.weight.device  # (an int8 layer has no parameters, only a packed weight)
         self.bank = LayerTerms(key, selection, lambda a: torch.from_numpy(a).to(device))
 
     @property
