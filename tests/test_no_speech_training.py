@@ -49,8 +49,6 @@ def test_the_data_check_keeps_no_speech_clips_and_still_skips_empty_transcripts(
 def test_no_speech_fraction_is_checked():
     with pytest.raises(UserError, match="--no-speech-fraction"):
         RunConfig(train=True, no_speech_fraction=1.0).check()
-    with pytest.raises(UserError, match="--streaming"):
-        RunConfig(train=True, no_speech_fraction=0.1, streaming=True).check()
 
 
 def test_training_mixes_the_clips_in_at_the_fraction(tmp_path, capsys):
@@ -62,3 +60,37 @@ def test_training_mixes_the_clips_in_at_the_fraction(tmp_path, capsys):
     clips = round(0.2 / 0.8 * train)
     assert f"no speech: {clips} noise or silence clips with empty transcripts join the {train} training" in log, log
     assert f"training on {train + clips} utterances" in log, log
+
+
+def test_a_stream_draws_replay_and_no_speech_rows_into_its_batches(tiny_en):
+    from mlx_whisper_lora.tuner.data_prep import streamed_train_batches
+    from mlx_whisper_lora.tuner.run import streamed_mixes
+
+    config = RunConfig(train=True, streaming=True, batch_size=8, replay_data="builtin", replay_fraction=0.25,
+                       no_speech_fraction=0.125).check()
+    messages = []
+    mixes = streamed_mixes(config, [], messages.append)
+    assert any("replay: 25% of the rows of each batch" in m for m in messages)
+    assert any("no speech: 12.5% of the rows of each batch" in m for m in messages)
+    batches = streamed_train_batches(tiny_en, config, "keep", mixed=mixes)
+    rows = {"replay": 0, "no speech": 0, "stream": 0}
+    tok = get_tokenizer(False)
+    for number in range(24):
+        examples, indices = batches.batch(number)
+        assert len(indices) == 8
+        kinds = ["no speech" if u.no_speech else "replay" if u.id.startswith("replay:") else "stream"
+                 for u in examples.utterances]
+        assert "stream" in kinds  # every batch reads the stream
+        for kind, label in zip(kinds, examples.labels):
+            rows[kind] += 1
+            assert (label.tokens[-2:] == [tok.no_timestamps, tok.eot]) == (kind == "no speech")
+    assert 0.15 < rows["replay"] / 192 < 0.35 and 0.06 < rows["no speech"] / 192 < 0.2, rows
+    again = streamed_train_batches(tiny_en, config, "keep", mixed=streamed_mixes(config, [], messages.append))
+    first = [u.id for u in batches.batch(3)[0].utterances if u.no_speech or u.id.startswith("replay:")]
+    assert first == [u.id for u in again.batch(3)[0].utterances if u.no_speech or u.id.startswith("replay:")]
+
+
+def test_self_replay_is_refused_on_a_stream():
+    with pytest.raises(UserError, match="--replay-data self"):
+        RunConfig(train=True, streaming=True, replay_data="self", replay_fraction=0.2).check()
+    RunConfig(train=True, streaming=True, no_speech_fraction=0.1).check()  # no-speech clips mix into a stream

@@ -4,6 +4,7 @@ labelled for the model (shared by training, testing and the forgetting check).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -100,10 +101,11 @@ def stream_sample(config: RunConfig, rows: int = 1000) -> list:
                                   buffer_size=0, max_samples=min(rows, config.max_samples or rows)))
 
 
-def streamed_train_batches(model, config: RunConfig, style: str, rank: int = 0, processes: int = 1):
+def streamed_train_batches(model, config: RunConfig, style: str, rank: int = 0, processes: int = 1, mixed=()):
     """--streaming: batches checked and labelled as they are read, from a shuffle buffer of
     --shuffle-buffer rows; the training split is never held in memory as a whole. In a
-    data-parallel run each of the `processes` reads its own rows and makes its share of the batch."""
+    data-parallel run each of the `processes` reads its own rows and makes its share of the batch.
+    `mixed`: MixedRows (replay, no-speech clips) drawn into the batches."""
     from ..data.streaming import stream_utterances
     from .streamed_batches import StreamedBatches
 
@@ -133,4 +135,5 @@ def streamed_train_batches(model, config: RunConfig, style: str, rank: int = 0, 
                                        "train", style)
         return examples
 
-    return StreamedBatches(open_epoch, check, label, int(config.batch_size) // processes, config.max_samples)
+    return StreamedBatches(open_epoch, check, label, int(config.batch_size) // processes, config.max_samples,
+                           [replace(m, seed=m.seed * 1009 + rank) for m in mixed])

@@ -23,9 +23,10 @@ from .evaluation import transcribe_examples
 from .loop import METRICS_FILE, save_checkpoint, train
 from .reporting import CURVES_PLOT, Reporter, parse_report_to, plot_training_curves
 from .run_config import RunConfig
-from .no_speech import no_speech_training_clips
+from .no_speech import DISTINCT_TRAINING_CLIPS, no_speech_training_clips
 from .self_replay import SELF, self_replay_utterances
-from .testing import run_test, score_base, with_replay
+from .streamed_batches import MixedRows
+from .testing import general_utterances, run_test, score_base, with_replay
 
 
 
@@ -136,6 +137,25 @@ def prepare_train_split(backend, utterances: list, config: RunConfig, adapter_co
                          timestamps=True, style=style)
 
 
+def streamed_mixes(config: RunConfig, sample: list, log: Callable) -> list:
+    """--replay-data and --no-speech-fraction under --streaming: their rows are drawn into each batch
+    at their share (a stream cannot be extended with rows the way a list is)."""
+    mixes = []
+    if float(config.replay_fraction) > 0:
+        pool = [replace(u, id=f"replay:{u.id}", language=u.language or config.general_language)
+                for u in general_utterances(config, config.replay_data)]
+        mixes.append(MixedRows(pool, float(config.replay_fraction), int(config.seed)))
+        log(f"replay: {100 * float(config.replay_fraction):g}% of the rows of each batch, on average, drawn from the "
+            f"{len(pool)} utterances of {config.replay_data}")
+    if float(config.no_speech_fraction) > 0:
+        languages = sorted({u.language for u in sample if u.language} or ({config.language} - {None}))
+        pool = no_speech_training_clips(DISTINCT_TRAINING_CLIPS, languages, int(config.seed))
+        mixes.append(MixedRows(pool, float(config.no_speech_fraction), int(config.seed) + 1))
+        log(f"no speech: {100 * float(config.no_speech_fraction):g}% of the rows of each batch, on average, are noise or "
+            f"silence clips with empty transcripts (--no-speech-fraction)")
+    return mixes
+
+
 def with_no_speech(utterances: list, config: RunConfig, log: Callable) -> list:
     """--no-speech-fraction: generated noise and silence clips with empty transcripts, that share of
     the training examples."""
@@ -185,7 +205,7 @@ def run_training(backend, config: RunConfig, log: Callable) -> dict:
         sample = stream_sample(config)  # the text style is settled on the stream's first rows
         choose_text_style(adapter_config, config, [u.text for u in sample], log)
         train_set, train_report = streamed_train_batches(backend.model, config, adapter_config.case_style,
-                                                         world.rank, world.size), None
+                                                         world.rank, world.size, streamed_mixes(config, sample, log)), None
         first_rows, _ = prepare_split(backend.model, sample[:64], "train", config, lambda m: None, timestamps=True,
                                       style=adapter_config.case_style)
     else:

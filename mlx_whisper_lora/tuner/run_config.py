@@ -184,13 +184,11 @@ class RunConfig:
             raise UserError("--replay-fraction needs --replay-data (a folder or manifest of general speech, or builtin)")
         if self.replay_data and self.replay_data not in ("builtin", "self") and not Path(self.replay_data).exists():
             raise UserError(f"--replay-data {self.replay_data}: no such file or folder")
-        if self.streaming and float(self.replay_fraction) > 0:
-            raise UserError("--replay-fraction is not available with --streaming yet: mix the general data into the "
-                            "stream instead")
+        if self.streaming and float(self.replay_fraction) > 0 and self.replay_data == "self":
+            raise UserError("--replay-data self transcribes the training audio before training, which a stream does "
+                            "not allow: pass a folder or manifest of general speech (or builtin) as --replay-data")
         if not 0.0 <= float(self.no_speech_fraction) < 1.0:
             raise UserError(f"--no-speech-fraction must be in [0, 1), got {self.no_speech_fraction}")
-        if self.streaming and float(self.no_speech_fraction) > 0:
-            raise UserError("--no-speech-fraction is not available with --streaming yet: drop one of them")
         if self.max_samples is not None and int(self.max_samples) < 1:
             raise UserError(f"--max-samples must be at least 1, got {self.max_samples}")
         if self.streaming and self.base_style_targets:

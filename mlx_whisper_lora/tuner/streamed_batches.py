@@ -5,7 +5,10 @@ then a small example set of its own, so memory does not grow with the number of 
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from ..data.examples import ExampleSet
 from ..data.manifests import DataError, Utterance, epoch_batches
@@ -42,6 +45,17 @@ class IndexedBatches:
         return {self.examples.utterances[i].id: why for i, why in self.examples.failed.items()}
 
 
+@dataclass
+class MixedRows:
+    """Rows mixed into a stream's batches (replay, no-speech clips): each batch slot is taken from
+    `pool` with probability `share`, drawn with the seed and the batch number (so a resumed run draws
+    the same). The pool is held in memory, so it is a bounded set, not the stream."""
+
+    pool: Sequence[Utterance]
+    share: float
+    seed: int
+
+
 class StreamedBatches:
     """Batches read from a stream (one epoch after another). `open_epoch(epoch)` gives the epoch's
     utterances (in a data-parallel run, this process's rows: data_prep.py); `check(utterances)` keeps the usable ones; `label(utterances)` makes an ExampleSet."""
@@ -49,9 +63,11 @@ class StreamedBatches:
     streamed = True
 
     def __init__(self, open_epoch: Callable[[int], Iterator[Utterance]], check: Callable[[list], list],
-                 label: Callable[[list], ExampleSet], batch_size: int, max_samples: Optional[int] = None):
+                 label: Callable[[list], ExampleSet], batch_size: int, max_samples: Optional[int] = None,
+                 mixed: Sequence[MixedRows] = ()):
         self.open_epoch, self.check, self.label, self.batch_size = open_epoch, check, label, batch_size
         self.max_samples = max_samples
+        self.mixed = [m for m in mixed if m.pool and m.share > 0]
         self.epoch, self.rows, self.skipped = 0, 0, 0
         self._stream: Optional[Iterator[Utterance]] = None
         self._epoch_rows = 0
@@ -72,8 +88,18 @@ class StreamedBatches:
             self.rows += 1
             return utterance
 
+    def _mixed_rows(self, number: int) -> List[Utterance]:
+        """The rows of batch `number` drawn from the mixed pools (each slot on its own)."""
+        out = []
+        for m in self.mixed:
+            rng = np.random.default_rng([int(m.seed), int(number), 77])
+            for slot in range(self.batch_size):
+                if rng.random() < m.share and len(out) < self.batch_size - 1:  # a stream row in every batch
+                    out.append(m.pool[int(rng.integers(len(m.pool)))])
+        return out
+
     def batch(self, number: int) -> Tuple[ExampleSet, List[int]]:
-        kept: List[Utterance] = []
+        kept: List[Utterance] = self.check(self._mixed_rows(number)) if self.mixed else []
         for _ in range(100 * self.batch_size):  # a stream of nothing usable stops, not spins
             if len(kept) == self.batch_size:
                 break
@@ -96,7 +122,8 @@ class StreamedBatches:
 
     def describe(self) -> str:
         cap = f", at most {self.max_samples} rows an epoch" if self.max_samples else ""
-        return f"a stream (read row by row through a shuffle buffer{cap})"
+        mixed = "".join(f", {100 * m.share:g}% of batch rows from a set of {len(m.pool)}" for m in self.mixed)
+        return f"a stream (read row by row through a shuffle buffer{cap}{mixed})"
 
     def failures(self) -> Dict[str, str]:
         return dict(self._failed)
