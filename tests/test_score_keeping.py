@@ -57,6 +57,7 @@ def test_base_beside_adapted_cached_and_general_data(tmp_path, capsys):
     assert results["general"]["base"]["wer"] == alone["wer"]  # builtin general data is the demo test set here
     assert "no speech: words written on" in first
     assert results["no_speech"]["clips"] == results["no_speech"]["base"]["clips"] == 8
+    assert results["no_speech"]["forced"]["clips"] == 8 and "without the no-speech rule" in first
 
     main(["--test", "--adapter-path", str(out), "--general-data", "builtin", *common])
     second = capsys.readouterr().err

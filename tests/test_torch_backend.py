@@ -346,3 +346,33 @@ def test_unwritable_output_folders_are_named_before_any_work(tmp_path, capsys):
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and f"cannot write to {target}" in err and "Traceback" not in err
         assert "back end:" not in err  # refused before loading anything
+
+
+def test_attention_keeping_weights_equals_the_flash_kernel_and_is_chosen_for_cpu_bf16_within_memory(monkeypatch):
+    from mlx_whisper_lora.backend_torch import engine as tengine
+    from mlx_whisper_lora.backend_torch.model import Whisper, attention_keeping_weights
+    from mlx_whisper_lora.formats.dims import ModelDimensions
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 300, 16, requires_grad=True) for _ in range(3))
+    grad = torch.randn(2, 3, 300, 16)
+    outputs = []
+    for attend in (attention_keeping_weights, torch.nn.functional.scaled_dot_product_attention):
+        out = attend(q, k, v)
+        out.backward(grad)
+        outputs.append([out.detach()] + [t.grad.clone() for t in (q, k, v)])
+        for t in (q, k, v):
+            t.grad = None
+    for ours, flash in zip(*outputs):  # blocks of 125 rows: 300 is not a multiple, the last block is short
+        assert torch.allclose(ours, flash, atol=1e-5), (ours - flash).abs().max()
+
+    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=2,
+                           n_vocab=51864, n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=2)
+    monkeypatch.setattr(tengine, "_cpu_has_bf16_products", lambda: True)
+    monkeypatch.setattr(tengine, "_physical_memory", lambda: 24 << 30)
+    weights = 8 * 2 * 1500 ** 2 * 2 * 2  # batch 8, 2 heads, 2 layers, bf16
+    assert tengine.TorchBackend(Whisper(dims), dtype="bfloat16").keeps_attention_weights(8, False)
+    assert not tengine.TorchBackend(Whisper(dims), dtype="float32").keeps_attention_weights(8, False)
+    monkeypatch.setattr(tengine, "_physical_memory", lambda: 4 * weights - 1)  # a quarter would not hold them
+    assert not tengine.TorchBackend(Whisper(dims), dtype="bfloat16").keeps_attention_weights(8, False)
+    assert tengine.TorchBackend(Whisper(dims), dtype="bfloat16").keeps_attention_weights(8, True)  # one layer's

@@ -133,10 +133,26 @@ class TorchBackend:
     def start_training(self, args) -> None:
         torch.manual_seed(args.seed)
         self.model.encoder.grad_checkpoint = self.model.decoder.grad_checkpoint = bool(args.grad_checkpoint)
+        keep = self.keeps_attention_weights(int(args.batch_size), bool(args.grad_checkpoint))
+        for block in self.model.encoder.blocks:
+            block.attn.keep_weights = keep
         self.params = tlora.trainable_weights(self.model)
         self.optimizer = make_optimizer(args.optimizer, list(self.params.values()), args.weight_decay)
         self.optimizer.zero_grad(set_to_none=True)
         self.label_smoothing = float(args.label_smoothing)
+
+    def keeps_attention_weights(self, batch_size: int, grad_checkpoint: bool) -> bool:
+        """Whether the encoder's self-attention trains through plain bf16 products that keep their
+        weights (model.attention_keeping_weights): bf16 on a CPU with bf16 dot products, and only while
+        the kept weights take at most a quarter of the machine's memory. Measured on the 2-core EPYC
+        (tiny.en, batch 8, encoder+decoder LoRA): 1.73 s a step against 2.44 through the flash kernel,
+        peak RSS 2.7 GB against 1.6 (scripts/benchmark_train.py --dtype bfloat16; docs/benchmarks.md)."""
+        if self.device != "cpu" or self.autocast_dtype != torch.bfloat16 or not _cpu_has_bf16_products():
+            return False
+        dims = self.model.dims
+        layers = 1 if grad_checkpoint else dims.n_audio_layer  # checkpointing keeps one layer's at a time
+        needed = batch_size * dims.n_audio_head * dims.n_audio_ctx ** 2 * 2 * layers
+        return needed <= _physical_memory() // 4
 
     def set_training(self, training: bool) -> None:
         self.model.train(training)
@@ -225,6 +241,24 @@ class TorchBackend:
             features = self.model_inputs(examples, indices, states)[0]
             return greedy_decode(self.model, None, language, task, features=features)
         return greedy_decode(self.model, self._tensor(examples.mels(indices)), language, task)
+
+
+def _cpu_has_bf16_products() -> bool:
+    """AVX512-BF16 or AMX: the CPU multiplies bf16 itself (else bf16 products are emulated, no faster)."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _physical_memory() -> int:
+    import os
+
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def pick_device(requested: Optional[str]) -> str:

@@ -45,23 +45,41 @@ def no_speech_clips(seconds: float = 10.0, seed: int = 0) -> List[Utterance]:
 
 
 def hallucination_report(backend, language: str, task: str = "transcribe", batch_size: int = 8) -> dict:
-    """{"clips", "non_empty", "rate" (percent), "transcripts"} of greedy decoding on no_speech_clips()."""
+    """Words written on no_speech_clips(), two ways: by `transcribe` with its defaults, whose no-speech
+    rule drops a window when <|nospeech|> is likely and the text unlikely (what a user sees), and by
+    greedy decoding of each window with no such rule (`forced`: what runtimes without the rule, or a
+    pipeline that has already decided there is speech, would write). Each as {"clips", "non_empty",
+    "rate" (percent), "transcripts"}; the first at the top level, the second under "forced"."""
+    from ..inference.transcriber import transcribe
+
     model = backend.model
     utterances = no_speech_clips()
     for u in utterances:
         u.language = language
+    normalize = BasicTextNormalizer()
+    decoding = backend.decoding_model()
+    texts = [transcribe(u.load(), decoding, language=language if model.is_multilingual else None, task=task,
+                        verbose=None)["text"] for u in utterances]
     examples, _ = ExampleSet.build(utterances, tokenizer_for(model, task), task, model.dims.n_mels,
                                    model.dims.n_text_ctx, 0.0, 0, "no-speech", "keep")
-    _, texts = transcribe_examples(backend, examples, task, batch_size, progress=False)
-    normalize = BasicTextNormalizer()
-    non_empty = [(u.id, t) for u, t in zip(utterances, texts) if normalize(t).strip()]
-    return {"clips": len(utterances), "non_empty": len(non_empty), "rate": round(100 * len(non_empty) / len(utterances), 1),
-            "transcripts": {u.id: t for u, t in zip(utterances, texts)}}
+    _, forced = transcribe_examples(backend, examples, task, batch_size, progress=False)
+
+    def counted(found: List[str]) -> dict:
+        non_empty = [t for t in found if normalize(t).strip()]
+        return {"clips": len(utterances), "non_empty": len(non_empty),
+                "rate": round(100 * len(non_empty) / len(utterances), 1),
+                "transcripts": {u.id: t for u, t in zip(utterances, found)}}
+
+    return dict(counted(texts), forced=counted(forced))
 
 
 def hallucination_line(base: dict, adapted: dict) -> str:
-    return (f"no speech: words written on {base['non_empty']}/{base['clips']} silent or noise-only clips by the base "
-            f"model, {adapted['non_empty']}/{adapted['clips']} with the adapters")
+    line = (f"no speech: words written on {base['non_empty']}/{base['clips']} silent or noise-only clips by the base "
+            f"model, {adapted['non_empty']}/{adapted['clips']} with the adapters (transcribe's defaults)")
+    if "forced" in base and "forced" in adapted:
+        line += (f"; decoding each clip without the no-speech rule: {base['forced']['non_empty']}/{base['clips']} and "
+                 f"{adapted['forced']['non_empty']}/{adapted['clips']}")
+    return line
 
 
 def colored_noise(n: int, slope: float, rms: float, rng: np.random.Generator) -> np.ndarray:
