@@ -56,7 +56,7 @@ def test_all_caps_data_trains_lower_case_and_reports_upper_case(tmp_path, capsys
 
     data = _demo_data_written(tmp_path / "data", str.upper)
     out = tmp_path / "adapters"
-    main(["--train", "--test", "--backend", "mlx", "--data", str(data), "--adapter-path", str(out), "--iters", "2",
+    main(["--train", "--test", "--no-hallucination-check", "--backend", "mlx", "--data", str(data), "--adapter-path", str(out), "--iters", "2",
           "--batch-size", "2", "--freeze-encoder", "--no-progress", "--timestamp-fraction", "0"])
     err = capsys.readouterr().err
     assert "case style: upper" in err
@@ -131,7 +131,7 @@ def test_unpunctuated_all_caps_data_with_base_style_targets(tmp_path, capsys):
 
     data = _demo_data_written(tmp_path / "data", lambda t: case_style.strip_punctuation(t).upper())
     out = tmp_path / "adapters"
-    args = ["--train", "--test", "--backend", "torch", "--data", str(data), "--adapter-path", str(out), "--iters", "2",
+    args = ["--train", "--test", "--no-hallucination-check", "--backend", "torch", "--data", str(data), "--adapter-path", str(out), "--iters", "2",
             "--batch-size", "2", "--freeze-encoder", "--no-progress", "--base-style-targets"]
     main(args)
     err = capsys.readouterr().err

@@ -62,6 +62,7 @@ def test_base_beside_adapted_cached_and_general_data(tmp_path, capsys):
     main(["--test", "--adapter-path", str(out), "--general-data", "builtin", *common])
     second = capsys.readouterr().err
     assert "base model on the test data: cached scores" in second and "base model on the general data: cached" in second
+    assert "base model on the no-speech clips: cached" in second
     assert json.loads((out / "test_results.json").read_text())["base"]["wer"] == alone["wer"]
     assert len(list((out / "test_runs").iterdir())) == 2
     assert len((out / "test_history.jsonl").read_text().splitlines()) == 2

@@ -54,6 +54,7 @@ def adapters(tmp_path_factory):
             "dora": make_adapter(root / "dora", "dora", 4, 1, modules=["query", "value", "mlp1"], freeze_encoder=False)}
 
 
+@pytest.mark.slow  # 24 s (suite under 15 min); the torch bank test and the worker test compare rows by default
 def test_bank_rows_compute_what_each_adapter_loaded_alone_computes(adapters):
     mel = mx.array(np.random.default_rng(0).normal(0, 1, (3, 3000, 80)).astype(np.float32))
     tokens = mx.array([[50257, 50362, 440, 2068]] * 3)

@@ -38,6 +38,9 @@ class RunConfig:
     compare_base: bool = option(True, "score only the adapted model with --test (by default the base model is scored "
                                       "too, once per test set, and shown beside it)", "evaluation",
                                 flags=("--no-base-comparison",), kind="off_switch")
+    no_speech_check: bool = option(True, "skip the hallucination check of --test (by default both models transcribe "
+                                         "eight silent and noise-only clips: ~20 s per model for tiny on 2 CPU cores)",
+                                   "evaluation", flags=("--no-hallucination-check",), kind="off_switch")
     general_data: Optional[str] = option(None, "forgetting check with --test: general-domain speech (a folder, a "
                                                "manifest, or builtin: the package's small English set) scored with the "
                                                "base and the adapted model", "evaluation")

@@ -124,9 +124,27 @@ def score_base(backend, config: RunConfig, log: Callable) -> Dict[str, Optional[
             if world.is_main:
                 cache_base_report(key, report)
         out[name] = report
-    out["no_speech"] = hallucination_report(backend, test_language(config), config.task,
-                                            int(config.batch_size))  # seconds: not cached
+    if config.no_speech_check:
+        out["no_speech"] = base_hallucination_report(backend, config, log)
     return out
+
+
+def base_hallucination_report(backend, config: RunConfig, log: Callable) -> dict:
+    """The base model's hallucination report, cached per base model, language and task (its clips are fixed)."""
+    from importlib.metadata import version
+
+    model = backend.model
+    key = test_set_key(model.source, model.dims.to_dict(), config.task, [("no-speech clips", test_language(config))],
+                       {"package": version("mlx-whisper-lora"), "backend": config.backend, "device": config.device,
+                        "dtype": config.dtype, "bits": config.bits, "report": 2})
+    report = cached_base_report(key)
+    if not world_of(backend).all_agree(report is not None):
+        report = hallucination_report(backend, test_language(config), config.task, int(config.batch_size))
+        if world_of(backend).is_main:
+            cache_base_report(key, report)
+    else:
+        log("base model on the no-speech clips: cached")
+    return report
 
 
 def test_language(config: RunConfig) -> str:
