@@ -1,13 +1,15 @@
 """Audio without speech: the hallucination report and the training clips against it.
 
 The report is the share of silent and noise-only clips for which a model writes any words (after
-normalization), decoded as `--test` decodes. Its clips are generated with a fixed seed (digital
-silence, faint dither, white and brown noise at several levels), so the rate is comparable between
-the base and the adapted model and between runs.
+normalization), counted two ways (hallucination_report). Its clips are generated with a fixed seed
+(digital silence, faint dither, white and brown noise at several levels), so the rate is comparable
+between the base and the adapted model and between runs.
 
-`--no-speech-fraction`: adapters trained only on speech learn that every window holds words, and
-write some on silence (measured: 8 of 8 report clips with Yoruba adapters). Training clips of noise
-with an empty transcript ask them to end the transcript at once there, as the base model does. They
+`--no-speech-fraction`: adapters trained only on speech learn that every window holds words (Yoruba
+adapters write a word on 8 of 8 report clips decoded without the no-speech rule; `transcribe` with its
+defaults, on 1 of 8). Training clips of noise with an empty transcript ask them to end the transcript
+at once there (measured: 0 of 8 through `transcribe`, still 8 of 8 without the rule, English
+forgetting worse; off by default, docs/benchmarks.md). They
 are drawn from a wider family than the report's (any spectral slope between white and brown, levels
 from -75 to -20 dBFS, 2-30 s, some digital silence) with another seed, so the report does not
 measure its own training clips.
