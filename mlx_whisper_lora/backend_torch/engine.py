@@ -19,6 +19,7 @@ from ..errors import UserError
 from ..formats.adapter_config import AdapterConfig
 from ..formats.safetensors_io import write_safetensors
 from . import lora as tlora
+from .cpu_flags import cpu_has
 from .data_parallel import sum_gradients
 from .decoding import greedy_decode
 
@@ -245,11 +246,7 @@ class TorchBackend:
 
 def _cpu_has_bf16_products() -> bool:
     """AVX512-BF16 or AMX: the CPU multiplies bf16 itself (else bf16 products are emulated, no faster)."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return cpu_has("avx512_bf16", "amx_bf16")
 
 
 def _physical_memory() -> int:

@@ -26,7 +26,7 @@ from .run_config import RunConfig
 from .no_speech import DISTINCT_TRAINING_CLIPS, no_speech_training_clips
 from .self_replay import SELF, self_replay_utterances
 from .streamed_batches import MixedRows
-from .testing import general_utterances, run_test, score_base, with_replay
+from .testing import replay_pool, run_test, score_base, with_replay
 
 
 
@@ -142,14 +142,12 @@ def streamed_mixes(config: RunConfig, sample: list, log: Callable) -> list:
     at their share (a stream cannot be extended with rows the way a list is)."""
     mixes = []
     if float(config.replay_fraction) > 0:
-        pool = [replace(u, id=f"replay:{u.id}", language=u.language or config.general_language)
-                for u in general_utterances(config, config.replay_data)]
+        pool = replay_pool(config)
         mixes.append(MixedRows(pool, float(config.replay_fraction), int(config.seed)))
         log(f"replay: {100 * float(config.replay_fraction):g}% of the rows of each batch, on average, drawn from the "
             f"{len(pool)} utterances of {config.replay_data}")
     if float(config.no_speech_fraction) > 0:
-        languages = sorted({u.language for u in sample if u.language} or ({config.language} - {None}))
-        pool = no_speech_training_clips(DISTINCT_TRAINING_CLIPS, languages, int(config.seed))
+        pool = no_speech_training_clips(DISTINCT_TRAINING_CLIPS, training_languages(sample, config), int(config.seed))
         mixes.append(MixedRows(pool, float(config.no_speech_fraction), int(config.seed) + 1))
         log(f"no speech: {100 * float(config.no_speech_fraction):g}% of the rows of each batch, on average, are noise or "
             f"silence clips with empty transcripts (--no-speech-fraction)")
@@ -163,10 +161,14 @@ def with_no_speech(utterances: list, config: RunConfig, log: Callable) -> list:
     count = round(fraction / (1 - fraction) * len(utterances)) if fraction > 0 else 0
     if not count:
         return []
-    languages = sorted({u.language for u in utterances if u.language} or ({config.language} - {None}))
     log(f"no speech: {count} noise or silence clips with empty transcripts join the {len(utterances)} training "
         f"utterances ({100 * fraction:g}%, --no-speech-fraction)")
-    return no_speech_training_clips(count, languages, int(config.seed))
+    return no_speech_training_clips(count, training_languages(utterances, config), int(config.seed))
+
+
+def training_languages(utterances: list, config: RunConfig) -> List[str]:
+    """The languages the training rows name (--language where none does), for the no-speech clips."""
+    return sorted({u.language for u in utterances if u.language} or ({config.language} - {None}))
 
 
 # ---------------------------------------------------------------- train and test

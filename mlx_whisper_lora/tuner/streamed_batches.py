@@ -93,7 +93,7 @@ class StreamedBatches:
         out = []
         for m in self.mixed:
             rng = np.random.default_rng([int(m.seed), int(number), 77])
-            for slot in range(self.batch_size):
+            for _ in range(self.batch_size):
                 if rng.random() < m.share and len(out) < self.batch_size - 1:  # a stream row in every batch
                     out.append(m.pool[int(rng.integers(len(m.pool)))])
         return out

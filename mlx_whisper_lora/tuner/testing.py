@@ -60,16 +60,27 @@ def with_replay(utterances: list, config: RunConfig, log: Callable) -> list:
     fraction = float(config.replay_fraction)
     if fraction <= 0:
         return utterances
-    pool = general_utterances(config, config.replay_data)
-    for u in pool:
-        u.language = u.language or config.general_language
+    pool = replay_pool(config)
     count = round(fraction / (1 - fraction) * len(utterances))
     rng = random.Random(int(config.seed))
-    drawn = [replace(pool[i % len(pool)], id=f"replay:{pool[i % len(pool)].id}")
-             for i in rng.sample(range(max(count, len(pool))), count)] if count else []
+    drawn = [pool[i % len(pool)] for i in rng.sample(range(max(count, len(pool))), count)] if count else []
     log(f"replay: {len(drawn)} utterances of {config.replay_data} mixed into the {len(utterances)} training utterances "
         f"({100 * fraction:g}%)")
     return utterances + drawn
+
+
+def replay_pool(config: RunConfig) -> list:
+    """The --replay-data utterances, named replay:ID, each in its own language (--general-language if none)."""
+    return [replace(u, id=f"replay:{u.id}", language=u.language or config.general_language)
+            for u in general_utterances(config, config.replay_data)]
+
+
+def decoding_settings(config: RunConfig) -> dict:
+    """What, besides the model and the data, changes a base model's scores (part of their cache key)."""
+    from importlib.metadata import version
+
+    return {"backend": config.backend, "device": config.device, "dtype": config.dtype, "bits": config.bits,
+            "package": version("mlx-whisper-lora")}
 
 
 def general_config(config: RunConfig) -> RunConfig:
@@ -84,9 +95,8 @@ def split_key(backend, config: RunConfig, examples) -> str:
             for u in examples.utterances]
     model = backend.model
     return test_set_key(model.source, model.dims.to_dict(), config.task, rows,
-                        {"test_batches": int(config.test_batches), "backend": config.backend, "device": config.device,
-                         "dtype": config.dtype, "bits": config.bits, "normalizer": version("whisper-normalizer"),
-                         "package": version("mlx-whisper-lora")})
+                        dict(decoding_settings(config), test_batches=int(config.test_batches),
+                             normalizer=version("whisper-normalizer")))
 
 
 def score(backend, config: RunConfig, utterances: list, name: str, log: Callable, style: Optional[str],
@@ -131,12 +141,9 @@ def score_base(backend, config: RunConfig, log: Callable) -> Dict[str, Optional[
 
 def base_hallucination_report(backend, config: RunConfig, log: Callable) -> dict:
     """The base model's hallucination report, cached per base model, language and task (its clips are fixed)."""
-    from importlib.metadata import version
-
     model = backend.model
     key = test_set_key(model.source, model.dims.to_dict(), config.task, [("no-speech clips", test_language(config))],
-                       {"package": version("mlx-whisper-lora"), "backend": config.backend, "device": config.device,
-                        "dtype": config.dtype, "bits": config.bits, "report": 2})
+                       dict(decoding_settings(config), report=2))
     report = cached_base_report(key)
     if not world_of(backend).all_agree(report is not None):
         report = hallucination_report(backend, test_language(config), config.task, int(config.batch_size))
