@@ -3,6 +3,7 @@ user runs it), printed with their ratio: memory must not grow with the length of
 
     python scripts/measure_long_audio_memory.py                 # tiny.en, 2 min vs 2 h
     python scripts/measure_long_audio_memory.py --hours 0.5     # a shorter long file
+    python scripts/measure_long_audio_memory.py --vad           # transcribe --vad --batch-size 8
 
 The files are LibriSpeech clips of ../shared/data laid end to end with a second of silence between
 them, repeated to length, written as 16-bit PCM WAV. Each transcription runs in its own process;
@@ -48,12 +49,12 @@ def speech_file(path: Path, seconds: float) -> Path:
     return path
 
 
-def transcribe_peak(path: Path, model: str, out: Path) -> dict:
+def transcribe_peak(path: Path, model: str, out: Path, extra: list) -> dict:
     """Peak RSS (MB) and wall time of one `transcribe` process on `path`."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     tic = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "mlx_whisper_lora.transcribe", str(path), "--model", model,
-                           "--language", "en", "--temperature", "0", "-o", str(out), "-f", "txt", "--verbose", "False"],
+                           "--language", "en", "--temperature", "0", "-o", str(out), "-f", "txt", "--verbose", "False", *extra],
                           capture_output=True, text=True)
     wall = time.perf_counter() - tic
     if proc.returncode != 0:
@@ -70,17 +71,19 @@ def main(argv=None):
     p.add_argument("--model", default="tiny.en")
     p.add_argument("--short-minutes", type=float, default=2.0)
     p.add_argument("--hours", type=float, default=2.0)
+    p.add_argument("--vad", action="store_true", help="transcribe --vad --batch-size 8 (batched chunks)")
     args = p.parse_args(argv)
+    extra = ["--vad", "--batch-size", "8"] if args.vad else []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         rows = []
         for name, seconds in (("short", args.short_minutes * 60), ("long", args.hours * 3600)):
             path = speech_file(tmp / f"{name}.wav", seconds)
-            result = transcribe_peak(path, args.model, tmp)
+            result = transcribe_peak(path, args.model, tmp, extra)
             rows.append((seconds, path.stat().st_size, result))
             path.unlink()
     print(f"# {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} (1 min, at the end), "
-          f"{args.model}, transcribe --temperature 0")
+          f"{args.model}, transcribe --temperature 0 {' '.join(extra)}".rstrip())
     print("| file | WAV size | words | peak memory | wall | ratio to the short file |")
     print("|---|---|---|---|---|---|")
     for seconds, size, r in rows:

@@ -62,6 +62,62 @@ def test_vad_transcript_follows_sequential_decoding_in_the_files_time(tiny_en, l
     assert all(s["start"] >= starts[0][0] - 0.5 for s in segments)
 
 
+def covered(chunks, length):
+    mask = np.zeros(length, dtype=bool)
+    for s, e in chunks:
+        mask[s:e] = True
+    return mask
+
+
+def long_file(tmp_path, audio, monkeypatch):
+    """The recording as a WAV that takes the long-file path (samples in a temporary file)."""
+    import soundfile as sf
+
+    from mlx_whisper_lora.data import long_audio
+
+    monkeypatch.setattr(long_audio, "LONG_FILE_SECONDS", 1)
+    path = tmp_path / "long.wav"
+    sf.write(path, audio, SAMPLE_RATE, subtype="FLOAT")
+    return path
+
+
+def test_speech_found_block_by_block_agrees_with_the_whole_file(long_recording, tmp_path, monkeypatch):
+    """Blocks of 20 s (with 30 s of context each side) find the speech the whole-file VAD finds."""
+    from mlx_whisper_lora.data.long_audio import store_long_audio
+    from mlx_whisper_lora.inference.vad_chunks import speech_chunks, streamed_speech_chunks
+
+    audio, _ = long_recording
+    stored = store_long_audio(long_file(tmp_path, audio, monkeypatch))
+    try:
+        blocks = streamed_speech_chunks(stored, block_seconds=20)
+        whole_file_block = streamed_speech_chunks(stored, block_seconds=600)
+    finally:
+        stored.close()
+    whole = speech_chunks(audio)
+    assert whole_file_block == whole  # one block: the same call on the same samples
+    assert all(0 < e - s <= 30 * SAMPLE_RATE for s, e in blocks)
+    assert all(a[1] <= b[0] for a, b in zip(blocks, blocks[1:]))
+    a, b = covered(blocks, len(audio)), covered(whole, len(audio))
+    assert (a != b).sum() <= 0.02 * b.sum(), ((a != b).sum(), b.sum())
+
+
+def test_vad_on_a_long_file_reads_it_in_pieces_with_the_same_transcript(tiny_en, long_recording, tmp_path, monkeypatch):
+    from mlx_whisper_lora.data.long_audio import SampleFile
+    from mlx_whisper_lora.inference.vad_chunks import transcribe_vad
+
+    audio, _ = long_recording
+    path = long_file(tmp_path, audio, monkeypatch)
+    reads, files = [], []
+    read = SampleFile.read
+    monkeypatch.setattr(SampleFile, "read", lambda self, a, b: (reads.append(b - a), files.append(self), read(self, a, b))[2])
+    from_file = transcribe_vad(path, tiny_en, batch_size=4, language="en", verbose=False)
+    from_array = transcribe_vad(audio, tiny_en, batch_size=4, language="en", verbose=False)
+    assert from_file["text"] == from_array["text"]
+    assert [(s["start"], s["end"]) for s in from_file["segments"]] == [(s["start"], s["end"]) for s in from_array["segments"]]
+    assert reads[1:] and max(reads[1:]) <= 30 * SAMPLE_RATE  # after the VAD's block, a chunk at a time
+    assert files[0].file.closed
+
+
 def test_later_windows_are_batched_with_the_same_results(tiny_en, long_recording, monkeypatch):
     """Without conditioning on previous text, every window of every file can share a batch; results
     equal `transcribe` file by file (both files are over 30 s: their second windows are batched)."""

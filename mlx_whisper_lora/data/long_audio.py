@@ -111,9 +111,26 @@ def _ffmpeg_blocks(path: str) -> Iterator[np.ndarray]:
             proc.kill()
 
 
-def open_long_audio(path: Union[str, Path], n_mels: int, padding: int = 0) -> Optional[WindowedLogMel]:
-    """The windowed log-mel of a long file (its samples in a temporary file), or None for a file
-    short enough to read whole (and for anything the whole-file reader should judge)."""
+class SampleFile:
+    """A file's 16 kHz mono float32 samples in an unnamed temporary file, read by range (`--vad` finds
+    speech in a long file block by block and reads only the chunks it decodes)."""
+
+    def __init__(self, file, n_samples: int):
+        self.file, self.n_samples = file, n_samples
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        start, stop = max(0, start), min(stop, self.n_samples)
+        if stop <= start:
+            return np.zeros(0, dtype=np.float32)
+        return np.frombuffer(os.pread(self.file.fileno(), (stop - start) * 4, start * 4), dtype=np.float32).copy()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def store_long_audio(path: Union[str, Path]) -> Optional[SampleFile]:
+    """A long file's samples decoded in blocks into a temporary file, or None for a file short enough
+    to read whole (and for anything the whole-file reader should judge)."""
     import soundfile as sf
 
     path = str(path)
@@ -141,7 +158,20 @@ def open_long_audio(path: Union[str, Path], n_mels: int, padding: int = 0) -> Op
         store.flush()
         if count == 0:
             raise AudioError(f"audio file holds no samples: {path}")
-        return WindowedLogMel(store, count, n_mels, padding)
+        return SampleFile(store, count)
     except BaseException:
         store.close()
+        raise
+
+
+def open_long_audio(path: Union[str, Path], n_mels: int, padding: int = 0) -> Optional[WindowedLogMel]:
+    """The windowed log-mel of a long file (its samples in a temporary file), or None for a file
+    short enough to read whole (and for anything the whole-file reader should judge)."""
+    stored = store_long_audio(path)
+    if stored is None:
+        return None
+    try:
+        return WindowedLogMel(stored.file, stored.n_samples, n_mels, padding)
+    except BaseException:
+        stored.close()
         raise

@@ -8,21 +8,28 @@ advance, so they can share each encoder and decoder pass; silence between them i
 cost: no chunk sees the text of the one before it (no `condition_on_previous_text` across chunks), and
 each chunk is one segment (decoded without timestamp tokens; word timestamps still work).
 The voice-activity model is PyPI `silero-vad` (maintained, ONNX; 0.6 s for 10 minutes of audio here).
+
+A long file (over `data.long_audio.LONG_FILE_SECONDS`) is not read whole: its samples go to a temporary
+file, the VAD runs over 10-minute blocks that overlap by 30 s, and each batch reads only its chunks, so
+memory does not grow with the file's length.
 """
 
 from __future__ import annotations
 
 import sys
 from collections import Counter
-from typing import List, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 
 from ..data.audio import SAMPLE_RATE, load_audio
+from ..data.long_audio import SampleFile, store_long_audio
 from ..errors import UserError
 from .transcriber import clock, transcribe_many
 
 CHUNK_SECONDS = 30.0
+VAD_BLOCK_SECONDS = 600  # a long file's speech is found this much at a time
+VAD_CONTEXT_SECONDS = 30  # read on each side of a block: a region (at most 29 s) that starts in it ends in it
 _VAD = None
 
 
@@ -52,19 +59,23 @@ def _vad_model():
     return _VAD
 
 
-def speech_chunks(audio: np.ndarray, max_seconds: float = CHUNK_SECONDS) -> List[Tuple[int, int]]:
-    """(start, end) sample offsets of speech, neighbouring regions merged while a chunk spans at most
-    `max_seconds` (one decoding window); a longer stretch of speech is cut by the VAD at its quietest point."""
+def speech_regions(audio: np.ndarray, max_seconds: float = CHUNK_SECONDS) -> List[Tuple[int, int]]:
+    """(start, end) sample offsets of the speech silero-vad finds, each at most `max_seconds` - 1 long (a
+    longer stretch of speech is cut by the VAD at its quietest point)."""
     import torch
 
     model, get_speech_timestamps = _vad_model()
     regions = get_speech_timestamps(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), model,
                                     sampling_rate=SAMPLE_RATE, max_speech_duration_s=max_seconds - 1.0,
                                     min_silence_duration_ms=160, speech_pad_ms=200)
+    return [(int(r["start"]), min(int(r["end"]), len(audio))) for r in regions]
+
+
+def merged_chunks(regions: Sequence[Tuple[int, int]], max_seconds: float = CHUNK_SECONDS) -> List[Tuple[int, int]]:
+    """Neighbouring regions merged while a chunk spans at most `max_seconds` (one decoding window)."""
     limit = int(max_seconds * SAMPLE_RATE)
     chunks: List[List[int]] = []
-    for region in regions:
-        start, end = int(region["start"]), min(int(region["end"]), len(audio))
+    for start, end in regions:
         if chunks and end - chunks[-1][0] <= limit:
             chunks[-1][1] = end
         else:
@@ -72,23 +83,74 @@ def speech_chunks(audio: np.ndarray, max_seconds: float = CHUNK_SECONDS) -> List
     return [(s, e) for s, e in chunks]
 
 
+def speech_chunks(audio: np.ndarray, max_seconds: float = CHUNK_SECONDS) -> List[Tuple[int, int]]:
+    """(start, end) sample offsets of speech in chunks of at most `max_seconds`."""
+    return merged_chunks(speech_regions(audio, max_seconds), max_seconds)
+
+
+def streamed_speech_chunks(samples: SampleFile, max_seconds: float = CHUNK_SECONDS,
+                           block_seconds: float = VAD_BLOCK_SECONDS) -> List[Tuple[int, int]]:
+    """`speech_chunks` of a file's samples read a block at a time. Each block is read with
+    VAD_CONTEXT_SECONDS on either side, and keeps the regions that start inside it; a region that
+    reaches into the next block's speech is cut where the one before ends, so regions never overlap."""
+    block, context = int(block_seconds * SAMPLE_RATE), int(VAD_CONTEXT_SECONDS * SAMPLE_RATE)
+    regions: List[Tuple[int, int]] = []
+    for begin in range(0, samples.n_samples, block):
+        first = max(0, begin - context)
+        for start, end in speech_regions(samples.read(first, begin + block + context), max_seconds):
+            start, end = start + first, end + first
+            if not begin <= start < begin + block:
+                continue  # another block's
+            if regions and start < regions[-1][1]:
+                start = regions[-1][1]
+            if end > start:
+                regions.append((start, end))
+    return merged_chunks(regions, max_seconds)
+
+
+class ChunkAudio(Sequence):
+    """The chunks' samples, read when a batch asks for them."""
+
+    def __init__(self, chunks: List[Tuple[int, int]], read: Callable[[int, int], np.ndarray]):
+        self.chunks, self.read = chunks, read
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        start, end = self.chunks[index]
+        return self.read(start, end)
+
+
 def transcribe_vad(audio, model, *, batch_size: int = 8, verbose=None, progress=None, **options) -> dict:
     """`transcribe`'s result for one file (path or 16 kHz array), its speech chunks decoded in batches
     (windows after a chunk's first too: `transcribe_many` runs them in lockstep); segment and word times
     are in the file's time. `options`: `transcribe`'s; no window is conditioned on the text before it."""
+    stored = None
     if isinstance(audio, (str, bytes)) or hasattr(audio, "__fspath__"):
-        audio = load_audio(audio)
-    audio = np.asarray(audio, dtype=np.float32)
+        stored = store_long_audio(audio)
+        if stored is None:
+            audio = load_audio(audio)
     options["condition_on_previous_text"] = False  # so that every chunk's windows can share a batch
     # One window per chunk, as faster-whisper's batched pipeline decodes: with timestamp tokens the model
     # often stops at a timestamp before the chunk's end, and the rest costs another window (measured on a
     # 10-minute file: 39 windows instead of 23, 11.5 s instead of 8.2 s). A chunk is then one segment;
     # --word-timestamps still times every word (and lays out subtitle lines).
     options.setdefault("without_timestamps", True)
-    chunks = speech_chunks(audio)
-    show = progress if progress is not None else (verbose is not False and len(chunks) > 1)
-    results = transcribe_many([audio[s:e] for s, e in chunks], model, batch_size=max(1, batch_size), verbose=False,
-                              progress=show, unit="chunk", **options)
+    try:
+        if stored is not None:
+            chunks = streamed_speech_chunks(stored)
+            pieces = ChunkAudio(chunks, stored.read)
+        else:
+            audio = np.asarray(audio, dtype=np.float32)
+            chunks = speech_chunks(audio)
+            pieces = ChunkAudio(chunks, lambda start, end: audio[start:end])
+        show = progress if progress is not None else (verbose is not False and len(chunks) > 1)
+        results = transcribe_many(pieces, model, batch_size=max(1, batch_size), verbose=False, progress=show,
+                                  unit="chunk", **options)
+    finally:
+        if stored is not None:
+            stored.close()
     segments = []
     for (start, _), result in zip(chunks, results):
         offset = start / SAMPLE_RATE
