@@ -377,3 +377,65 @@ def test_attention_keeping_weights_equals_the_flash_kernel_and_is_chosen_for_cpu
     monkeypatch.setattr(tengine, "_physical_memory", lambda: 4 * weights - 1)  # a quarter would not hold them
     assert not tengine.TorchBackend(Whisper(dims), dtype="bfloat16").keeps_attention_weights(8, False)
     assert tengine.TorchBackend(Whisper(dims), dtype="bfloat16").keeps_attention_weights(8, True)  # one layer's
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_frozen_head_loss_equals_cross_entropy_over_the_logits_with_its_gradient(smoothing, dtype):
+    """The fused loss over the frozen output projection (backend_torch/frozen_head_loss.py) equals
+    torch's cross-entropy of the logits, and so does dL/dh, across several blocks of rows."""
+    from mlx_whisper_lora.backend_torch.frozen_head_loss import BLOCK_ROWS, frozen_head_cross_entropy
+
+    generator = torch.Generator().manual_seed(0)
+    rows, width, vocab = 2 * BLOCK_ROWS + 7, 48, 1000
+    weight = (torch.randn(vocab, width, generator=generator) * 0.3).to(dtype)
+    targets = torch.randint(0, vocab, (rows,), generator=generator)
+    start = torch.randn(rows, width, generator=generator)
+    start[::5] *= 30  # some rows with scores far below their peak (exp would be subnormal there)
+    start = start.to(dtype)
+    results = []
+    for fused in (False, True):
+        hidden = start.clone().requires_grad_(True)
+        if fused:
+            loss = frozen_head_cross_entropy(hidden, weight, targets, smoothing, dtype)
+        else:
+            loss = torch.nn.functional.cross_entropy((hidden @ weight.T).float(), targets, reduction="sum",
+                                                     label_smoothing=smoothing)
+        (0.25 * loss).backward()
+        results.append((loss.item(), hidden.grad.float()))
+    (ref_loss, ref_grad), (loss, grad) = results
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+    assert loss == pytest.approx(ref_loss, rel=tolerance)
+    torch.testing.assert_close(grad, ref_grad, rtol=tolerance, atol=tolerance * float(ref_grad.abs().max()))
+
+
+def test_cached_keys_values_kept_in_bf16_give_the_step_autocast_gives(tiny_en_checkpoint):
+    """In bf16 the cached cross-attention keys and values are stored in bf16: the loss and gradients
+    equal those of the step that casts fp32 ones under autocast (the same rounding, done once)."""
+    from mlx_whisper_lora.data.examples import ExampleSet
+    from mlx_whisper_lora.data.manifests import Utterance
+
+    config = AdapterConfig(rank=4, alpha=8, freeze_encoder=True, modules=["cross_attn.key", "cross_attn.value"])
+    _, torch_model = _adapted_pair(tiny_en_checkpoint, config)
+    utterances = [Utterance(str(ASSETS / "demo.flac"), t, language="en") for t in TEXTS]
+    examples, _ = ExampleSet.build(utterances, get_tokenizer(False), "transcribe", 80, 448)
+    toks = [torch.from_numpy(np.array(a)) for a in collate(examples.labels, 0)]
+    backend = TorchBackend(torch_model, dtype="bfloat16")
+    states = backend.encode(examples, [0, 1])
+    assert states[0][1][0][0].dtype == torch.bfloat16 and states[0][0].dtype == torch.float32
+    audio, _, kv = backend.model_inputs(examples, [0, 1], states)
+    fp32 = TorchBackend(torch_model)  # the K/V as fp32 keeps them
+    _, _, kv32 = fp32.model_inputs(examples, [0, 1], fp32.encode(examples, [0, 1]))
+    assert kv32[0][0][0].dtype == torch.float32 and not torch.equal(kv32[0][0][0], kv[0][0][0].float())
+
+    def loss_and_grads(cache):
+        torch_model.zero_grad(set_to_none=True)
+        loss, _ = loss_and_count(torch_model, audio, True, cache, *toks, torch.bfloat16)
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in tlora.trainable_weights(torch_model).items()}
+
+    loss_b, grads_b = loss_and_grads(kv)
+    loss_f, grads_f = loss_and_grads(kv32)
+    assert loss_b == loss_f
+    for name, g in grads_f.items():
+        assert torch.equal(grads_b[name], g), name

@@ -22,6 +22,7 @@ from . import lora as tlora
 from .cpu_flags import cpu_has
 from .data_parallel import sum_gradients
 from .decoding import greedy_decode
+from .frozen_head_loss import frozen_head_cross_entropy
 
 AUTOCAST = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -33,10 +34,16 @@ def loss_and_count(model, audio, is_states: bool, cross_kv, inputs, targets, mas
         xa = audio if is_states else model.embed_audio(audio)
         hidden = model.decoder.hidden(inputs, xa, cross_kv)
         keep = mask > 0
-        logits = model.decoder.logits(hidden[keep])
+        head = model.decoder.token_embedding.weight
+        if torch.is_grad_enabled() and not head.requires_grad:  # the usual case: the projection frozen
+            total = frozen_head_cross_entropy(hidden[keep], head, targets[keep], smoothing, autocast_dtype)
+        else:
+            total = None
+            logits = model.decoder.logits(hidden[keep])
     count = keep.sum()
-    total = torch.nn.functional.cross_entropy(logits.float(), targets[keep].long(), reduction="sum",
-                                              label_smoothing=smoothing)
+    if total is None:
+        total = torch.nn.functional.cross_entropy(logits.float(), targets[keep].long(), reduction="sum",
+                                                  label_smoothing=smoothing)
     return total / count.clamp(min=1), count
 
 
@@ -96,7 +103,11 @@ class TorchBackend:
             kv = [None] * len(indices)
             if for_training and self.model.decoder.cross_kv_cacheable():
                 layers = self.model.decoder.base_cross_kv(states)
-                kv = [[(k[j].clone(), v[j].clone()) for k, v in layers] for j in range(len(indices))]
+                # kept in the autocast dtype: the step's products would cast them to it every time
+                # (the same rounding, done once; half the memory in bf16)
+                dtype = self.autocast_dtype or states.dtype
+                kv = [[(k[j].to(dtype, copy=True), v[j].to(dtype, copy=True)) for k, v in layers]
+                      for j in range(len(indices))]
         return [(s.clone(), item) for s, item in zip(states, kv)]
 
     def states_nbytes(self, states) -> int:
@@ -118,8 +129,8 @@ class TorchBackend:
             audio = torch.stack([s for s, _ in items])
             if any(kv is None for _, kv in items):
                 return audio, True, None
-            layers = len(items[0][1])
-            kv = [tuple(torch.stack([item[1][layer][j] for item in items]) for j in range(2)) for layer in range(layers)]
+            layers = len(items[0][1])  # per layer: (keys, values), each a list with one tensor per utterance
+            kv = [tuple([item[1][layer][j] for item in items] for j in range(2)) for layer in range(layers)]
             return audio, True, kv
         mels = self._tensor(examples.mels(indices))
         if self.encoder_trained:

@@ -80,17 +80,20 @@ class MultiHeadAttention(nn.Module):
         the rank-r term (source @ A) rather than over a full (frames, state) delta, which is what the
         step costs otherwise (the same numbers, reassociated)."""
         keys_t, values = kv  # (batch, heads, head_dim, frames), (batch, heads, frames, head_dim)
+        # or, as the training cache keeps them, one (heads, head_dim, frames) / (heads, frames, head_dim)
+        # tensor per utterance: taken one by one, they need no stacking copy per step (147 MB for tiny)
+        apart = isinstance(keys_t, (list, tuple))
         b, h, n, dh = q.shape
-        frames = keys_t.shape[-1]
+        frames = keys_t[0].shape[-1] if apart else keys_t.shape[-1]
         q = q * dh ** -0.5
-        scores = q @ keys_t
+        scores = torch.stack([a @ k for a, k in zip(q.unbind(0), keys_t)]) if apart else q @ keys_t
         if hasattr(self.key, "delta"):
             low, up = self.key.low_rank_terms(source)  # (batch, frames, r), (r, state)
             q_up = q @ up.view(-1, h, dh).permute(1, 2, 0)  # (batch, heads, n, r)
             # the heads as rows of one product per utterance: no copy of `low` per head
             scores = scores + (q_up.reshape(b, h * n, -1) @ low.transpose(1, 2)).view(b, h, n, frames)
         weights = torch.softmax(scores, dim=-1)
-        out = weights @ values
+        out = torch.stack([w @ v for w, v in zip(weights.unbind(0), values)]) if apart else weights @ values
         if hasattr(self.value, "delta"):
             low, up = self.value.low_rank_terms(source)
             mixed = (weights.reshape(b, h * n, frames) @ low).view(b, h, n, -1)  # (batch, heads, n, r)
