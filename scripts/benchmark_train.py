@@ -3,14 +3,17 @@
     python scripts/benchmark_train.py [--model tiny.en] [--batch-size 8] [--rank 32] [--alpha 64]
         [--steps 10] [--rounds 2] [--configs encdec,decoder] [--systems ours,peft]
         [--backend auto|mlx|torch] [--device cpu|cuda] [--dtype float32|bfloat16|float16]
-        [--bits 8|4] [--dims large-v2] [--json out.json]
+        [--bits 8|4] [--dims small|medium|large-v2] [--json out.json]
+    python scripts/benchmark_train.py --systems ours,mlx-tune --backend mlx --mlx-tune-python VENV/bin/python
 
 Both sides get the same model weights, rank, alpha, modules (query and value of every attention:
 `encdec`; of the decoder's only, the encoder frozen: `decoder`), the same batch of 30 s log-mel
 inputs (bundled demo clips joined in pairs, so labels are ~25 tokens) and AdamW. Every system runs
 in its own subprocess, and the systems take turns for `--rounds` rounds, so a slow patch of the
 machine hits all of them. Ours is timed through the real training loop (`lora --train`, its
-metrics.jsonl), so data handling and the encoder cache count; PEFT through the loop its users write.
+metrics.jsonl), so data handling and the encoder cache count; PEFT through the loop its users write;
+PyPI mlx-tune (the other MLX Whisper fine-tuner) through its own trainer, in its own environment
+(scripts/mlx_tune_worker.py), against ours with `--backend mlx`.
 
 Printed per system and configuration: median s/step over the timed steps (the first `--skip` are
 warm-up; for ours with a frozen encoder, the first epoch fills the encoder cache, and later epochs
@@ -18,7 +21,7 @@ are what is timed), audio-seconds per second, peak RSS (peak GPU memory on CUDA)
 first step (identical starting weights, so these must agree), the nominal arithmetic of the step
 divided by its time, against this machine's measured sgemm peak, and the ratio to PEFT.
 
-`--dims large-v2` uses large-v2 dimensions with random weights (for memory and speed on a GPU; no
+`--dims small|medium|large-v2` uses those dimensions with random weights (for memory and speed, no
 download needed). `--bits 8|4` quantizes the frozen base through bitsandbytes on both sides (ours:
 `lora --bits`, PEFT: transformers' BitsAndBytesConfig), which needs the torch back end for ours.
 """
@@ -40,6 +43,13 @@ DEMO = ROOT / "mlx_whisper_lora" / "assets" / "demo_data"
 
 LARGE_V2 = dict(n_mels=80, n_audio_ctx=1500, n_audio_state=1280, n_audio_head=20, n_audio_layer=32,
                 n_vocab=51865, n_text_ctx=448, n_text_state=1280, n_text_head=20, n_text_layer=32)
+RANDOM_DIMS = {  # openai/whisper's published dimensions, for speed and memory figures without the weights
+    "small": dict(LARGE_V2, n_audio_state=768, n_audio_head=12, n_audio_layer=12, n_text_state=768, n_text_head=12,
+                  n_text_layer=12),
+    "medium": dict(LARGE_V2, n_audio_state=1024, n_audio_head=16, n_audio_layer=24, n_text_state=1024, n_text_head=16,
+                   n_text_layer=24),
+    "large-v2": LARGE_V2,
+}
 
 
 # ----------------------------------------------------------------------------------------- inputs
@@ -135,6 +145,21 @@ def run_ours(spec: dict) -> dict:
             "gpu_peak_gb": steps[-1].get("peak_memory_gb") if spec["device"] == "cuda" else None}
 
 
+def mlx_tune_spec(spec: dict, data: Path) -> dict:
+    """What scripts/mlx_tune_worker.py needs besides the shared spec: the tokenizer's file and this
+    package's token ids of the training texts (the worker checks its tokenizer against them)."""
+    sys.path.insert(0, str(ROOT))
+    from mlx_whisper_lora.assets_dir import ASSETS
+    from mlx_whisper_lora.text.tokenizer import get_tokenizer
+
+    multilingual = spec["multilingual"]
+    languages = spec["dims"]["n_vocab"] - 51765 - int(multilingual)
+    tokenizer = get_tokenizer(multilingual, languages)
+    texts = [json.loads(line)["text"] for line in (data / "train.jsonl").read_text().splitlines()]
+    return dict(spec, tiktoken=str(ASSETS / ("multilingual.tiktoken" if multilingual else "gpt2.tiktoken")),
+                num_languages=languages, reference_ids=[(t, tokenizer.encode(t)) for t in texts])
+
+
 def run_peft(spec: dict) -> dict:
     """transformers WhisperForConditionalGeneration + PEFT LoRA, the loop of the usual recipe."""
     sys.path.insert(0, str(ROOT))
@@ -214,13 +239,13 @@ def prepare_models(args, work: Path) -> dict:
     from mlx_whisper_lora.backend_mlx.load import save_hf as save_hf_folder
     from mlx_whisper_lora.backend_mlx.load import load_model, save_model
 
-    if args.dims == "large-v2":
+    if args.dims in RANDOM_DIMS:
         import mlx.core as mx
 
         from mlx_whisper_lora.backend_mlx.model import ModelDimensions, Whisper
 
         mx.random.seed(0)
-        model = Whisper(ModelDimensions(**LARGE_V2))
+        model = Whisper(ModelDimensions(**RANDOM_DIMS[args.dims]))
         mx.eval(model.parameters())
         model_path = work / "model"
         save_model(model, model_path)
@@ -236,7 +261,8 @@ def prepare_models(args, work: Path) -> dict:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="tiny.en")
-    p.add_argument("--dims", choices=["model", "large-v2"], default="model")
+    p.add_argument("--dims", choices=["model", *RANDOM_DIMS], default="model",
+                   help="model: --model's weights; otherwise those dimensions with random weights")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--alpha", type=float, default=64.0)
@@ -253,12 +279,18 @@ def main(argv=None):
     p.add_argument("--work", type=Path, default=None,
                    help="folder for the models and inputs, reused by later runs with the same --model/--dims")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--mlx-tune-python", default=os.environ.get("MLX_TUNE_PYTHON"),
+                   help="for --systems ...,mlx-tune: a Python with PyPI mlx-tune (and on Linux mlx[cpu] and mkl) "
+                        "installed, e.g. python -m venv /tmp/mt && /tmp/mt/bin/pip install mlx-tune==0.6.0 "
+                        "'mlx[cpu]' mkl; compare with --backend mlx")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         worker(json.loads(args.worker))
         return
 
+    if "mlx-tune" in args.systems.split(",") and not args.mlx_tune_python:
+        sys.exit("--systems mlx-tune needs --mlx-tune-python: an interpreter with mlx-tune installed (see --help)")
     if args.bits and "ours" in args.systems.split(",") and args.backend == "mlx":
         sys.exit("--bits compares bitsandbytes bases: use --backend torch (or auto) for ours")
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_train_"))
@@ -275,7 +307,7 @@ def main(argv=None):
     configs = args.configs.split(",")
     systems = args.systems.split(",")
     print(f"machine: {os.cpu_count()} CPUs, numpy sgemm peak {peak:.0f} GFLOP/s; model {args.model}"
-          f"{' (large-v2 dims, random weights)' if args.dims == 'large-v2' else ''}; batch {args.batch_size}, "
+          f"{f' ({args.dims} dims, random weights)' if args.dims in RANDOM_DIMS else ''}; batch {args.batch_size}, "
           f"r={args.rank}, alpha={args.alpha:g}, {args.dtype}{f', {args.bits}-bit base' if args.bits else ''}"
           f"{', gradient checkpointing' if args.grad_checkpoint else ''}", flush=True)
     results: dict = {}
@@ -287,7 +319,12 @@ def main(argv=None):
                             grad_checkpoint=args.grad_checkpoint,
                             data=str(data), work=str(work), n_mels=models["dims"]["n_mels"], **models)
                 tic = time.perf_counter()
-                proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True)
+                if system == "mlx-tune":
+                    command = [args.mlx_tune_python, str(ROOT / "scripts" / "mlx_tune_worker.py"),
+                               json.dumps(mlx_tune_spec(spec, data))]
+                else:
+                    command = [sys.executable, __file__, "--worker", json.dumps(spec)]
+                proc = subprocess.run(command, capture_output=True, text=True)
                 line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
                 if proc.returncode != 0 or line is None:
                     print(f"{system}/{config} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
@@ -313,6 +350,8 @@ def main(argv=None):
         work_tflop = nominal_tflop(models["dims"], args.batch_size, int(round(label_len + 3)), config)
         base = results.get(("peft", config))
         base_time = statistics.median(base["times"]) if base and base["times"] else None
+        peer = results.get(("mlx-tune", config))
+        peer_time = statistics.median(peer["times"]) if peer and peer["times"] else None
         for system in systems:
             r = results.get((system, config))
             if not r or not r["times"]:
@@ -320,6 +359,8 @@ def main(argv=None):
             t = statistics.median(r["times"])
             gflops = work_tflop * 1e3 / t
             ratio = f"{t / base_time:.2f}x time" if base_time else "-"
+            if peer_time:
+                ratio += f"; {t / peer_time:.2f}x mlx-tune's time"
             name = f"ours ({r['backend']})" if system == "ours" else r["backend"]
             gpu = f"{max(r['gpu']):.2f}" if r["gpu"] else "-"
             print(f"| {config} | {name} | {t:.3f} | {audio / t:.1f} | {max(r['rss']):.2f} | {gpu} | {r['loss']:.4f} | "
@@ -327,6 +368,7 @@ def main(argv=None):
             table.append({"config": config, "system": name, "s_per_step": t, "audio_s_per_s": audio / t,
                           "peak_rss_gb": max(r["rss"]), "peak_gpu_gb": max(r["gpu"]) if r["gpu"] else None,
                           "first_loss": r["loss"], "nominal_gflops": gflops, "vs_peft": t / base_time if base_time else None,
+                          "vs_mlx_tune": t / peer_time if peer_time else None,
                           "steps_timed": len(r["times"])})
     print("\nnominal work per step (TFLOP): " + ", ".join(
         f"{c} {nominal_tflop(models['dims'], args.batch_size, 28, c):.3f}" for c in configs) + "; labels ~"
