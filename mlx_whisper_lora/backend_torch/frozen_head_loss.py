@@ -1,14 +1,15 @@
 """The training loss over Whisper's frozen output projection (the token embedding, tied), with the
-gradient for the hidden states formed in the forward pass, a block of rows at a time.
+gradient for the hidden states formed in the forward pass.
 
 Why: the logits at ~220 target positions of a batch over the 51,864-token vocabulary are a 45 MB
 array; autograd keeps it for the backward pass, and log-softmax, the loss's gather and their backward
-each pass over an array that size again, each freshly allocated. With the projection frozen nothing
-but dL/dh is needed from it, so each block of 64 rows (13 MB, which stays in the CPU's cache) is
-multiplied, turned into softmax minus the target in place, and multiplied back at once. The result
+each pass over a freshly allocated array that size again. With the projection frozen nothing but dL/dh
+is needed from it, so the logits go into a buffer kept between steps, become softmax minus the target
+in place, and are multiplied back at once (0.106 s against autograd's 0.153 for tiny.en's batch of 8
+here). Rows are taken up to 512 at a time, which bounds the buffer (106 MB); smaller blocks were slower
+(32, 64, 128 rows: 0.186, 0.150, 0.140 s), as each reads the whole 80 MB projection again. The result
 equals `cross_entropy(h @ W.T, targets, reduction="sum", label_smoothing=s)` and its gradient, to
-float rounding (tested).
-"""
+float rounding (tested)."""
 
 from __future__ import annotations
 

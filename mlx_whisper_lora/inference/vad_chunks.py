@@ -10,7 +10,7 @@ each chunk is one segment (decoded without timestamp tokens; word timestamps sti
 The voice-activity model is PyPI `silero-vad` (maintained, ONNX; 0.6 s for 10 minutes of audio here).
 
 A long file (over `data.long_audio.LONG_FILE_SECONDS`) is not read whole: its samples go to a temporary
-file, the VAD runs over 10-minute blocks that overlap by 30 s, and each batch reads only its chunks, so
+file, the VAD runs over 10-minute blocks read with 30 s more on each side, and each batch reads only its chunks, so
 memory does not grow with the file's length.
 """
 
@@ -91,8 +91,8 @@ def speech_chunks(audio: np.ndarray, max_seconds: float = CHUNK_SECONDS) -> List
 def streamed_speech_chunks(samples: SampleFile, max_seconds: float = CHUNK_SECONDS,
                            block_seconds: float = VAD_BLOCK_SECONDS) -> List[Tuple[int, int]]:
     """`speech_chunks` of a file's samples read a block at a time. Each block is read with
-    VAD_CONTEXT_SECONDS on either side, and keeps the regions that start inside it; a region that
-    reaches into the next block's speech is cut where the one before ends, so regions never overlap."""
+    VAD_CONTEXT_SECONDS on either side, and keeps the regions that start inside it; a region that starts
+    before the previous one ends (both blocks saw that speech) starts where it ends, so none overlap."""
     block, context = int(block_seconds * SAMPLE_RATE), int(VAD_CONTEXT_SECONDS * SAMPLE_RATE)
     regions: List[Tuple[int, int]] = []
     for begin in range(0, samples.n_samples, block):
