@@ -150,14 +150,15 @@ def mlx_tune_spec(spec: dict, data: Path) -> dict:
     package's token ids of the training texts (the worker checks its tokenizer against them)."""
     sys.path.insert(0, str(ROOT))
     from mlx_whisper_lora.assets_dir import ASSETS
+    from mlx_whisper_lora.formats.dims import ModelDimensions
     from mlx_whisper_lora.text.tokenizer import get_tokenizer
 
     multilingual = spec["multilingual"]
-    languages = spec["dims"]["n_vocab"] - 51765 - int(multilingual)
-    tokenizer = get_tokenizer(multilingual, languages)
+    tokenizer = get_tokenizer(multilingual, ModelDimensions(**spec["dims"]).num_languages)
     texts = [json.loads(line)["text"] for line in (data / "train.jsonl").read_text().splitlines()]
     return dict(spec, tiktoken=str(ASSETS / ("multilingual.tiktoken" if multilingual else "gpt2.tiktoken")),
-                num_languages=languages, reference_ids=[(t, tokenizer.encode(t)) for t in texts])
+                added_tokens=sorted(tokenizer.special_tokens.items(), key=lambda item: item[1]),
+                reference_ids=[(t, tokenizer.encode(t)) for t in texts])
 
 
 def run_peft(spec: dict) -> dict:

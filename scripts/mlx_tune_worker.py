@@ -19,6 +19,7 @@ import base64
 import glob
 import json
 import os
+import re
 import resource
 import shutil
 import sys
@@ -27,13 +28,6 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-# Whisper's language tokens in openai-whisper's order (the English-only vocabulary keeps 99 slots).
-LANGUAGES = (
-    "en zh de es ru ko fr ja pt tr pl ca nl ar sv it id hi fi vi he uk el ms cs ro da hu ta no th ur hr bg lt la mi ml "
-    "cy sk te fa lv bn sr az sl kn et mk br eu is hy ne mn bs kk sq sw gl mr pa si km sn yo so af oc ka be tg sd gu am "
-    "yi lo uz fo ht ps tk nn mt sa lb my bo tl mg as tt haw ln ha ba jw su yue").split()
-
 
 def load_mkl() -> None:
     import ctypes
@@ -47,9 +41,9 @@ def load_mkl() -> None:
     ctypes.CDLL(found[0], mode=ctypes.RTLD_GLOBAL)
 
 
-def whisper_tokenizer(tiktoken_file: Path, n_vocab: int, num_languages: int):
-    """transformers' WhisperTokenizer for this tiktoken file: BPE ranks, then Whisper's special tokens
-    and the 1501 timestamp tokens in openai-whisper's id order."""
+def whisper_tokenizer(tiktoken_file: Path, added: list):
+    """transformers' WhisperTokenizer for this tiktoken file: BPE ranks, then `added` (this package's
+    special and timestamp tokens, in id order)."""
     from transformers import AddedToken, WhisperTokenizer
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
@@ -63,11 +57,10 @@ def whisper_tokenizer(tiktoken_file: Path, n_vocab: int, num_languages: int):
             return ranks(url)
 
     vocab, merges = LocalTikToken(vocab_file=str(tiktoken_file)).extract_vocab_merges_from_model(str(tiktoken_file))
-    specials = ["<|endoftext|>", "<|startoftranscript|>"] + [f"<|{c}|>" for c in LANGUAGES[:num_languages]] + [
-        "<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
-    timestamps = [f"<|{i * 0.02:.2f}|>" for i in range(1501)]
-    if len(vocab) + len(specials) + len(timestamps) != n_vocab:
-        sys.exit(f"token count {len(vocab) + len(specials) + len(timestamps)} != the model's {n_vocab}")
+    if [i for _, i in added] != list(range(len(vocab), len(vocab) + len(added))):
+        sys.exit("the added tokens do not follow the BPE ranks in order")
+    timestamps = [name for name, _ in added if re.fullmatch(r"<\|\d+\.\d\d\|>", name)]
+    specials = [name for name, _ in added if name not in set(timestamps)]
     tokenizer = WhisperTokenizer(vocab=vocab, merges=merges, unk_token="<|endoftext|>", bos_token="<|endoftext|>",
                                  eos_token="<|endoftext|>", pad_token="<|endoftext|>", add_prefix_space=False,
                                  model_max_length=448)
@@ -75,6 +68,9 @@ def whisper_tokenizer(tiktoken_file: Path, n_vocab: int, num_languages: int):
         tokenizer.backend_tokenizer.model.ignore_merges = True  # as TikTokenConverter's tokenizer
     tokenizer.add_tokens([AddedToken(s, special=True, normalized=False) for s in specials], special_tokens=True)
     tokenizer.add_tokens([AddedToken(s, special=False, normalized=False) for s in timestamps])
+    wrong = [name for name, i in added if tokenizer.convert_tokens_to_ids(name) != i]
+    if wrong:
+        sys.exit(f"the tokenizer built for mlx-tune gives {wrong[:3]} other ids than this package's")
     return tokenizer
 
 
@@ -89,7 +85,9 @@ def model_folder(spec: dict) -> Path:
     for name in ("config.json", "weights.safetensors"):
         shutil.copy(Path(spec["model_path"]) / name, folder / name)
     dims = spec["dims"]
-    tokenizer = whisper_tokenizer(Path(spec["tiktoken"]), dims["n_vocab"], spec["num_languages"])
+    tokenizer = whisper_tokenizer(Path(spec["tiktoken"]), spec["added_tokens"])
+    if len(tokenizer) != dims["n_vocab"]:
+        sys.exit(f"the tokenizer built for mlx-tune has {len(tokenizer)} tokens, the model {dims['n_vocab']}")
     for text, ids in spec["reference_ids"]:
         if tokenizer.encode(text, add_special_tokens=False) != ids:
             sys.exit(f"the tokenizer built for mlx-tune encodes {text!r} differently from this package's")

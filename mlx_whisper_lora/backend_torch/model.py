@@ -7,7 +7,7 @@ so adapter files are shared as they are. Only the two conv kernels differ in lay
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -73,27 +73,27 @@ class MultiHeadAttention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, is_causal=causal and n > 1)
         return self.out(out.transpose(1, 2).reshape(b, n, d))
 
-    def _attend_cached(self, q: torch.Tensor, source: torch.Tensor, kv: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def _attend_cached(self, q: torch.Tensor, source: torch.Tensor,
+                       kv: Tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]]) -> torch.Tensor:
         """Attention of queries (batch, heads, n, head_dim) over `source` whose frozen base keys and
         values were computed earlier (`base_keys_values`' layout). An adapter on the key or value adds
         s * (source @ A) @ B; its product with the queries or the attention weights is taken through
         the rank-r term (source @ A) rather than over a full (frames, state) delta, which is what the
         step costs otherwise (the same numbers, reassociated)."""
-        keys_t, values = kv  # (batch, heads, head_dim, frames), (batch, heads, frames, head_dim)
-        # or, as the training cache keeps them, one (heads, head_dim, frames) / (heads, frames, head_dim)
-        # tensor per utterance: taken one by one, they need no stacking copy per step (147 MB for tiny)
-        apart = isinstance(keys_t, (list, tuple))
+        # one (heads, head_dim, frames) key and (heads, frames, head_dim) value tensor per utterance, as the
+        # training cache keeps them: taken one by one, they need no stacking copy per step (147 MB for tiny)
+        keys_t, values = kv
         b, h, n, dh = q.shape
-        frames = keys_t[0].shape[-1] if apart else keys_t.shape[-1]
+        frames = keys_t[0].shape[-1]
         q = q * dh ** -0.5
-        scores = torch.stack([a @ k for a, k in zip(q.unbind(0), keys_t)]) if apart else q @ keys_t
+        scores = torch.stack([a @ k for a, k in zip(q.unbind(0), keys_t)])
         if hasattr(self.key, "delta"):
             low, up = self.key.low_rank_terms(source)  # (batch, frames, r), (r, state)
             q_up = q @ up.view(-1, h, dh).permute(1, 2, 0)  # (batch, heads, n, r)
             # the heads as rows of one product per utterance: no copy of `low` per head
             scores = scores + (q_up.reshape(b, h * n, -1) @ low.transpose(1, 2)).view(b, h, n, frames)
         weights = torch.softmax(scores, dim=-1)
-        out = torch.stack([w @ v for w, v in zip(weights.unbind(0), values)]) if apart else weights @ values
+        out = torch.stack([w @ v for w, v in zip(weights.unbind(0), values)])
         if hasattr(self.value, "delta"):
             low, up = self.value.low_rank_terms(source)
             mixed = (weights.reshape(b, h * n, frames) @ low).view(b, h, n, -1)  # (batch, heads, n, r)
@@ -139,8 +139,8 @@ class MultiHeadAttention(nn.Module):
 
     def base_keys_values(self, source: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The frozen base keys and values of `source` laid out for `_attend_cached`: keys as
-        (batch, heads, head_dim, frames), values as (batch, heads, frames, head_dim), contiguous, so a
-        cached utterance is stacked into a batch without another copy per step."""
+        (batch, heads, head_dim, frames), values as (batch, heads, frames, head_dim), contiguous, so each
+        utterance's slice is read by the products as it lies."""
         base = lambda m: getattr(m, "linear", m)  # noqa: E731
         b, t, d = source.shape
         split = lambda y: y.view(b, t, self.n_head, d // self.n_head)  # noqa: E731

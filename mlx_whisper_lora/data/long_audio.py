@@ -27,13 +27,30 @@ FFMPEG_LONG_FILE_BYTES = 20 << 20  # a compressed file this big is long (about 2
 BLOCK_SECONDS = 30
 
 
+class SampleFile:
+    """A file's 16 kHz mono float32 samples in an unnamed temporary file, read by range (`--vad` finds
+    speech in a long file block by block and reads only the chunks it decodes)."""
+
+    def __init__(self, file, n_samples: int):
+        self.file, self.n_samples = file, n_samples
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        start, stop = max(0, start), min(stop, self.n_samples)
+        if stop <= start:
+            return np.zeros(0, dtype=np.float32)
+        return np.frombuffer(os.pread(self.file.fileno(), (stop - start) * 4, start * 4), dtype=np.float32).copy()
+
+    def close(self) -> None:
+        self.file.close()
+
+
 class WindowedLogMel:
     """The log-mel of the samples in `samples` followed by `padding` zeros, sliced like an array of
     shape (frames, n_mels): `mel[a:b]` is an mx.array."""
 
-    def __init__(self, samples, n_samples: int, n_mels: int, padding: int = 0):
-        self.file, self.n_samples, self.n_mels = samples, n_samples, n_mels
-        self.length = n_samples + padding  # the signal: the audio, then zeros
+    def __init__(self, samples: SampleFile, n_mels: int, padding: int = 0):
+        self.samples, self.file, self.n_samples, self.n_mels = samples, samples.file, samples.n_samples, n_mels
+        self.length = self.n_samples + padding  # the signal: the audio, then zeros
         self.shape = (self.length // HOP_LENGTH, n_mels)
         self.filters = mx.array(mel_filters(n_mels)).T
         self.peak = max(float(self._log10_mel(a, min(a + 3000, self.shape[0])).max())
@@ -52,7 +69,7 @@ class WindowedLogMel:
         low, high = int(index.min()), int(min(index.max(), self.n_samples - 1))
         out = np.zeros(len(index), dtype=np.float32)
         if low < self.n_samples:
-            block = np.frombuffer(os.pread(self.file.fileno(), (high - low + 1) * 4, low * 4), dtype=np.float32)
+            block = self.samples.read(low, high + 1)
             inside = index < self.n_samples
             out[inside] = block[index[inside] - low]
         return out
@@ -73,7 +90,7 @@ class WindowedLogMel:
         return (log_spec + 4.0) / 4.0
 
     def close(self) -> None:
-        self.file.close()
+        self.samples.close()
 
 
 def _soundfile_blocks(path: str, info) -> Iterator[np.ndarray]:
@@ -109,23 +126,6 @@ def _ffmpeg_blocks(path: str) -> Iterator[np.ndarray]:
     finally:
         if proc.poll() is None:
             proc.kill()
-
-
-class SampleFile:
-    """A file's 16 kHz mono float32 samples in an unnamed temporary file, read by range (`--vad` finds
-    speech in a long file block by block and reads only the chunks it decodes)."""
-
-    def __init__(self, file, n_samples: int):
-        self.file, self.n_samples = file, n_samples
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        start, stop = max(0, start), min(stop, self.n_samples)
-        if stop <= start:
-            return np.zeros(0, dtype=np.float32)
-        return np.frombuffer(os.pread(self.file.fileno(), (stop - start) * 4, start * 4), dtype=np.float32).copy()
-
-    def close(self) -> None:
-        self.file.close()
 
 
 def store_long_audio(path: Union[str, Path]) -> Optional[SampleFile]:
@@ -171,7 +171,7 @@ def open_long_audio(path: Union[str, Path], n_mels: int, padding: int = 0) -> Op
     if stored is None:
         return None
     try:
-        return WindowedLogMel(stored.file, stored.n_samples, n_mels, padding)
+        return WindowedLogMel(stored, n_mels, padding)
     except BaseException:
         stored.close()
         raise
