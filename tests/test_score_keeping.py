@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from mlx_whisper_lora.errors import UserError
 from mlx_whisper_lora.lora import main
 from mlx_whisper_lora.tuner.score_keeping import comparison_lines, disagreement, forgetting_warning, keep_run
 
@@ -87,8 +88,45 @@ def test_replay_mixes_general_utterances_at_the_fraction_in_their_language():
     assert len({u.id for u in replayed}) == 6  # the builtin set has 6 utterances: all used, some twice
     assert "replay: 10 utterances" in messages[0]
     assert with_replay(train, RunConfig(train=True), messages.append) is train
+    from mlx_whisper_lora.tuner.replay_choice import settle_replay
+
     with pytest.raises(Exception, match="--replay-data"):
-        RunConfig(train=True, replay_fraction=0.2).check()
+        settle_replay(RunConfig(train=True, replay_fraction=0.2).check(), False, messages.append)
+
+
+def test_replay_is_settled_by_default_for_a_new_language_and_as_told_otherwise(capsys):
+    """A multilingual model learning a language other than --general-language replays a third of its rows
+    as the base model reads them in English, distilled (the forgetting guard); everything else as told."""
+    from mlx_whisper_lora.tuner.replay_choice import DEFAULT_FRACTION, settle_replay
+    from mlx_whisper_lora.tuner.run_config import RunConfig
+
+    def settled(multilingual=True, **options):
+        messages = []
+        config = settle_replay(RunConfig(train=True, **options).check(), multilingual, messages.append)
+        return (config.replay_data, config.replay_fraction, config.replay_distill), messages
+
+    got, said = settled(language="yo")
+    assert got == ("self", DEFAULT_FRACTION, True) and "forgetting guard" in said[0] and "--replay-data none" in said[0]
+    for options, multilingual in [({"language": "en"}, True), ({"language": "yo", "replay_data": "none"}, True),
+                                  ({}, True), ({"language": "yo"}, False), ({"language": "yo", "streaming": True}, True),
+                                  ({"language": "yo", "fine_tune_type": "full"}, True)]:
+        assert settled(multilingual, **options) == ((None, 0.0, False), []), options
+    assert settled(language="yo", replay_fraction=0.5)[0] == ("self", 0.5, True)
+    assert settled(language="yo", replay_distill=False)[0] == ("self", DEFAULT_FRACTION, False)
+    assert settled(replay_data="builtin")[0] == ("builtin", DEFAULT_FRACTION, False)  # right transcripts: tokens
+    assert settled(replay_data="builtin", replay_distill=True)[0] == ("builtin", DEFAULT_FRACTION, True)
+    assert settled(language="yo", replay_fraction=0.0) == ((None, 0.0, False), [])
+    with pytest.raises(UserError, match="add --replay-data"):
+        settled(replay_distill=True)
+    with pytest.raises(UserError, match="--replay-fraction needs --replay-data"):
+        settled(language="en", replay_fraction=0.2)
+    with pytest.raises(UserError, match="full fine-tuning keeps no copy"):
+        settled(replay_distill=True, replay_data="builtin", fine_tune_type="full")
+    for flags in (["--replay-distill"], ["--replay-fraction", "0.2"]):  # the command line: one line, no traceback
+        with pytest.raises(SystemExit):
+            main(["--train", "--model", "tiny.en", *flags, "--no-progress"])
+        err = capsys.readouterr().err
+        assert flags[0] in err and "Traceback" not in err, err
 
 
 def test_no_speech_clips_are_fixed_and_without_speech():

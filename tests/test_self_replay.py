@@ -2,6 +2,7 @@
 language, joins training in that language (tuner/self_replay.py)."""
 
 import json
+import math
 
 from mlx_whisper_lora import lora
 from mlx_whisper_lora.inference.decoding import compression_ratio
@@ -32,3 +33,31 @@ def test_self_replay_trains_on_the_base_models_english_reading_of_the_training_a
         assert letters and sum(c.isascii() for c in letters) / len(letters) > 0.95, row["text"]
     config = json.loads((adapters / "adapter_config.json").read_text())
     assert config["run"]["replay_data"] == "self"
+
+
+def test_replay_transcription_stops_each_batch_at_its_tokens_per_second(tiny_en_checkpoint):
+    """A reading that runs past `tokens_per_second` of the batch's longest utterance is a loop: decoding
+    stops there (here at 1 token a second of the demo clips), and without the limit it runs on."""
+    import torch  # noqa: F401  (the torch back end)
+
+    from mlx_whisper_lora.assets_dir import ASSETS
+    from mlx_whisper_lora.backend_torch import model as tmodel
+    from mlx_whisper_lora.backend_torch.engine import TorchBackend
+    from mlx_whisper_lora.data.examples import ExampleSet
+    from mlx_whisper_lora.data.manifests import read_manifest
+    from mlx_whisper_lora.text.tokenizer import get_tokenizer
+    from mlx_whisper_lora.tuner.evaluation import sample_len, transcribe_examples
+
+    model = tmodel.Whisper(tiny_en_checkpoint.dims)
+    tmodel.load_mlx_weights(model, tiny_en_checkpoint.weights)
+    rows = read_manifest(ASSETS / "demo_data" / "test.jsonl")[:3]
+    examples, _ = ExampleSet.build(rows, get_tokenizer(False), "transcribe", 80, 448)
+    longest = max(u.duration for u in rows)
+    assert sample_len(examples, [0, 1, 2], 1.0) == math.ceil(longest) + 1
+    assert sample_len(examples, [0, 1, 2], None) is None
+    tok = get_tokenizer(False)
+    _, free = transcribe_examples(TorchBackend(model), examples, batch_size=3, progress=False)
+    _, capped = transcribe_examples(TorchBackend(model), examples, batch_size=3, progress=False, tokens_per_second=1.0)
+    assert all(len(tok.encode(" " + c)) <= math.ceil(longest) + 1 for c in capped), capped
+    assert all(f.startswith(c.rstrip(".")[:8]) for f, c in zip(free, capped)), (free, capped)
+    assert sum(len(tok.encode(" " + f)) for f in free) > sum(len(tok.encode(" " + c)) for c in capped) + 6, free

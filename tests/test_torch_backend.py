@@ -200,7 +200,8 @@ def test_cached_cross_attention_keys_values_give_the_same_loss_and_gradients(tin
     small = CachedStates(examples, backend, 1)  # no memory: states on disk, no K/V
     small([0, 1])
     audio_d, _, kv_d = backend.model_inputs(examples, [0, 1], small([0, 1]))
-    assert kv_d is None and small.cache.on_disk.all() and torch.allclose(audio_d, audio)
+    # both rows read demo.flac: one row of states on disk serves both
+    assert kv_d is None and small.cache.on_disk.tolist() == [True, False] and torch.allclose(audio_d, audio)
     path = small.cache.disk_path
     small.close()
     import os
@@ -439,3 +440,101 @@ def test_cached_keys_values_kept_in_bf16_give_the_step_autocast_gives(tiny_en_ch
     assert loss_b == loss_f
     for name, g in grads_f.items():
         assert torch.equal(grads_b[name], g), name
+
+
+def test_replay_distill_teaches_the_base_models_distribution_the_same_in_both_back_ends(tiny_en_checkpoint, batch):
+    """--replay-distill: a replayed row's loss is the cross-entropy against the base model's next-token
+    probabilities (adapters switched off), the other rows keep their tokens; torch and MLX give the
+    reference's loss and gradients, and the adapters are back in place afterwards."""
+    from mlx_whisper_lora.backend_mlx.engine import base_distribution, loss_fn as mlx_loss_fn
+
+    config = AdapterConfig(rank=4, alpha=8)
+    mlx_model, torch_model = _adapted_pair(tiny_en_checkpoint, config)
+    mel, inputs, targets, mask = batch
+    t_mel, t_inputs, t_targets, t_mask = to_torch(mel, inputs, targets, mask)
+    with torch.no_grad():  # the reference teacher: the base model itself, no adapters ever added
+        teacher = torch.softmax(_torch_twin(tiny_en_checkpoint)(t_mel, t_inputs)[1].float(), dim=-1)
+    torch_model.train()
+    logits = torch_model(t_mel, t_inputs).float()
+    hard = torch.nn.functional.cross_entropy(logits[0], t_targets[0].long(), reduction="none") * t_mask[0]
+    soft = -(teacher * torch.log_softmax(logits[1], dim=-1)).sum(-1) * t_mask[1]
+    reference = (hard.sum() + soft.sum()) / t_mask.sum()
+    reference.backward()
+    expected = {n: p.grad.clone() for n, p in tlora.trainable_weights(torch_model).items()}
+    torch_model.zero_grad(set_to_none=True)
+
+    taught = torch.tensor([False, True])
+    loss, count = loss_and_count(torch_model, t_mel, False, None, t_inputs, t_targets, t_mask, None, 0.0, taught)
+    loss.backward()
+    assert count.item() == t_mask.sum().item()
+    assert abs(loss.item() - reference.item()) <= 1e-4 * abs(reference.item())
+    for name, p in tlora.trainable_weights(torch_model).items():  # adapters back in place: they got gradients
+        g = expected[name]
+        assert (p.grad - g).abs().max() <= 1e-3 * g.abs().max(), name
+    assert sum(isinstance(m, tlora.LoRALinear) for m in torch_model.modules()) > 0
+
+    rows = mx.array([1])
+    mlx_teacher = base_distribution(mlx_model, mel[rows], inputs[rows], False)
+    assert np.abs(np.array(mlx_teacher[0]) - teacher.numpy()).max() <= 2e-3  # MLX's base model, adapters off
+    # the gradient is (student - teacher) probabilities, nearly equal here, so rounding weighs more than in
+    # the hard-label check (1e-3): MLX's loss gets torch's teacher, and against a float64 reference MLX's
+    # fp32 gradients measured up to 8e-3 of their largest (torch's 4e-4); a wrong row or mask is off by O(1)
+    (m_loss, _), m_grads = nn.value_and_grad(mlx_model, lambda m: mlx_loss_fn(
+        m, mel, inputs, targets, mask, False, 0.0, rows, mx.array(teacher.numpy())[None]))(mlx_model)
+    assert abs(m_loss.item() - reference.item()) <= 1e-3 * abs(reference.item())
+    flat = dict(nn.utils.tree_flatten(m_grads))
+    for name, g in expected.items():
+        rel = np.abs(np.array(flat[name]) - g.numpy()).max() / (g.abs().max().item() + 1e-12)
+        assert rel <= 2e-2, name
+
+    # adapters at zero (as at the start of training): the student is the teacher, nothing to learn
+    with torch.no_grad():
+        for name, p in tlora.trainable_weights(torch_model).items():
+            if name.endswith("lora_b"):
+                p.zero_()
+    torch_model.zero_grad(set_to_none=True)
+    both = torch.tensor([True, True])
+    loss_and_count(torch_model, t_mel, False, None, t_inputs, t_targets, t_mask, None, 0.0, both)[0].backward()
+    distilled = max(p.grad.abs().max().item() for p in tlora.trainable_weights(torch_model).values())
+    torch_model.zero_grad(set_to_none=True)
+    loss_and_count(torch_model, t_mel, False, None, t_inputs, t_targets, t_mask, None)[0].backward()
+    labelled = max(p.grad.abs().max().item() for p in tlora.trainable_weights(torch_model).values())
+    assert distilled <= 1e-4 * labelled, (distilled, labelled)
+
+
+def test_replay_distill_from_cached_encoder_states_and_keys_values_equals_the_full_step(tiny_en_checkpoint):
+    """The teacher's rows picked out of the cached per-utterance keys and values give the step that
+    runs the encoder and every projection."""
+    from mlx_whisper_lora.data.examples import ExampleSet
+    from mlx_whisper_lora.data.manifests import Utterance
+
+    config = AdapterConfig(rank=4, alpha=8, freeze_encoder=True, modules=["cross_attn.key", "cross_attn.value"])
+    _, torch_model = _adapted_pair(tiny_en_checkpoint, config)
+    utterances = [Utterance(str(ASSETS / "demo.flac"), t, language="en", id=i)
+                  for t, i in zip(TEXTS + TEXTS[:1], ["a", "replay:b", "replay:self:c"])]
+    examples, _ = ExampleSet.build(utterances, get_tokenizer(False), "transcribe", 80, 448)
+    assert examples.replayed([0, 1, 2]) == [False, True, True]
+    toks = [torch.from_numpy(np.array(a)) for a in collate(examples.labels, 0)]
+    backend = TorchBackend(torch_model)
+    encoded = []
+    encode = backend.encode
+    backend.encode = lambda ex, indices, *rest: encoded.extend(indices) or encode(ex, indices, *rest)
+    cached = CachedStates(examples, backend, 4 << 30)
+    cached.fill()
+    # the three rows read one file (as replayed rows read their utterance's): its states are computed once
+    assert encoded == [0] and list(cached.cache.memory) == [0]
+    audio, is_states, kv = backend.model_inputs(examples, [0, 1, 2], cached([0, 1, 2]))
+    assert kv is not None and encoded == [0]
+    taught = torch.tensor(examples.replayed([0, 1, 2]))
+
+    def loss_and_grads(inputs):
+        torch_model.zero_grad(set_to_none=True)
+        loss, _ = loss_and_count(torch_model, *inputs, *toks, None, 0.0, taught)
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in tlora.trainable_weights(torch_model).items()}
+
+    loss_c, grads_c = loss_and_grads((audio, True, kv))
+    loss_u, grads_u = loss_and_grads((torch.from_numpy(np.array(examples.mels([0, 1, 2]))), False, None))
+    assert abs(loss_c - loss_u) <= 1e-5 * abs(loss_u)
+    for name, g in grads_u.items():
+        assert torch.allclose(grads_c[name], g, rtol=1e-3, atol=1e-6), name

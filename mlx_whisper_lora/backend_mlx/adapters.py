@@ -6,6 +6,7 @@ back end; this module holds only what needs MLX.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Union
 
@@ -40,6 +41,25 @@ def apply_adapters(model: Whisper, config: AdapterConfig) -> Whisper:
             raise AdapterError(f"{attr} already carries an adapter; fuse it before adding another")
         setattr(parent, attr, layer_cls.from_base(base, config.rank, config.alpha, config.dropout))
     return model
+
+
+@contextmanager
+def adapters_switched_off(model: nn.Module):
+    """The base model for the duration of the block: every adapter layer swapped for the frozen layer
+    it wraps, then put back (the teacher of --replay-distill, computed without a second model)."""
+    modules = dict(model.named_modules())
+    swapped = []
+    for path, module in modules.items():
+        if isinstance(module, LoRALinear):
+            parent_path, _, name = path.rpartition(".")
+            swapped.append((modules[parent_path], name, module))
+    for parent, name, module in swapped:
+        setattr(parent, name, module.linear)
+    try:
+        yield model
+    finally:
+        for parent, name, module in swapped:
+            setattr(parent, name, module)
 
 
 def trainable_weights(model: nn.Module) -> Dict[str, mx.array]:

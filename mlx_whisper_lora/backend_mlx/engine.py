@@ -28,12 +28,27 @@ def masked_cross_entropy(logits: mx.array, targets: mx.array, mask: mx.array, sm
 
 
 def loss_fn(model, audio: mx.array, inputs: mx.array, targets: mx.array, mask: mx.array, states: bool,
-            smoothing: float = 0.0):
+            smoothing: float = 0.0, taught: Optional[mx.array] = None, teacher: Optional[mx.array] = None):
     """Mean token loss and the number of tokens. `states`: audio holds encoder outputs already;
-    `smoothing`: label smoothing (training only)."""
+    `smoothing`: label smoothing (training only); `taught`: indices of rows whose loss is the
+    cross-entropy against `teacher`, the base model's next-token probabilities for those rows
+    (--replay-distill), instead of their target tokens."""
     logits = model.decoder(inputs, audio)[0] if states else model(audio, inputs)
-    total, count = masked_cross_entropy(logits, targets, mask, smoothing)
+    if taught is None:
+        total, count = masked_cross_entropy(logits, targets, mask, smoothing)
+    else:
+        rows = mx.zeros((mask.shape[0],)).at[taught].add(1.0)[:, None]
+        total, _ = masked_cross_entropy(logits, targets, mask * (1.0 - rows), smoothing)
+        soft = -(teacher * nn.log_softmax(logits[taught].astype(mx.float32), axis=-1)).sum(-1)
+        total, count = total + (soft * mask[taught]).sum(), mask.sum()
     return total / mx.maximum(count, 1.0), count
+
+
+def base_distribution(model, audio: mx.array, inputs: mx.array, states: bool) -> mx.array:
+    """The base model's next-token probabilities (adapters switched off): the teacher of --replay-distill."""
+    with adapters.adapters_switched_off(model):
+        logits = model.decoder(inputs, audio)[0] if states else model(audio, inputs)
+    return mx.stop_gradient(mx.softmax(logits.astype(mx.float32), axis=-1))
 
 
 def set_grad_checkpoint(model, enabled: bool) -> None:
@@ -62,6 +77,7 @@ class MLXBackend:
         self.model = model
         self.optimizer: Optional[optim.Optimizer] = None
         self.grads = None
+        self.replay_distill = False  # set by start_training from --replay-distill
         self.group = None  # the mx.distributed group of a data-parallel run (join_group)
         dims = model.dims
         self.states_shape = (dims.n_audio_ctx, dims.n_audio_state)
@@ -119,14 +135,23 @@ class MLXBackend:
         states, smoothing = not self.encoder_trained, float(args.label_smoothing)
         self._loss_and_grad = nn.value_and_grad(self.model,
                                                 lambda m, a, i, t, k: loss_fn(m, a, i, t, k, states, smoothing))
+        self._distilled_loss_and_grad = nn.value_and_grad(
+            self.model, lambda m, a, i, t, k, rows, p: loss_fn(m, a, i, t, k, states, smoothing, rows, p))
+        self.replay_distill = bool(args.replay_distill)
 
     def set_training(self, training: bool) -> None:
         self.model.train(training)
 
     def accumulate_gradients(self, examples, indices, states, labels, scale: float) -> tuple:
-        audio, _ = self.model_inputs(examples, indices, states)
+        audio, is_states = self.model_inputs(examples, indices, states)
         inputs, targets, mask = (mx.array(a) for a in labels)
-        (loss, ntok), grads = self._loss_and_grad(self.model, audio, inputs, targets, mask)
+        rows = [j for j, replayed in enumerate(examples.replayed(indices)) if replayed] if self.replay_distill else []
+        if rows:
+            rows = mx.array(rows)
+            teacher = base_distribution(self.model, audio[rows], inputs[rows], is_states)
+            (loss, ntok), grads = self._distilled_loss_and_grad(self.model, audio, inputs, targets, mask, rows, teacher)
+        else:
+            (loss, ntok), grads = self._loss_and_grad(self.model, audio, inputs, targets, mask)
         if scale != 1.0:
             grads = tree_map(lambda g: g * scale, grads)
         self.grads = grads if self.grads is None else tree_map(lambda a, b: a + b, self.grads, grads)
@@ -185,11 +210,13 @@ class MLXBackend:
         self.set_training(False)
         return self.model
 
-    def decode(self, examples, indices: List[int], states, language: str, task: str) -> List[str]:
+    def decode(self, examples, indices: List[int], states, language: str, task: str,
+               sample_len: Optional[int] = None) -> List[str]:
         model = self.model
         tokenizer = get_tokenizer(model.is_multilingual, model.num_languages, language=language, task=task,
                                   model_dir=model.folder)
-        options = DecodingOptions(task=task, language=language, without_timestamps=True, temperature=0.0)
+        options = DecodingOptions(task=task, language=language, without_timestamps=True, temperature=0.0,
+                                  sample_len=sample_len)
         features = self.model_inputs(examples, indices, states)[0] if states is not None else \
             model.embed_audio(mx.array(examples.mels(indices)))
         texts = [r.text for r in decode(model, None, options, tokenizer, audio_features=features)]

@@ -27,24 +27,50 @@ from .frozen_head_loss import frozen_head_cross_entropy
 AUTOCAST = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def loss_and_count(model, audio, is_states: bool, cross_kv, inputs, targets, mask, autocast_dtype, smoothing=0.0):
+def loss_and_count(model, audio, is_states: bool, cross_kv, inputs, targets, mask, autocast_dtype, smoothing=0.0,
+                   taught=None):
     """Mean loss over the target tokens, and their number; logits are computed only at those positions.
-    `smoothing`: label smoothing (training only)."""
+    `smoothing`: label smoothing (training only). `taught`: (batch,) bool, rows whose loss is the
+    cross-entropy against the base model's next-token distribution instead of their target tokens
+    (--replay-distill)."""
     with torch.autocast(audio.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
         xa = audio if is_states else model.embed_audio(audio)
         hidden = model.decoder.hidden(inputs, xa, cross_kv)
         keep = mask > 0
+        count = keep.sum()
+        soft = None
+        if taught is not None and bool(taught.any()):
+            soft = keep & taught[:, None]
+            keep = keep & ~taught[:, None]
+            teacher = base_distribution(model, audio, is_states, cross_kv, inputs, taught, soft)
+            student = model.decoder.logits(hidden[soft])
         head = model.decoder.token_embedding.weight
-        if torch.is_grad_enabled() and not head.requires_grad:  # the usual case: the projection frozen
+        if not bool(keep.any()):
+            total = hidden.sum() * 0.0
+        elif torch.is_grad_enabled() and not head.requires_grad:  # the usual case: the projection frozen
             total = frozen_head_cross_entropy(hidden[keep], head, targets[keep], smoothing, autocast_dtype)
         else:
             total = None
             logits = model.decoder.logits(hidden[keep])
-    count = keep.sum()
     if total is None:
         total = torch.nn.functional.cross_entropy(logits.float(), targets[keep].long(), reduction="sum",
                                                   label_smoothing=smoothing)
+    if soft is not None:
+        total = total - (teacher * torch.log_softmax(student.float(), dim=-1)).sum()
     return total / count.clamp(min=1), count
+
+
+@torch.no_grad()
+def base_distribution(model, audio, is_states: bool, cross_kv, inputs, rows, positions) -> torch.Tensor:
+    """The base model's next-token probabilities (adapters switched off) at `positions` of the `rows`,
+    in the order `hidden[positions]` takes them: the teacher of --replay-distill."""
+    picked = rows.nonzero().flatten()
+    with tlora.adapters_switched_off(model):
+        xa = audio[picked] if is_states else model.embed_audio(audio[picked])
+        kv = None if cross_kv is None else [tuple([side[i] for i in picked.tolist()] for side in layer)
+                                            for layer in cross_kv]
+        hidden = model.decoder.hidden(inputs[picked], xa, kv)
+        return torch.softmax(model.decoder.logits(hidden[positions[picked]]).float(), dim=-1)
 
 
 def make_optimizer(name: str, params: list, weight_decay: float) -> torch.optim.Optimizer:
@@ -68,6 +94,7 @@ class TorchBackend:
             log("float16 autocast is for CUDA; training in float32 on the CPU (bfloat16 works there)")
             self.autocast_dtype = None
         self.optimizer: Optional[torch.optim.Optimizer] = None
+        self.replay_distill = False  # set by start_training from --replay-distill
         self.data_parallel = False  # gradients summed over torchrun's processes before each update
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
         dims = model.dims
@@ -152,6 +179,7 @@ class TorchBackend:
         self.optimizer = make_optimizer(args.optimizer, list(self.params.values()), args.weight_decay)
         self.optimizer.zero_grad(set_to_none=True)
         self.label_smoothing = float(args.label_smoothing)
+        self.replay_distill = bool(args.replay_distill)
 
     def keeps_attention_weights(self, batch_size: int, grad_checkpoint: bool) -> bool:
         """Whether the encoder's self-attention trains through plain bf16 products that keep their
@@ -171,8 +199,11 @@ class TorchBackend:
 
     def accumulate_gradients(self, examples, indices, states, labels, scale: float) -> tuple:
         audio, is_states, kv = self.model_inputs(examples, indices, states)
+        taught = None
+        if self.replay_distill:
+            taught = torch.tensor(examples.replayed(indices), device=self.device)
         loss, n = loss_and_count(self.model, audio, is_states, kv, *self._labels(labels), self.autocast_dtype,
-                                 self.label_smoothing)
+                                 self.label_smoothing, taught)
         self.scaler.scale(loss * scale).backward()
         return loss.item() * n.item(), n.item()
 
@@ -248,11 +279,12 @@ class TorchBackend:
 
         return TorchDecodingModel(self.model)
 
-    def decode(self, examples, indices: List[int], states, language: str, task: str) -> List[str]:
+    def decode(self, examples, indices: List[int], states, language: str, task: str,
+               sample_len: Optional[int] = None) -> List[str]:
         if states is not None:
             features = self.model_inputs(examples, indices, states)[0]
-            return greedy_decode(self.model, None, language, task, features=features)
-        return greedy_decode(self.model, self._tensor(examples.mels(indices)), language, task)
+            return greedy_decode(self.model, None, language, task, sample_len, features=features)
+        return greedy_decode(self.model, self._tensor(examples.mels(indices)), language, task, sample_len)
 
 
 def _cpu_has_bf16_products() -> bool:

@@ -9,6 +9,7 @@ adapters then stay in floating point.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Union
 
@@ -123,6 +124,21 @@ def apply_adapters(model, config: AdapterConfig):
     for parent, attr in adapted_layers(model, config):
         setattr(parent, attr, layer_cls(getattr(parent, attr), config.rank, config.alpha, config.dropout))
     return model
+
+
+@contextmanager
+def adapters_switched_off(model):
+    """The base model for the duration of the block: every adapter layer swapped for the frozen layer
+    it wraps, then put back (the teacher of --replay-distill, computed without a second model)."""
+    swapped = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+               if isinstance(child, LoRALinear)]
+    for parent, name, child in swapped:
+        setattr(parent, name, child.linear)
+    try:
+        yield model
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
 
 
 def trainable_weights(model) -> Dict[str, torch.Tensor]:

@@ -15,6 +15,8 @@ from .audio import N_FRAMES, N_SAMPLES, AudioError, log_mel_spectrogram, pad_or_
 from .labels import Label, make_label
 from .manifests import Utterance
 
+REPLAY_ID_PREFIX = "replay:"  # ids of rows mixed in against forgetting (--replay-data), whatever their source
+
 
 class ExampleSet:
     """A split's utterances with their labels; hands out log-mels by index."""
@@ -45,6 +47,10 @@ class ExampleSet:
                              u.duration, bool(t), max_tokens)
                   for u, t in zip(utterances, with_times)]
         return cls(utterances, labels, n_mels, name), sum(lab.truncated for lab in labels)
+
+    def replayed(self, indices: Sequence[int]) -> List[bool]:
+        """Which of these rows were mixed in by --replay-data (their loss may be the base model's distribution)."""
+        return [self.utterances[i].id.startswith(REPLAY_ID_PREFIX) for i in indices]
 
     def seconds(self, indices: Sequence[int]) -> float:
         return float(sum(self.utterances[i].duration or 0.0 for i in indices))

@@ -92,5 +92,7 @@ class TrainingBackend(Protocol):
         """The model behind the interface `inference/` decodes and aligns through (embed_audio,
         logits, decoder, alignment_scores, alignment_heads), in evaluation mode."""
 
-    def decode(self, examples, indices: List[int], states: Optional[list], language: str, task: str) -> List[str]:
-        """Greedy transcripts without timestamps, language and task forced."""
+    def decode(self, examples, indices: List[int], states: Optional[list], language: str, task: str,
+               sample_len: Optional[int] = None) -> List[str]:
+        """Greedy transcripts without timestamps, language and task forced, at most `sample_len` tokens
+        each (default: half the text context)."""

@@ -77,25 +77,37 @@ class EncoderCache:
         self.memory.clear()
 
 
+def same_audio(utterances) -> List[int]:
+    """For each row, the first row with the same audio: the same file, or the very same bytes or samples
+    object (rows replayed from the training audio, `--replay-data self`, carry their utterance's). Their
+    encoder states are the same."""
+    first: Dict[object, int] = {}
+    return [first.setdefault(u.audio if isinstance(u.audio, str) else ("object", id(u.audio)), i)
+            for i, u in enumerate(utterances)]
+
+
 class CachedStates:
     """Encoder states of an example set's utterances through a back end, computed on first use
-    (in batches) and then served from an EncoderCache."""
+    (in batches) and then served from an EncoderCache; rows that read the same audio file share one."""
 
     def __init__(self, examples, backend, memory_limit_bytes: int, folder: Optional[Path] = None, batch_size: int = 8,
                  for_training: bool = True):
         self.examples, self.backend, self.batch_size = examples, backend, batch_size
         self.for_training = for_training  # the back end may keep extras that only training steps use
         self.cache = EncoderCache(len(examples), backend.states_shape, memory_limit_bytes, folder)
+        self.source = same_audio(examples.utterances)
 
     def __call__(self, indices: Sequence[int]) -> list:
-        missing = self.cache.missing(indices)
+        keys = [self.source[i] for i in indices]
+        missing = self.cache.missing(list(dict.fromkeys(keys)))
         for start in range(0, len(missing), self.batch_size):
             chunk = missing[start:start + self.batch_size]
             for i, states in zip(chunk, self.backend.encode(self.examples, chunk, self.for_training)):
                 self.cache.put(i, states, self.backend.states_nbytes(states), self.backend.states_numpy)
                 self._keep_extras(i, states)
             self.examples.forget_mels(chunk)  # the log-mels are no longer needed
-        return [self.cache.get(i) for i in indices]
+        self.examples.forget_mels(indices)  # a row served from another's states may have read its own
+        return [self.cache.get(k) for k in keys]
 
     def _keep_extras(self, i: int, states) -> None:
         extra = self.backend.extras_nbytes(states) if i in self.cache.memory else 0
@@ -109,12 +121,17 @@ class CachedStates:
         shared = self._shared_file(world) if world is not None and world.parallel else None
         if shared is not None:
             return self._fill_shared(shared, progress, world)
-        todo = self.cache.missing(range(len(self.examples)))
+        todo = self.cache.missing(sorted(set(self.source)))
         chunks = [todo[i:i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
         for chunk in (progress(chunks) if progress else chunks):
             usable = self.examples.usable(chunk)
             if usable:
                 self(usable)
+        failed, copies = self.examples.failed, [(i, k) for i, k in enumerate(self.source) if i != k]
+        for i, k in copies:  # the same file: read (or not) already
+            if k in failed:
+                failed.setdefault(i, failed[k])
+        self.examples.mark_readable([i for i, k in copies if k not in failed])
 
     def _shared_file(self, world) -> Optional[Path]:
         """The file the processes share the states through, when they all see the main one's folder."""

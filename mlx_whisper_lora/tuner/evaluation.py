@@ -19,10 +19,22 @@ from .encoder_cache import CachedStates
 from .loop import evaluate_loss
 
 
+def sample_len(examples: ExampleSet, indices: List[int], tokens_per_second: Optional[float]) -> Optional[int]:
+    """The most tokens a batch may write: `tokens_per_second` of its longest utterance, plus the end
+    token; None (the decoder's default) when not asked or a duration is unknown."""
+    durations = [examples.utterances[i].duration for i in indices]
+    if tokens_per_second is None or not all(durations):
+        return None
+    return max(1, math.ceil(max(durations) * tokens_per_second)) + 1
+
+
 def transcribe_examples(backend, examples: ExampleSet, task: str = "transcribe", batch_size: int = 8,
-                        progress: bool = True, num_batches: int = -1, states: Optional[CachedStates] = None) -> tuple:
+                        progress: bool = True, num_batches: int = -1, states: Optional[CachedStates] = None,
+                        tokens_per_second: Optional[float] = None) -> tuple:
     """(indices, transcripts) of greedy decoding, language and task forced, in dataset order. In a
-    data-parallel run each process decodes its share and every process gets all transcripts."""
+    data-parallel run each process decodes its share and every process gets all transcripts.
+    `tokens_per_second`: each batch stops after that many tokens per second of its longest
+    utterance (a reading that runs longer is a repetition loop; without it a loop runs to 224 tokens)."""
     world = world_of(backend)
     backend.set_training(False)
     candidates = [i for i in range(len(examples)) if i not in examples.failed]
@@ -39,10 +51,13 @@ def transcribe_examples(backend, examples: ExampleSet, task: str = "transcribe",
 
         bar = tqdm(total=len(mine), desc="decode", unit="utt", dynamic_ncols=True, file=sys.stderr)
     for language, members in groups.items():
+        if tokens_per_second is not None:  # utterances of like length together: each batch's limit fits them all
+            members.sort(key=lambda i: examples.utterances[i].duration or 0.0)
         for start in range(0, len(members), batch_size):
             chunk = members[start:start + batch_size]
             cached = states(chunk) if states is not None else None
-            for i, text in zip(chunk, backend.decode(examples, chunk, cached, language or "en", task)):
+            for i, text in zip(chunk, backend.decode(examples, chunk, cached, language or "en", task,
+                                                     sample_len(examples, chunk, tokens_per_second))):
                 texts[i] = text
             if bar is not None:
                 bar.update(len(chunk))

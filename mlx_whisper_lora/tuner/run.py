@@ -21,6 +21,7 @@ from .data_prep import prepare_split, read_splits, stream_sample, streamed_train
 from .distributed import backend_for_launcher, join_world, launcher, quiet, world_of
 from .evaluation import transcribe_examples
 from .loop import METRICS_FILE, save_checkpoint, train
+from .replay_choice import settle_replay
 from .reporting import CURVES_PLOT, Reporter, parse_report_to, plot_training_curves
 from .run_config import RunConfig
 from .no_speech import DISTINCT_TRAINING_CLIPS, no_speech_training_clips
@@ -141,7 +142,7 @@ def streamed_mixes(config: RunConfig, sample: list, log: Callable) -> list:
     """--replay-data and --no-speech-fraction under --streaming: their rows are drawn into each batch
     at their share (a stream cannot be extended with rows the way a list is)."""
     mixes = []
-    if float(config.replay_fraction) > 0:
+    if float(config.replay_fraction or 0.0) > 0:
         pool = replay_pool(config)
         mixes.append(MixedRows(pool, float(config.replay_fraction), int(config.seed)))
         log(f"replay: {100 * float(config.replay_fraction):g}% of the rows of each batch, on average, drawn from the "
@@ -270,6 +271,8 @@ def run(config: RunConfig, log: Callable) -> dict:
     world.adapter_dir = str(config.adapter_path)
     if not world.is_main:  # the main process speaks for the run
         log, config.progress = quiet, False
+    if config.train:
+        config = settle_replay(config, backend.model.is_multilingual, log)
     if config.streaming and world.parallel and int(config.batch_size) % world.size:
         raise UserError(f"--batch-size {config.batch_size} is the global batch: with --streaming it must be a multiple "
                         f"of the {world.size} processes (each reads batch-size/{world.size} rows a step)")

@@ -49,10 +49,17 @@ class RunConfig:
                                               "many points", "evaluation")
     adapter_scale: float = option(1.0, "--test of saved LoRA adapters with their update scaled (0: the base model, 1: as "
                                        "trained); the same flag of transcribe and fuse", "evaluation")
-    replay_data: Optional[str] = option(None, "against forgetting: general-domain speech mixed into training (a folder, "
-                                              "a manifest, or builtin), in its own language; or self: training audio "
-                                              "transcribed by the base model in --general-language", "evaluation")
-    replay_fraction: float = option(0.0, "share of training utterances drawn from --replay-data (0: none)", "evaluation")
+    replay_data: Optional[str] = option(None, "against forgetting, rows mixed into training: general-domain speech (a "
+                                              "folder, a manifest, or builtin) in its own language; self: training "
+                                              "audio as the base model reads it in --general-language; none. Default: "
+                                              "self when a multilingual model learns a language other than "
+                                              "--general-language, else none", "evaluation")
+    replay_fraction: Optional[float] = option(None, "share of the training rows that are replayed (default 0.33 with "
+                                                    "--replay-data; 0: none)", "evaluation")
+    replay_distill: Optional[bool] = option(None, "replayed rows teach the base model's whole next-token distribution "
+                                                  "(computed each step with the adapters switched off) instead of their "
+                                                  "transcripts' tokens (default: on for --replay-data self, off for "
+                                                  "general data)", "evaluation", negation=("--no-replay-distill",))
     # data
     data: Optional[str] = option(None, "folder with train/valid/test .jsonl or .csv (default: the bundled demo set)", "data")
     hf_dataset: Optional[str] = option(None, "Hugging Face dataset id or a folder written by save_to_disk", "data")
@@ -181,13 +188,14 @@ class RunConfig:
         if self.train and float(self.adapter_scale) != 1.0:
             raise UserError("--adapter-scale applies to adapters already trained: run --test without --train, or "
                             "pass it to transcribe or fuse")
-        if not 0.0 <= float(self.replay_fraction) < 1.0:
+        if self.replay_fraction is not None and not 0.0 <= float(self.replay_fraction) < 1.0:
             raise UserError(f"--replay-fraction must be in [0, 1), got {self.replay_fraction}")
-        if float(self.replay_fraction) > 0 and not self.replay_data:
-            raise UserError("--replay-fraction needs --replay-data (a folder or manifest of general speech, or builtin)")
-        if self.replay_data and self.replay_data not in ("builtin", "self") and not Path(self.replay_data).exists():
+        if self.replay_data and self.replay_data not in ("builtin", "self", "none") and not Path(self.replay_data).exists():
             raise UserError(f"--replay-data {self.replay_data}: no such file or folder")
-        if self.streaming and float(self.replay_fraction) > 0 and self.replay_data == "self":
+        if self.replay_distill and self.fine_tune_type == "full":
+            raise UserError("--replay-distill needs adapters (lora or dora): full fine-tuning keeps no copy of the base "
+                            "model to learn from")
+        if self.streaming and self.replay_fraction != 0 and self.replay_data == "self":
             raise UserError("--replay-data self transcribes the training audio before training, which a stream does "
                             "not allow: pass a folder or manifest of general speech (or builtin) as --replay-data")
         if not 0.0 <= float(self.no_speech_fraction) < 1.0:
@@ -239,7 +247,7 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
             group.add_argument(*meta["flags"], dest=f.name, action="store_false", default=argparse.SUPPRESS, help=shown)
             continue
         flags = ["--" + f.name.replace("_", "-"), *meta["flags"]]
-        if f.type in ("bool", bool):
+        if f.type in ("bool", bool, "Optional[bool]"):
             group.add_argument(*flags, dest=f.name, action="store_true", default=argparse.SUPPRESS, help=shown)
             if meta.get("negation"):
                 group.add_argument(*meta["negation"], dest=f.name, action="store_false", default=argparse.SUPPRESS,

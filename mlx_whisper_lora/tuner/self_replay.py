@@ -1,12 +1,14 @@
 """`--replay-data self`: replay without general-domain data. A share of the training audio is
 transcribed once by the base model in `--general-language` (English unless told otherwise), and those
-(audio, base transcript) pairs join training in that language.
+rows join training in that language; with --replay-distill (the default for them) they learn the base
+model's whole next-token distribution along its transcript, computed each step with the adapters off.
 
 Why: adapters trained on one new language change the decoder for every language token, so English
-decoding starts writing the new language's spelling (measured on Yoruba: English WER 3.8% -> 22.8%).
+decoding starts writing the new language's spelling (measured on Yoruba: English WER 3.9% -> 22.1%).
 Replaying real English speech prevents most of it, but a user adapting to a new language may have none
 at hand; the base model's own English reading of the training audio is always there, and it asks the
-adapters to leave decoding under the general language token as the base model does.
+adapters to leave decoding under the general language token as the base model does. Its transcripts
+alone (tokens as targets) kept English 5.6 points worse; its distribution, 1.3 (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+from ..data.examples import REPLAY_ID_PREFIX
 from ..files import atomic_write_text
 from ..inference.decoding import compression_ratio
 from .data_prep import prepare_split
@@ -26,34 +29,47 @@ from .run_config import RunConfig
 
 SELF = "self"
 LOOP_RATIO = 2.4  # Whisper's own test for a repetition loop (gzip compression ratio of the text)
+# a reading longer than this is a loop too (fast English speech is ~5 tokens a second): decoding stops
+# there instead of running a loop to 224 tokens, which kept whole batches going (Yoruba: 41 loops in 256)
+LOOP_TOKENS_PER_SECOND = 10.0
+# the base model's pass over the drawn audio grows with it (base on this 2-core CPU: ~1 s an utterance);
+# beyond this many utterances the replayed rows repeat instead
+MAX_TRANSCRIBED = 512
 TARGETS_FILE = "self_replay_targets.jsonl"  # what was replayed, for the user to read
 
 
 def self_replay_utterances(backend, utterances: list, config: RunConfig, log: Callable) -> list:
-    """`replay_fraction` of the training set, drawn with the seed from the training utterances, relabelled
-    with the base model's greedy transcripts in the general language (empty ones and loops left out),
-    also written to the adapter folder. Call it before training: the adapters are still zero then, so
-    the model decodes as the base model."""
+    """`replay_fraction` of the training rows, drawn with the seed from the training utterances (at most
+    MAX_TRANSCRIBED of them, repeated beyond), relabelled with the base model's greedy transcripts in
+    the general language (empty ones and loops left out), also written to the adapter folder. With
+    --replay-distill (the default here) those transcripts are only the path along which the rows learn
+    the base model's distribution. Call it before training: the adapters are still zero then, so the
+    model decodes as the base model."""
     fraction = float(config.replay_fraction)
-    count = min(len(utterances), round(fraction / (1 - fraction) * len(utterances)))
-    if count <= 0:
+    count = round(fraction / (1 - fraction) * len(utterances))
+    distinct = min(count, len(utterances), MAX_TRANSCRIBED)
+    if distinct <= 0:
         return []
     language = config.general_language
-    drawn = [replace(utterances[i], id=f"replay:self:{utterances[i].id}", language=language)
-             for i in sorted(random.Random(int(config.seed)).sample(range(len(utterances)), count))]
+    drawn = [replace(utterances[i], id=f"{REPLAY_ID_PREFIX}self:{utterances[i].id}", language=language)
+             for i in sorted(random.Random(int(config.seed)).sample(range(len(utterances)), distinct))]
     examples, _ = prepare_split(backend.model, drawn, "replay", replace(config, language=language), lambda m: None,
                                 timestamps=False, style="keep")
     log(f"replay: transcribing {len(examples)} of the training utterances with the base model in {language} "
         f"(--replay-data self)")
-    indices, texts = transcribe_examples(backend, examples, config.task, int(config.batch_size), config.progress)
+    indices, texts = transcribe_examples(backend, examples, config.task, int(config.batch_size), config.progress,
+                                         tokens_per_second=LOOP_TOKENS_PER_SECOND)
     # the base model reading speech it does not know falls into loops ("I'm a baby. I'm a baby. ..."):
     # 21 of 130 Yoruba utterances; replaying those would teach loops, so they are left out
-    out = [replace(examples.utterances[i], text=text) for i, text in zip(indices, texts)
-           if text.strip() and compression_ratio(text) <= LOOP_RATIO]
+    kept = [replace(examples.utterances[i], text=text) for i, text in zip(indices, texts)
+            if text.strip() and compression_ratio(text) <= LOOP_RATIO]
     if world_of(backend).is_main:
         atomic_write_text(Path(config.adapter_path) / TARGETS_FILE, "".join(
             json.dumps({"id": u.id, "audio": u.audio if isinstance(u.audio, str) else "", "language": u.language,
-                        "text": u.text}, ensure_ascii=False) + "\n" for u in out))
-    log(f"replay: {len(out)} of them (those not empty or a repetition loop), with the base model's {language} "
-        f"transcripts, mixed into the {len(utterances)} training utterances")
-    return out
+                        "text": u.text}, ensure_ascii=False) + "\n" for u in kept))
+    log(f"replay: {len(kept)} of them (those not empty or a repetition loop), with the base model's {language} "
+        f"transcripts, mixed into the {len(utterances)} training utterances"
+        + (" (its distribution the target: --replay-distill)" if config.replay_distill else ""))
+    if kept and count > distinct:  # a larger share than the transcribed rows: they repeat
+        kept = [kept[i % len(kept)] for i in range(round(count * len(kept) / distinct))]
+    return kept

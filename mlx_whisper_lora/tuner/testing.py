@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from ..assets_dir import ASSETS
+from ..data.examples import REPLAY_ID_PREFIX
 from ..data.manifests import DataError, load_folder_split, read_manifest, shared_manifest
 from ..errors import UserError
 from ..files import atomic_write_text
@@ -57,7 +58,7 @@ def with_replay(utterances: list, config: RunConfig, log: Callable) -> list:
     repeated when the replay set is smaller than its share), each in its own language."""
     import random
 
-    fraction = float(config.replay_fraction)
+    fraction = float(config.replay_fraction or 0.0)
     if fraction <= 0:
         return utterances
     pool = replay_pool(config)
@@ -71,7 +72,7 @@ def with_replay(utterances: list, config: RunConfig, log: Callable) -> list:
 
 def replay_pool(config: RunConfig) -> list:
     """The --replay-data utterances, named replay:ID, each in its own language (--general-language if none)."""
-    return [replace(u, id=f"replay:{u.id}", language=u.language or config.general_language)
+    return [replace(u, id=f"{REPLAY_ID_PREFIX}{u.id}", language=u.language or config.general_language)
             for u in general_utterances(config, config.replay_data)]
 
 

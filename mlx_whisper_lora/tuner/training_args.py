@@ -19,6 +19,7 @@ class TrainingArgs:
     weight_decay: float = 0.0
     augment: tuple = ()  # data/augment.py KINDS; the encoder-state cache is off while they apply
     label_smoothing: float = 0.0  # training loss only; validation and test losses are plain
+    replay_distill: bool = False  # replayed rows learn the base model's distribution, not their tokens
     steps_per_report: int = 10
     steps_per_eval: int = 100
     val_batches: int = 25  # -1: the whole validation split

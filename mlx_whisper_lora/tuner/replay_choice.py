@@ -1,0 +1,55 @@
+"""Which replay a training run gets (`--replay-data`, `--replay-fraction`, `--replay-distill`), settled
+once the model is known.
+
+Why a default: adapters trained on one new language change the decoder under every language token.
+Measured on Yoruba (docs/benchmarks.md): English WER on held-out LibriSpeech rose 3.9% -> 22.1% with
+no replay. Replaying a third of the training audio as the base model reads it in English, with the
+base model's whole next-token distribution as the target, kept English within 1.3 points and cost
+the Yoruba result nothing. It needs no data beyond the user's, so a multilingual model learning a
+language other than `--general-language` gets it unless told `--replay-data none`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+from ..errors import UserError
+from .run_config import RunConfig
+from .self_replay import SELF
+
+NONE = "none"
+DEFAULT_FRACTION = 0.33
+
+
+def guards_by_default(config: RunConfig, multilingual: bool) -> bool:
+    """A run that learns a new language: a multilingual model, a language other than the general one,
+    data that can be transcribed before training (not a stream), and adapters to switch off."""
+    return bool(config.train and multilingual and config.language and config.language != config.general_language
+                and not config.streaming and config.fine_tune_type != "full")
+
+
+def settle_replay(config: RunConfig, multilingual: bool, log: Callable) -> RunConfig:
+    """`config` with concrete replay options: the data (None: no replay), the share and the loss."""
+    data = config.replay_data
+    if data is None and config.replay_fraction != 0 and guards_by_default(config, multilingual):
+        data = SELF
+        log(f"forgetting guard: {100 * (config.replay_fraction or DEFAULT_FRACTION):g}% of the training rows replay "
+            f"the training audio as the base model reads it in {config.general_language}, learning its next-token "
+            f"distribution there, so decoding in {config.general_language} stays as it was (--replay-data none to "
+            f"turn it off)")
+    if data == NONE:
+        data = None
+    fraction = DEFAULT_FRACTION if config.replay_fraction is None else float(config.replay_fraction)
+    if data is None:
+        if config.replay_fraction:
+            raise UserError("--replay-fraction needs --replay-data (a folder or manifest of general speech, builtin, "
+                            "or self)")
+        fraction = 0.0
+    if fraction == 0.0:
+        data = None
+    distill = data == SELF if config.replay_distill is None else bool(config.replay_distill)
+    if distill and data is None:
+        raise UserError("--replay-distill changes the loss of replayed rows: add --replay-data (and a "
+                        "--replay-fraction above 0)")
+    return replace(config, replay_data=data, replay_fraction=fraction, replay_distill=distill)
