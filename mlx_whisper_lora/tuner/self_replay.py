@@ -8,7 +8,7 @@ decoding starts writing the new language's spelling (measured on Yoruba: English
 Replaying real English speech prevents most of it, but a user adapting to a new language may have none
 at hand; the base model's own English reading of the training audio is always there, and it asks the
 adapters to leave decoding under the general language token as the base model does. Its transcripts
-alone (tokens as targets) kept English 5.6 points worse; its distribution, 1.3 (docs/benchmarks.md).
+alone (tokens as targets) kept English 5.6 points worse; its distribution, 1.3 to 1.6 (docs/benchmarks.md).
 """
 
 from __future__ import annotations
