@@ -15,7 +15,8 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from ..formats.adapter_config import AdapterConfig, AdapterError, adapted_blocks, adapted_layers, adapted_stacks
+from ..formats.adapter_config import (AdapterConfig, AdapterError, adapted_blocks, adapted_layers, adapted_stacks,
+                                      wrappers_swapped_out)
 from ..formats.adapter_files import ADAPTER_FILE, check_fits, add_saved_adapters, save_adapter_config, write_adapter_tensors
 from .lora_layers import DoRALinear, LoRALinear, dense_weight
 from .model import Whisper
@@ -48,18 +49,10 @@ def adapters_switched_off(model: nn.Module):
     """The base model for the duration of the block: every adapter layer swapped for the frozen layer
     it wraps, then put back (the teacher of --replay-distill, computed without a second model)."""
     modules = dict(model.named_modules())
-    swapped = []
-    for path, module in modules.items():
-        if isinstance(module, LoRALinear):
-            parent_path, _, name = path.rpartition(".")
-            swapped.append((modules[parent_path], name, module))
-    for parent, name, module in swapped:
-        setattr(parent, name, module.linear)
-    try:
+    wrappers = [(modules[path.rpartition(".")[0]], path.rpartition(".")[2], module)
+                for path, module in modules.items() if isinstance(module, LoRALinear)]
+    with wrappers_swapped_out(wrappers):
         yield model
-    finally:
-        for parent, name, module in swapped:
-            setattr(parent, name, module)
 
 
 def trainable_weights(model: nn.Module) -> Dict[str, mx.array]:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..formats.adapter_config import AdapterConfig, adapted_blocks, adapted_layers, adapted_stacks
+from ..formats.adapter_config import AdapterConfig, adapted_blocks, adapted_layers, adapted_stacks, wrappers_swapped_out
 from ..formats.adapter_files import check_fits, add_saved_adapters
 
 
@@ -130,15 +130,10 @@ def apply_adapters(model, config: AdapterConfig):
 def adapters_switched_off(model):
     """The base model for the duration of the block: every adapter layer swapped for the frozen layer
     it wraps, then put back (the teacher of --replay-distill, computed without a second model)."""
-    swapped = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
-               if isinstance(child, LoRALinear)]
-    for parent, name, child in swapped:
-        setattr(parent, name, child.linear)
-    try:
+    wrappers = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+                if isinstance(child, LoRALinear)]
+    with wrappers_swapped_out(wrappers):
         yield model
-    finally:
-        for parent, name, child in swapped:
-            setattr(parent, name, child)
 
 
 def trainable_weights(model) -> Dict[str, torch.Tensor]:

@@ -7,6 +7,7 @@ back end's model, whose attribute names are the same.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -152,3 +153,17 @@ def adapted_layers(model, config: AdapterConfig) -> List[Tuple[object, str]]:
             if parent is not None:  # encoder blocks have no cross-attention
                 out.append((parent, attr))
     return out
+
+
+@contextmanager
+def wrappers_swapped_out(wrappers: Sequence[Tuple[object, str, object]]):
+    """For the duration of the block, each (parent, attribute, wrapper) has its wrapper replaced by the
+    layer it wraps (`wrapper.linear`), then put back: the base model without a second copy (the
+    teacher of --replay-distill). Either back end finds its wrappers; the swap is the same."""
+    for parent, attr, wrapper in wrappers:
+        setattr(parent, attr, wrapper.linear)
+    try:
+        yield
+    finally:
+        for parent, attr, wrapper in wrappers:
+            setattr(parent, attr, wrapper)
