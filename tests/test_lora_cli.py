@@ -44,7 +44,7 @@ def test_help_shows_every_option_with_its_default(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = " ".join(capsys.readouterr().out.split())  # help text wraps with the terminal's width
-    assert "--learning-rate LEARNING_RATE" in out and "(default: 0.001)" in out
+    assert "--learning-rate LEARNING_RATE" in out and "(default: 0.0005)" in out
     assert "--no-encoder-cache" in out and "--lora-layers" in out and "--hf-dataset-lang" in out
 
 

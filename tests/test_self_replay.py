@@ -21,8 +21,13 @@ def test_self_replay_trains_on_the_base_models_english_reading_of_the_training_a
                "--replay-fraction", "0.34", "--no-progress", "--alignment-heads", "keep", "--steps-per-eval", "100"])
     captured = capsys.readouterr()
     log = captured.out + captured.err
-    replayed = [json.loads(line) for line in (adapters / "self_replay_targets.jsonl").read_text().splitlines()]
-    assert len(replayed) == 2 and "training on 6 utterances" in log, log
+    targets = [json.loads(line) for line in (adapters / "self_replay_targets.jsonl").read_text().splitlines()]
+    replayed = [r for r in targets if "no-speech" not in r["id"]]
+    noise = [r for r in targets if "no-speech" in r["id"]]
+    # 2 of the 4 utterances replayed in English, and one generated noise clip read in the training language
+    assert len(replayed) == 2 and "training on 7 utterances" in log, log
+    assert len(noise) == 1 and noise[0]["language"] == "de" and noise[0]["id"].startswith("replay:"), noise
+    assert compression_ratio(noise[0]["text"]) <= 2.4  # a loop on noise is replaced by an empty path
     by_audio = {r["audio"]: r for r in german}
     for row in replayed:
         source = by_audio[row["audio"]]  # training audio, not other data

@@ -12,12 +12,14 @@ at once there (measured: 0 of 8 through `transcribe`, still 8 of 8 without the r
 forgetting worse; off by default, docs/benchmarks.md). They
 are drawn from a wider family than the report's (any spectral slope between white and brown, levels
 from -75 to -20 dBFS, 2-30 s, some digital silence) with another seed, so the report does not
-measure its own training clips.
+measure its own training clips. The forgetting guard (self_replay.py) uses the same family differently:
+the base model's own reading of the clips, distilled, which keeps its doubt there rather than teaching
+an empty transcript.
 """
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 
@@ -91,6 +93,11 @@ def colored_noise(n: int, slope: float, rms: float, rng: np.random.Generator) ->
     spectrum *= np.maximum(np.fft.rfftfreq(size, 1 / SAMPLE_RATE), 20.0) ** (-slope / 2)  # flat below 20 Hz: no drift
     noise = np.fft.irfft(spectrum, size)[:n]
     return noise / (noise.std() + 1e-12) * rms
+
+
+def training_languages(utterances: list, language: Optional[str]) -> List[str]:
+    """The languages the training rows name (`language` where none does), for the no-speech clips."""
+    return sorted({u.language for u in utterances if u.language} or ({language} - {None}))
 
 
 def no_speech_training_clips(count: int, languages: List[str], seed: int,

@@ -24,7 +24,7 @@ from .loop import METRICS_FILE, save_checkpoint, train
 from .replay_choice import settle_replay
 from .reporting import CURVES_PLOT, Reporter, parse_report_to, plot_training_curves
 from .run_config import RunConfig
-from .no_speech import DISTINCT_TRAINING_CLIPS, no_speech_training_clips
+from .no_speech import DISTINCT_TRAINING_CLIPS, no_speech_training_clips, training_languages
 from .self_replay import SELF, self_replay_utterances
 from .streamed_batches import MixedRows
 from .testing import replay_pool, run_test, score_base, with_replay
@@ -148,7 +148,8 @@ def streamed_mixes(config: RunConfig, sample: list, log: Callable) -> list:
         log(f"replay: {100 * float(config.replay_fraction):g}% of the rows of each batch, on average, drawn from the "
             f"{len(pool)} utterances of {config.replay_data}")
     if float(config.no_speech_fraction) > 0:
-        pool = no_speech_training_clips(DISTINCT_TRAINING_CLIPS, training_languages(sample, config), int(config.seed))
+        languages = training_languages(sample, config.language)
+        pool = no_speech_training_clips(DISTINCT_TRAINING_CLIPS, languages, int(config.seed))
         mixes.append(MixedRows(pool, float(config.no_speech_fraction), int(config.seed) + 1))
         log(f"no speech: {100 * float(config.no_speech_fraction):g}% of the rows of each batch, on average, are noise or "
             f"silence clips with empty transcripts (--no-speech-fraction)")
@@ -164,12 +165,7 @@ def with_no_speech(utterances: list, config: RunConfig, log: Callable) -> list:
         return []
     log(f"no speech: {count} noise or silence clips with empty transcripts join the {len(utterances)} training "
         f"utterances ({100 * fraction:g}%, --no-speech-fraction)")
-    return no_speech_training_clips(count, training_languages(utterances, config), int(config.seed))
-
-
-def training_languages(utterances: list, config: RunConfig) -> List[str]:
-    """The languages the training rows name (--language where none does), for the no-speech clips."""
-    return sorted({u.language for u in utterances if u.language} or ({config.language} - {None}))
+    return no_speech_training_clips(count, training_languages(utterances, config.language), int(config.seed))
 
 
 # ---------------------------------------------------------------- train and test

@@ -116,7 +116,8 @@ class RunConfig:
     # training
     iters: int = option(200, "optimizer steps")
     batch_size: int = option(8, "utterances per step (and per decoding batch)")
-    learning_rate: float = option(1e-3, "peak learning rate")
+    learning_rate: float = option(5e-4, "peak learning rate (on a new language 1e-3 learned it slightly better and "
+                                        "forgot more English; docs/benchmarks.md)")
     lr_schedule: str = option("cosine", "learning-rate schedule after warmup", choices=("constant", "cosine", "linear"))
     warmup: Optional[int] = option(None, "linear warmup steps (default: a tenth of --iters, at most 50)")
     grad_accumulation_steps: int = option(1, "micro-batches per optimizer step")

@@ -9,6 +9,8 @@ Replaying real English speech prevents most of it, but a user adapting to a new 
 at hand; the base model's own English reading of the training audio is always there, and it asks the
 adapters to leave decoding under the general language token as the base model does. Its transcripts
 alone (tokens as targets) kept English 5.6 points worse; its distribution, 1.3 to 1.6 (docs/benchmarks.md).
+With distillation, a few generated noise clips read by the base model in the training language join
+them too (noise_replay_utterances says why).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..inference.decoding import compression_ratio
 from .data_prep import prepare_split
 from .distributed import world_of
 from .evaluation import transcribe_examples
+from .no_speech import no_speech_training_clips, training_languages
 from .run_config import RunConfig
 
 SELF = "self"
@@ -36,6 +39,8 @@ LOOP_TOKENS_PER_SECOND = 10.0
 # beyond this many utterances the replayed rows repeat instead
 MAX_TRANSCRIBED = 512
 TARGETS_FILE = "self_replay_targets.jsonl"  # what was replayed, for the user to read
+# distilled noise rows: a share of the training utterances (at least one; at most MAX_NOISE distinct, repeated beyond)
+NOISE_SHARE, MAX_NOISE = 0.05, 64
 
 
 def self_replay_utterances(backend, utterances: list, config: RunConfig, log: Callable) -> list:
@@ -63,13 +68,39 @@ def self_replay_utterances(backend, utterances: list, config: RunConfig, log: Ca
     # 21 of 130 Yoruba utterances; replaying those would teach loops, so they are left out
     kept = [replace(examples.utterances[i], text=text) for i, text in zip(indices, texts)
             if text.strip() and compression_ratio(text) <= LOOP_RATIO]
-    if world_of(backend).is_main:
-        atomic_write_text(Path(config.adapter_path) / TARGETS_FILE, "".join(
-            json.dumps({"id": u.id, "audio": u.audio if isinstance(u.audio, str) else "", "language": u.language,
-                        "text": u.text}, ensure_ascii=False) + "\n" for u in kept))
     log(f"replay: {len(kept)} of them (those not empty or a repetition loop), with the base model's {language} "
         f"transcripts, mixed into the {len(utterances)} training utterances"
         + (" (its distribution the target: --replay-distill)" if config.replay_distill else ""))
+    noise = noise_replay_utterances(backend, utterances, config, log) if config.replay_distill else []
+    if world_of(backend).is_main:
+        atomic_write_text(Path(config.adapter_path) / TARGETS_FILE, "".join(
+            json.dumps({"id": u.id, "audio": u.audio if isinstance(u.audio, str) else "", "language": u.language,
+                        "text": u.text}, ensure_ascii=False) + "\n" for u in kept + noise[:MAX_NOISE]))
     if kept and count > distinct:  # a larger share than the transcribed rows: they repeat
         kept = [kept[i % len(kept)] for i in range(round(count * len(kept) / distinct))]
-    return kept
+    return kept + noise
+
+
+def noise_replay_utterances(backend, utterances: list, config: RunConfig, log: Callable) -> list:
+    """Generated silence and noise clips (no_speech.py's training family), NOISE_SHARE of the training
+    utterances, in the training rows' languages, with the base model's greedy reading there (empty when
+    it is a loop) as the path along which they learn the base model's distribution.
+
+    Why: adapters that learn only speech grow sure of words where there are none. Whisper's no-speech
+    rule keeps a window whose text is likely enough (mean log-probability above -1), so confident
+    words on noise reach the user (Yoruba with the guard: words on 5 of the report's 8 clips, the base
+    model 0). Empty targets (--no-speech-fraction) teach a new behaviour; these rows only ask the
+    adapters to stay as unsure there as the base model, whose doubt the rule reads."""
+    count = max(1, round(NOISE_SHARE * len(utterances)))
+    languages = training_languages(utterances, config.language)
+    clips = [replace(u, id=f"{REPLAY_ID_PREFIX}{u.id}")
+             for u in no_speech_training_clips(min(count, MAX_NOISE), languages, int(config.seed))]
+    examples, _ = prepare_split(backend.model, clips, "replay", config, lambda m: None, timestamps=False, style="keep")
+    plural = "" if len(clips) == 1 else "s"
+    log(f"replay: reading {len(clips)} generated silence and noise clip{plural} with the base model in "
+        f"{', '.join(languages) or 'the detected language'}, to keep its doubt where nobody speaks")
+    indices, texts = transcribe_examples(backend, examples, config.task, int(config.batch_size), config.progress,
+                                         tokens_per_second=LOOP_TOKENS_PER_SECOND)
+    read = [replace(examples.utterances[i], text=text if compression_ratio(text) <= LOOP_RATIO else "")
+            for i, text in zip(indices, texts)]
+    return [read[i % len(read)] for i in range(count)] if read else []
