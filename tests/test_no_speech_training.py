@@ -37,6 +37,8 @@ def test_training_clips_are_noise_or_silence_in_the_rows_languages_and_bounded_i
     assert all(2.0 <= u.duration <= 30.0 for u in clips) and len({round(u.duration) for u in clips}) > 8
     report = no_speech_clips()  # the report's clips are not among the training ones
     assert not any(len(r.audio) == len(c.audio) and np.allclose(r.audio, c.audio) for r in report[1:] for c in clips)
+    short = no_speech_training_clips(24, ["de"], seed=3, longest=8.0)  # --max-duration 8 would drop longer ones
+    assert all(u.duration <= 8.0 for u in short) and max(u.duration for u in short) > 6.0
 
 
 def test_the_data_check_keeps_no_speech_clips_and_still_skips_empty_transcripts():

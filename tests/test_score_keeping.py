@@ -113,6 +113,10 @@ def test_replay_is_settled_by_default_for_a_new_language_and_as_told_otherwise(c
         assert settled(multilingual, **options) == ((None, 0.0, False), []), options
     assert settled(language="yo", replay_fraction=0.5)[0] == ("self", 0.5, True)
     assert settled(language="yo", replay_distill=False)[0] == ("self", DEFAULT_FRACTION, False)
+    # the guard's noise clips come with distillation, and give way to --no-speech-fraction's empty transcripts
+    assert "noise clips, read the same way in yo" in said[0]
+    assert "noise clips" not in settled(language="yo", replay_distill=False)[1][0]
+    assert "noise clips" not in settled(language="yo", no_speech_fraction=0.1)[1][0]
     assert settled(replay_data="builtin")[0] == ("builtin", DEFAULT_FRACTION, False)  # right transcripts: tokens
     assert settled(replay_data="builtin", replay_distill=True)[0] == ("builtin", DEFAULT_FRACTION, True)
     assert settled(language="yo", replay_fraction=0.0) == ((None, 0.0, False), [])

@@ -101,13 +101,16 @@ def training_languages(utterances: list, language: Optional[str]) -> List[str]:
 
 
 def no_speech_training_clips(count: int, languages: List[str], seed: int,
-                             distinct_clips: int = DISTINCT_TRAINING_CLIPS) -> List[Utterance]:
+                             distinct_clips: int = DISTINCT_TRAINING_CLIPS,
+                             longest: float = 30.0) -> List[Utterance]:
     """`count` noise or silence clips with empty transcripts (`no_speech` set, so the data check keeps
-    them), in the training rows' languages; at most `distinct_clips` distinct ones."""
+    them), in the training rows' languages; at most `distinct_clips` distinct ones, none longer than
+    `longest` seconds (--max-duration would drop them)."""
     rng = np.random.default_rng([int(seed), 9001])
+    longest = min(30.0, float(longest))
     distinct = []
     for i in range(min(count, distinct_clips)):
-        n = int(rng.uniform(2.0, 30.0) * SAMPLE_RATE)
+        n = int(rng.uniform(min(2.0, longest / 2), longest) * SAMPLE_RATE)
         if rng.random() < 0.1:
             audio = np.zeros(n, np.float16)
         else:

@@ -149,7 +149,8 @@ def streamed_mixes(config: RunConfig, sample: list, log: Callable) -> list:
             f"{len(pool)} utterances of {config.replay_data}")
     if float(config.no_speech_fraction) > 0:
         languages = training_languages(sample, config.language)
-        pool = no_speech_training_clips(DISTINCT_TRAINING_CLIPS, languages, int(config.seed))
+        pool = no_speech_training_clips(DISTINCT_TRAINING_CLIPS, languages, int(config.seed),
+                                        longest=float(config.max_duration))
         mixes.append(MixedRows(pool, float(config.no_speech_fraction), int(config.seed) + 1))
         log(f"no speech: {100 * float(config.no_speech_fraction):g}% of the rows of each batch, on average, are noise or "
             f"silence clips with empty transcripts (--no-speech-fraction)")
@@ -165,7 +166,8 @@ def with_no_speech(utterances: list, config: RunConfig, log: Callable) -> list:
         return []
     log(f"no speech: {count} noise or silence clips with empty transcripts join the {len(utterances)} training "
         f"utterances ({100 * fraction:g}%, --no-speech-fraction)")
-    return no_speech_training_clips(count, training_languages(utterances, config.language), int(config.seed))
+    return no_speech_training_clips(count, training_languages(utterances, config.language), int(config.seed),
+                                    longest=float(config.max_duration))
 
 
 # ---------------------------------------------------------------- train and test
@@ -195,8 +197,6 @@ def run_training(backend, config: RunConfig, log: Callable) -> dict:
     adapter_config = adapter_config_from(config, backend.model)
     backend.apply_adapters(adapter_config)
     resume = resume_file(backend.model, config)
-    if resume:
-        backend.load_adapter_weights(read_adapter_tensors(resume), resume)
     trainable, total = backend.count_parameters()
     log(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
     splits = read_splits(config, ["train", "valid"], log)
@@ -215,6 +215,8 @@ def run_training(backend, config: RunConfig, log: Callable) -> dict:
             train_utterances = with_replay(splits["train"], config, log)
         train_set, train_report = prepare_train_split(backend, train_utterances, config, adapter_config, log)
         first_rows = train_set
+    if resume:  # only now: the base model's passes over the data above run with the adapters still zero
+        backend.load_adapter_weights(read_adapter_tensors(resume), resume)
     valid_set = None
     if splits.get("valid"):
         valid_set, _ = prepare_split(backend.model, splits["valid"], "valid", config, log, timestamps=True,

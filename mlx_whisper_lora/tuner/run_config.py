@@ -51,7 +51,8 @@ class RunConfig:
                                        "trained); the same flag of transcribe and fuse", "evaluation")
     replay_data: Optional[str] = option(None, "against forgetting, rows mixed into training: general-domain speech (a "
                                               "folder, a manifest, or builtin) in its own language; self: training "
-                                              "audio as the base model reads it in --general-language; none. Default: "
+                                              "audio as the base model reads it in --general-language (distilled, with a "
+                                              "few noise clips read in the training language); none. Default: "
                                               "self when a multilingual model learns a language other than "
                                               "--general-language, else none", "evaluation")
     replay_fraction: Optional[float] = option(None, "share of the training rows that are replayed (default 0.33 with "

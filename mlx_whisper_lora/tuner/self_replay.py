@@ -8,7 +8,8 @@ decoding starts writing the new language's spelling (measured on Yoruba: English
 Replaying real English speech prevents most of it, but a user adapting to a new language may have none
 at hand; the base model's own English reading of the training audio is always there, and it asks the
 adapters to leave decoding under the general language token as the base model does. Its transcripts
-alone (tokens as targets) kept English 5.6 points worse; its distribution, 1.3 to 1.6 (docs/benchmarks.md).
+alone (tokens as targets) kept English 5.6 points worse; its distribution, 1.3 to 1.6 at lr 1e-3 and
+0.3 to 1.2 at the default 5e-4 (docs/benchmarks.md).
 With distillation, a few generated noise clips read by the base model in the training language join
 them too (noise_replay_utterances says why).
 """
@@ -71,7 +72,9 @@ def self_replay_utterances(backend, utterances: list, config: RunConfig, log: Ca
     log(f"replay: {len(kept)} of them (those not empty or a repetition loop), with the base model's {language} "
         f"transcripts, mixed into the {len(utterances)} training utterances"
         + (" (its distribution the target: --replay-distill)" if config.replay_distill else ""))
-    noise = noise_replay_utterances(backend, utterances, config, log) if config.replay_distill else []
+    # --no-speech-fraction asks for empty transcripts on the same family of clips: it takes their place
+    with_noise = config.replay_distill and not float(config.no_speech_fraction)
+    noise = noise_replay_utterances(backend, utterances, config, log) if with_noise else []
     if world_of(backend).is_main:
         atomic_write_text(Path(config.adapter_path) / TARGETS_FILE, "".join(
             json.dumps({"id": u.id, "audio": u.audio if isinstance(u.audio, str) else "", "language": u.language,
@@ -90,11 +93,13 @@ def noise_replay_utterances(backend, utterances: list, config: RunConfig, log: C
     rule keeps a window whose text is likely enough (mean log-probability above -1), so confident
     words on noise reach the user (Yoruba with the guard: words on 5 of the report's 8 clips, the base
     model 0). Empty targets (--no-speech-fraction) teach a new behaviour; these rows only ask the
-    adapters to stay as unsure there as the base model, whose doubt the rule reads."""
+    adapters to stay as unsure there as the base model, whose doubt the rule reads. Left out when
+    --no-speech-fraction asks for empty transcripts there instead."""
     count = max(1, round(NOISE_SHARE * len(utterances)))
     languages = training_languages(utterances, config.language)
     clips = [replace(u, id=f"{REPLAY_ID_PREFIX}{u.id}")
-             for u in no_speech_training_clips(min(count, MAX_NOISE), languages, int(config.seed))]
+             for u in no_speech_training_clips(min(count, MAX_NOISE), languages, int(config.seed),
+                                               longest=float(config.max_duration))]
     examples, _ = prepare_split(backend.model, clips, "replay", config, lambda m: None, timestamps=False, style="keep")
     plural = "" if len(clips) == 1 else "s"
     log(f"replay: reading {len(clips)} generated silence and noise clip{plural} with the base model in "
