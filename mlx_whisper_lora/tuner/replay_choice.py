@@ -17,7 +17,7 @@ from typing import Callable
 
 from ..errors import UserError
 from .run_config import RunConfig
-from .self_replay import SELF
+from .self_replay import SELF, adds_noise_rows
 
 NONE = "none"
 DEFAULT_FRACTION = 0.33
@@ -35,12 +35,11 @@ def settle_replay(config: RunConfig, multilingual: bool, log: Callable) -> RunCo
     data = config.replay_data
     if data is None and config.replay_fraction != 0 and guards_by_default(config, multilingual):
         data = SELF
-        noise = config.replay_distill is not False and not float(config.no_speech_fraction)
         log(f"forgetting guard: {100 * (config.replay_fraction or DEFAULT_FRACTION):g}% of the training rows replay "
             f"the training audio as the base model reads it in {config.general_language}, learning its next-token "
             f"distribution there, so decoding in {config.general_language} stays as it was"
             + (f"; noise clips, read the same way in {config.language}, keep its doubt where nobody speaks"
-               if noise else "") + " (--replay-data none to turn it off)")
+               if adds_noise_rows(config) else "") + " (--replay-data none to turn it off)")
     if data == NONE:
         data = None
     fraction = DEFAULT_FRACTION if config.replay_fraction is None else float(config.replay_fraction)

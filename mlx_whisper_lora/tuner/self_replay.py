@@ -72,9 +72,7 @@ def self_replay_utterances(backend, utterances: list, config: RunConfig, log: Ca
     log(f"replay: {len(kept)} of them (those not empty or a repetition loop), with the base model's {language} "
         f"transcripts, mixed into the {len(utterances)} training utterances"
         + (" (its distribution the target: --replay-distill)" if config.replay_distill else ""))
-    # --no-speech-fraction asks for empty transcripts on the same family of clips: it takes their place
-    with_noise = config.replay_distill and not float(config.no_speech_fraction)
-    noise = noise_replay_utterances(backend, utterances, config, log) if with_noise else []
+    noise = noise_replay_utterances(backend, utterances, config, log) if adds_noise_rows(config) else []
     if world_of(backend).is_main:
         atomic_write_text(Path(config.adapter_path) / TARGETS_FILE, "".join(
             json.dumps({"id": u.id, "audio": u.audio if isinstance(u.audio, str) else "", "language": u.language,
@@ -82,6 +80,12 @@ def self_replay_utterances(backend, utterances: list, config: RunConfig, log: Ca
     if kept and count > distinct:  # a larger share than the transcribed rows: they repeat
         kept = [kept[i % len(kept)] for i in range(round(count * len(kept) / distinct))]
     return kept + noise
+
+
+def adds_noise_rows(config: RunConfig) -> bool:
+    """Whether self-replay brings noise rows: with distillation (on unless turned off), and not when
+    --no-speech-fraction asks for empty transcripts on the same family of clips (it takes their place)."""
+    return config.replay_distill is not False and not float(config.no_speech_fraction)
 
 
 def noise_replay_utterances(backend, utterances: list, config: RunConfig, log: Callable) -> list:
