@@ -137,12 +137,13 @@ def run_ours(spec: dict) -> dict:
     lora.main(argv)
     entries = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
     steps = [e for e in entries if "iterations_per_second" in e]
-    from mlx_whisper_lora.tuner.backend_choice import choose_backend
+    from mlx_whisper_lora.tuner.backend_choice import choose_backend, mlx_accelerated
 
     backend = choose_backend(spec["backend"], spec["device"])[0]
+    on_gpu = spec["device"] == "cuda" or (backend == "mlx" and mlx_accelerated() == "cuda")
     return {"step_seconds": [1.0 / e["iterations_per_second"] for e in steps],
             "first_loss": steps[0]["train_loss"], "tokens": steps[0]["tokens"], "backend": backend,
-            "gpu_peak_gb": steps[-1].get("peak_memory_gb") if spec["device"] == "cuda" else None}
+            "gpu_peak_gb": steps[-1].get("peak_memory_gb") if on_gpu else None}
 
 
 def mlx_tune_spec(spec: dict, data: Path) -> dict:

@@ -17,6 +17,7 @@ FRAMEWORK_FREE = ("text", "formats", "tuner", "data/labels.py", "data/manifests.
 FRAMEWORK_EXCEPTIONS = {
     ("formats/checkpoint.py", "torch"),  # .pt and pytorch_model.bin files are torch pickles (read with weights_only)
     ("tuner/backend_choice.py", "mlx"),  # --backend auto asks MLX whether it has a GPU here
+    ("tuner/backend_choice.py", "torch"),  # ... and, where MLX runs on CUDA, whether PyTorch sees that GPU
 }
 
 

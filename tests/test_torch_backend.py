@@ -442,6 +442,38 @@ def test_cached_keys_values_kept_in_bf16_give_the_step_autocast_gives(tiny_en_ch
         assert torch.equal(grads_b[name], g), name
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_caching_keys_values_holds_one_layers_batch_at_a_time(tiny_en_checkpoint, dtype):
+    """The frozen encoder's cross-attention keys and values are kept per utterance, computed layer by
+    layer: when a layer's are computed, no earlier layer's batch tensors are still alive (holding all of
+    them in float32 took 3.9 GB more at large-v2, batch 8, on a GPU; docs/benchmarks.md, H100)."""
+    import weakref
+
+    from mlx_whisper_lora.data.examples import ExampleSet
+    from mlx_whisper_lora.data.manifests import Utterance
+
+    config = AdapterConfig(rank=4, alpha=8, freeze_encoder=True, modules=["self_attn.query"])
+    _, torch_model = _adapted_pair(tiny_en_checkpoint, config)
+    utterances = [Utterance(str(ASSETS / "demo.flac"), t, language="en") for t in TEXTS]
+    examples, _ = ExampleSet.build(utterances, get_tokenizer(False), "transcribe", 80, 448)
+    alive_at_each_layer, batches = [], []
+    for block in torch_model.decoder.blocks:
+        compute = block.cross_attn.base_keys_values
+
+        def watched(xa, compute=compute):
+            alive_at_each_layer.append(sum(ref() is not None for ref in batches))
+            keys, values = compute(xa)
+            batches.extend([weakref.ref(keys), weakref.ref(values)])
+            return keys, values
+        block.cross_attn.base_keys_values = watched
+    states = TorchBackend(torch_model, dtype=dtype).encode(examples, [0, 1])
+    assert alive_at_each_layer == [0] * len(torch_model.decoder.blocks)
+    assert len(states[0][1]) == len(torch_model.decoder.blocks)
+    kept = states[0][1][0][0]
+    assert kept.dtype == {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    assert kept.untyped_storage().nbytes() == kept.numel() * kept.element_size()  # its own copy, not a batch view
+
+
 def test_replay_distill_teaches_the_base_models_distribution_the_same_in_both_back_ends(tiny_en_checkpoint, batch):
     """--replay-distill: a replayed row's loss is the cross-entropy against the base model's next-token
     probabilities (adapters switched off), the other rows keep their tokens; torch and MLX give the

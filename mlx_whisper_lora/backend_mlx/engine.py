@@ -176,14 +176,18 @@ class MLXBackend:
         return loss.item() * n.item(), n.item()
 
     def peak_memory_gb(self) -> float:
-        """Peak resident memory of this process (MLX's own counter where it has one)."""
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)  # kB on Linux
-        if sys.platform == "darwin":
-            rss /= 1024
+        """Peak resident memory of this process (MLX's own counter where it has one); on a CUDA GPU,
+        MLX's peak there alone, as the torch back end reports its GPU's."""
         try:
             mlx_peak = mx.get_peak_memory() / 1e9
         except AttributeError:
             mlx_peak = 0.0
+        cuda = getattr(mx, "cuda", None)
+        if cuda is not None and cuda.is_available() and mx.default_device() == mx.gpu:
+            return round(mlx_peak, 3)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)  # kB on Linux
+        if sys.platform == "darwin":
+            rss /= 1024
         return round(max(rss, mlx_peak), 3)
 
     # ---- tensors for the files

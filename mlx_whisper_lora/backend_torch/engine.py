@@ -129,12 +129,14 @@ class TorchBackend:
             states = self.model.embed_audio(self._tensor(examples.mels(indices)))
             kv = [None] * len(indices)
             if for_training and self.model.decoder.cross_kv_cacheable():
-                layers = self.model.decoder.base_cross_kv(states)
                 # kept in the autocast dtype: the step's products would cast them to it every time
-                # (the same rounding, done once; half the memory in bf16)
-                dtype = self.autocast_dtype or states.dtype
-                kv = [[(k[j].to(dtype, copy=True), v[j].to(dtype, copy=True)) for k, v in layers]
-                      for j in range(len(indices))]
+                # (the same rounding, done once; half the memory in bf16). Layer by layer, each
+                # utterance's own copy: the peak is the kept cache plus one layer's batch.
+                kv = [[] for _ in indices]
+                for keys, values in self.model.decoder.base_cross_kv(states, self.autocast_dtype or states.dtype):
+                    for j, item in enumerate(kv):
+                        item.append((keys[j].clone(), values[j].clone()))
+                    del keys, values
         return [(s.clone(), item) for s, item in zip(states, kv)]
 
     def states_nbytes(self, states) -> int:

@@ -146,7 +146,7 @@ class RunConfig:
     report_to: Optional[List[str]] = option(None, "also send the metrics to tensorboard (event files in ADAPTER_PATH/runs) "
                                                   "and/or wandb; none: only metrics.jsonl and the PNG plots (default: none)",
                                             nargs="+")
-    backend: str = option("auto", "training back end (default auto: MLX where it has a GPU, else PyTorch when installed)",
+    backend: str = option("auto", "training back end (default auto: MLX on Apple Silicon, else PyTorch when installed)",
                           choices=("auto", "mlx", "torch"))
     device: Optional[str] = option(None, "torch back end device", choices=("cpu", "cuda"))
 
