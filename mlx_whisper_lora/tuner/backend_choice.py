@@ -2,8 +2,9 @@
 
 MLX is the default on Apple Silicon's GPU (Metal). On an NVIDIA GPU the PyTorch back end trains
 when it sees the GPU: measured on an H100 (large-v2, bf16, batch 8), MLX's CUDA back end took 1.29x
-torch's time a step with the encoder frozen and ran out of the card's 80 GB with encoder LoRA, where
-torch needs 29 GB (docs/benchmarks.md, GPU section); MLX trains there when PyTorch cannot use the GPU.
+torch's time a step with the encoder frozen and ran out of the card's 80 GB with encoder LoRA, which
+the torch back end trained in 28.6 GB on an H200 (docs/benchmarks.md, GPU section); MLX trains there
+when PyTorch cannot use the GPU.
 On a CPU-only MLX build, its transcendental kernels (exp in softmax, erf in GELU) run scalar: measured here,
 a softmax over Whisper's encoder attention takes 14x torch's time and a LoRA step several times
 PEFT's (docs/benchmarks.md). There the PyTorch back end, same model, LoRA and adapter files,
