@@ -95,9 +95,10 @@ def test_replay_mixes_general_utterances_at_the_fraction_in_their_language():
 
 
 def test_replay_is_settled_by_default_for_a_new_language_and_as_told_otherwise(capsys):
-    """A multilingual model learning a language other than --general-language replays a third of its rows
-    as the base model reads them in English, distilled (the forgetting guard); everything else as told."""
-    from mlx_whisper_lora.tuner.replay_choice import DEFAULT_FRACTION, settle_replay
+    """A multilingual model learning a language other than --general-language replays half of its rows
+    as the base model reads them in English, distilled (the forgetting guard); general-domain data a third
+    by default; everything else as told."""
+    from mlx_whisper_lora.tuner.replay_choice import DEFAULT_FRACTION, SELF_DEFAULT_FRACTION, settle_replay
     from mlx_whisper_lora.tuner.run_config import RunConfig
 
     def settled(multilingual=True, **options):
@@ -106,13 +107,16 @@ def test_replay_is_settled_by_default_for_a_new_language_and_as_told_otherwise(c
         return (config.replay_data, config.replay_fraction, config.replay_distill), messages
 
     got, said = settled(language="yo")
-    assert got == ("self", DEFAULT_FRACTION, True) and "forgetting guard" in said[0] and "--replay-data none" in said[0]
+    assert got == ("self", SELF_DEFAULT_FRACTION, True) and "forgetting guard" in said[0] and "--replay-data none" in said[0]
     for options, multilingual in [({"language": "en"}, True), ({"language": "yo", "replay_data": "none"}, True),
                                   ({}, True), ({"language": "yo"}, False), ({"language": "yo", "streaming": True}, True),
                                   ({"language": "yo", "fine_tune_type": "full"}, True)]:
         assert settled(multilingual, **options) == ((None, 0.0, False), []), options
-    assert settled(language="yo", replay_fraction=0.5)[0] == ("self", 0.5, True)
-    assert settled(language="yo", replay_distill=False)[0] == ("self", DEFAULT_FRACTION, False)
+    assert SELF_DEFAULT_FRACTION == 0.5 and DEFAULT_FRACTION == 0.33
+    assert "50% of the training rows" in said[0]
+    assert settled(language="yo", replay_fraction=0.25)[0] == ("self", 0.25, True)
+    assert settled(replay_data="self")[0] == ("self", SELF_DEFAULT_FRACTION, True)  # asked for, same default
+    assert settled(language="yo", replay_distill=False)[0] == ("self", SELF_DEFAULT_FRACTION, False)
     # the guard's noise clips come with distillation, and give way to --no-speech-fraction's empty transcripts
     assert "noise clips, read the same way in yo" in said[0]
     assert "noise clips" not in settled(language="yo", replay_distill=False)[1][0]

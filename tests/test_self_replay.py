@@ -66,3 +66,16 @@ def test_replay_transcription_stops_each_batch_at_its_tokens_per_second(tiny_en_
     assert all(len(tok.encode(" " + c)) <= math.ceil(longest) + 1 for c in capped), capped
     assert all(f.startswith(c.rstrip(".")[:8]) for f, c in zip(free, capped)), (free, capped)
     assert sum(len(tok.encode(" " + f)) for f in free) > sum(len(tok.encode(" " + c)) for c in capped) + 6, free
+
+
+def test_the_base_models_pass_reads_at_most_half_the_training_utterances():
+    """The guard's half of each batch is read from at most half the training utterances (and 512), the
+    replayed rows repeating beyond, so its default costs the base model's pass what a third of the rows did."""
+    from mlx_whisper_lora.tuner.self_replay import replay_counts
+
+    assert replay_counts(520, 0.5) == (520, 260)      # Yoruba: half the rows, 260 readings repeated twice
+    assert replay_counts(520, 0.33) == (256, 256)     # a third: every replayed row read once
+    assert replay_counts(4, 0.34) == (2, 2)
+    assert replay_counts(10_000, 0.5) == (10_000, 512)
+    assert replay_counts(10, 0.0) == (0, 0)
+

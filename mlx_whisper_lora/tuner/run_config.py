@@ -55,8 +55,8 @@ class RunConfig:
                                               "few noise clips read in the training language); none. Default: "
                                               "self when a multilingual model learns a language other than "
                                               "--general-language, else none", "evaluation")
-    replay_fraction: Optional[float] = option(None, "share of the training rows that are replayed (default 0.33 with "
-                                                    "--replay-data; 0: none)", "evaluation")
+    replay_fraction: Optional[float] = option(None, "share of the training rows that are replayed (default 0.5 with "
+                                                    "--replay-data self, 0.33 with other data; 0: none)", "evaluation")
     replay_distill: Optional[bool] = option(None, "replayed rows teach the base model's whole next-token distribution "
                                                   "(computed each step with the adapters switched off) instead of their "
                                                   "transcripts' tokens (default: on for --replay-data self, off for "

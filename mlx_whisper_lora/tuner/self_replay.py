@@ -17,6 +17,7 @@ them too (noise_replay_utterances says why).
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -37,8 +38,10 @@ LOOP_RATIO = 2.4  # Whisper's own test for a repetition loop (gzip compression r
 # there instead of running a loop to 224 tokens, which kept whole batches going (Yoruba: 41 loops in 256)
 LOOP_TOKENS_PER_SECOND = 10.0
 # the base model's pass over the drawn audio grows with it (base on this 2-core CPU: ~1 s an utterance);
-# beyond this many utterances the replayed rows repeat instead
-MAX_TRANSCRIBED = 512
+# it reads at most half the training utterances and at most MAX_TRANSCRIBED, and beyond that the replayed
+# rows repeat: the guard's default half of each batch (replay_choice.py) then costs the pass a third
+# of the batch did (measured on Yoruba: 256 readings of 520 utterances, repeated to fill half the rows)
+MAX_TRANSCRIBED, MAX_TRANSCRIBED_SHARE = 512, 0.5
 TARGETS_FILE = "self_replay_targets.jsonl"  # what was replayed, for the user to read
 # distilled noise rows: a share of the training utterances (at least one; at most MAX_NOISE distinct, repeated beyond)
 NOISE_SHARE, MAX_NOISE = 0.05, 64
@@ -46,14 +49,13 @@ NOISE_SHARE, MAX_NOISE = 0.05, 64
 
 def self_replay_utterances(backend, utterances: list, config: RunConfig, log: Callable) -> list:
     """`replay_fraction` of the training rows, drawn with the seed from the training utterances (at most
-    MAX_TRANSCRIBED of them, repeated beyond), relabelled with the base model's greedy transcripts in
-    the general language (empty ones and loops left out), also written to the adapter folder. With
+    half of them and MAX_TRANSCRIBED, repeated beyond: replay_counts), relabelled with the base model's
+    greedy transcripts in the general language (empty ones and loops left out), also written to the
+    adapter folder. With
     --replay-distill (the default here) those transcripts are only the path along which the rows learn
     the base model's distribution. Call it before training: the adapters are still zero then, so the
     model decodes as the base model."""
-    fraction = float(config.replay_fraction)
-    count = round(fraction / (1 - fraction) * len(utterances))
-    distinct = min(count, len(utterances), MAX_TRANSCRIBED)
+    count, distinct = replay_counts(len(utterances), float(config.replay_fraction))
     if distinct <= 0:
         return []
     language = config.general_language
@@ -80,6 +82,13 @@ def self_replay_utterances(backend, utterances: list, config: RunConfig, log: Ca
     if kept and count > distinct:  # a larger share than the transcribed rows: they repeat
         kept = [kept[i % len(kept)] for i in range(round(count * len(kept) / distinct))]
     return kept + noise
+
+
+def replay_counts(training_rows: int, fraction: float) -> tuple:
+    """(replayed rows, distinct utterances the base model reads for them): `fraction` of all rows once
+    mixed in, read from at most MAX_TRANSCRIBED_SHARE of the training utterances and MAX_TRANSCRIBED."""
+    count = round(fraction / (1 - fraction) * training_rows)
+    return count, min(count, math.ceil(MAX_TRANSCRIBED_SHARE * training_rows), MAX_TRANSCRIBED)
 
 
 def adds_noise_rows(config: RunConfig) -> bool:
