@@ -78,4 +78,3 @@ def test_the_base_models_pass_reads_at_most_half_the_training_utterances():
     assert replay_counts(4, 0.34) == (2, 2)
     assert replay_counts(10_000, 0.5) == (10_000, 512)
     assert replay_counts(10, 0.0) == (0, 0)
-
