@@ -37,17 +37,19 @@ def guards_by_default(config: RunConfig, multilingual: bool) -> bool:
 def settle_replay(config: RunConfig, multilingual: bool, log: Callable) -> RunConfig:
     """`config` with concrete replay options: the data (None: no replay), the share and the loss."""
     data = config.replay_data
-    if data is None and config.replay_fraction != 0 and guards_by_default(config, multilingual):
+    guard = data is None and config.replay_fraction != 0 and guards_by_default(config, multilingual)
+    if guard:
         data = SELF
-        log(f"forgetting guard: {100 * (config.replay_fraction or SELF_DEFAULT_FRACTION):g}% of the training rows replay "
-            f"the training audio as the base model reads it in {config.general_language}, learning its next-token "
-            f"distribution there, so decoding in {config.general_language} stays as it was"
-            + (f"; noise clips, read the same way in {config.language}, keep its doubt where nobody speaks"
-               if adds_noise_rows(config) else "") + " (--replay-data none to turn it off)")
     if data == NONE:
         data = None
     default = SELF_DEFAULT_FRACTION if data == SELF else DEFAULT_FRACTION
     fraction = default if config.replay_fraction is None else float(config.replay_fraction)
+    if guard:
+        log(f"forgetting guard: {100 * fraction:g}% of the training rows replay "
+            f"the training audio as the base model reads it in {config.general_language}, learning its next-token "
+            f"distribution there, so decoding in {config.general_language} stays as it was"
+            + (f"; noise clips, read the same way in {config.language}, keep its doubt where nobody speaks"
+               if adds_noise_rows(config) else "") + " (--replay-data none to turn it off)")
     if data is None:
         if config.replay_fraction:
             raise UserError("--replay-fraction needs --replay-data (a folder or manifest of general speech, builtin, "
