@@ -197,11 +197,18 @@ def test_cached_cross_attention_keys_values_give_the_same_loss_and_gradients(tin
     assert abs(loss_c - loss_u) <= 1e-5 * abs(loss_u)
     for name, g in grads_u.items():
         assert torch.allclose(grads_c[name], g, rtol=1e-3, atol=1e-6), name
-    small = CachedStates(examples, backend, 1)  # no memory: states on disk, no K/V
+    small = CachedStates(examples, backend, 1)  # no memory: states on disk, no K/V kept
     small([0, 1])
     audio_d, _, kv_d = backend.model_inputs(examples, [0, 1], small([0, 1]))
     # both rows read demo.flac: one row of states on disk serves both
-    assert kv_d is None and small.cache.on_disk.tolist() == [True, False] and torch.allclose(audio_d, audio)
+    assert small.cache.on_disk.tolist() == [True, False] and torch.allclose(audio_d, audio)
+    # the K/V not kept are computed for the step from the states: the same loss and gradients
+    assert kv_d is not None and all(torch.allclose(a, b) for layer, layer_d in zip(kv, kv_d)
+                                    for side, side_d in zip(layer, layer_d) for a, b in zip(side, side_d))
+    loss_d, grads_d = loss_and_grads((audio_d, True, kv_d))
+    assert abs(loss_d - loss_u) <= 1e-5 * abs(loss_u)
+    for name, g in grads_u.items():
+        assert torch.allclose(grads_d[name], g, rtol=1e-3, atol=1e-6), name
     path = small.cache.disk_path
     small.close()
     import os
@@ -237,6 +244,31 @@ def test_dora_cross_attention_is_not_served_from_cached_base_keys(tiny_en_checkp
     dora = tlora.apply_adapters(_torch_twin(tiny_en_checkpoint),
                                 AdapterConfig(rank=4, alpha=8, modules=["cross_attn.key"], fine_tune_type="dora"))
     assert lora.decoder.cross_kv_cacheable() and not dora.decoder.cross_kv_cacheable()
+
+
+def test_keys_values_kept_for_some_rows_are_computed_for_the_others(tiny_en_checkpoint):
+    """A batch whose rows' base K/V are partly in the cache (its memory ran out) takes the kept ones
+    as they are and computes the others from the states, to the same values; with DoRA on the key,
+    none are computed (its projection trains as a whole)."""
+    from mlx_whisper_lora.data.examples import ExampleSet
+    from mlx_whisper_lora.data.manifests import Utterance
+
+    config = AdapterConfig(rank=4, alpha=8, freeze_encoder=True, modules=["cross_attn.key", "cross_attn.value"])
+    _, torch_model = _adapted_pair(tiny_en_checkpoint, config)
+    utterances = [Utterance(str(ASSETS / "demo.flac"), t, language="en") for t in TEXTS]
+    examples, _ = ExampleSet.build(utterances, get_tokenizer(False), "transcribe", 80, 448)
+    backend = TorchBackend(torch_model)
+    states = backend.encode(examples, [0, 1])
+    _, _, kv_all = backend.model_inputs(examples, [0, 1], states)
+    _, _, kv_some = backend.model_inputs(examples, [0, 1], [states[0], states[1][0]])  # row 1: states alone
+    assert len(kv_some) == tiny_en_checkpoint.dims.n_text_layer
+    for layer_all, layer_some, kept in zip(kv_all, kv_some, states[0][1]):
+        for side_all, side_some, kept_side in zip(layer_all, layer_some, kept):
+            assert side_some[0] is kept_side  # the kept row's tensor, not a copy
+            assert torch.allclose(side_some[1], side_all[1], atol=1e-6)
+    dora = TorchBackend(tlora.apply_adapters(_torch_twin(tiny_en_checkpoint), AdapterConfig(
+        rank=4, alpha=8, modules=["cross_attn.key"], fine_tune_type="dora", freeze_encoder=True)))
+    assert dora.model_inputs(examples, [0, 1], [states[0][0], states[1][0]])[2] is None
 
 
 def _torch_run(checkpoint, folder, iters, resume=None):

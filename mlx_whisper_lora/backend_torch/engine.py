@@ -156,16 +156,37 @@ class TorchBackend:
         if states is not None:
             items = [s if isinstance(s, tuple) else (self._tensor(s), None) for s in states]
             audio = torch.stack([s for s, _ in items])
-            if any(kv is None for _, kv in items):
-                return audio, True, None
-            layers = len(items[0][1])  # per layer: (keys, values), each a list with one tensor per utterance
-            kv = [tuple([item[1][layer][j] for item in items] for j in range(2)) for layer in range(layers)]
-            return audio, True, kv
+            return audio, True, self.cross_kv(audio, [kv for _, kv in items])
         mels = self._tensor(examples.mels(indices))
         if self.encoder_trained:
             return mels, False, None
         with torch.no_grad():
-            return self.model.embed_audio(mels), True, None
+            audio = self.model.embed_audio(mels)
+        return audio, True, self.cross_kv(audio, [None] * len(indices))
+
+    def cross_kv(self, audio: torch.Tensor, kept: list) -> Optional[list]:
+        """Per layer, (keys, values) lists with one tensor per utterance: the base cross-attention
+        K/V kept in the cache, and those of the other rows computed now from their states (None when
+        the projections train). Why now rather than inside the step: the frozen projections then run
+        once a step, without gradient, where the step ran them for the student and again for the
+        --replay-distill teacher; and the adapters on keys and values take their rank-r route
+        (`_attend_cached`). Measured on Yoruba (base, batch 8, 546 utterances whose K/V do not fit
+        the cache): docs/benchmarks.md."""
+        if not self.model.decoder.cross_kv_cacheable():
+            return None
+        missing = [j for j, kv in enumerate(kept) if kv is None]
+        layers = [([None] * len(kept), [None] * len(kept)) for _ in self.model.decoder.blocks]
+        if missing:
+            rows = audio[missing] if len(missing) < len(kept) else audio
+            for layer, pair in zip(layers, self.model.decoder.base_cross_kv(rows, self.autocast_dtype or audio.dtype)):
+                for side, batch in zip(layer, pair):
+                    for j, row in zip(missing, batch.unbind(0)):
+                        side[j] = row
+        for j, kv in enumerate(kept):
+            if kv is not None:
+                for layer, pair in zip(layers, kv):
+                    layer[0][j], layer[1][j] = pair
+        return [tuple(layer) for layer in layers]
 
     def _labels(self, labels) -> list:
         return [self._tensor(a) for a in labels]
@@ -283,8 +304,8 @@ class TorchBackend:
 
     def decode(self, examples, indices: List[int], states, language: str, task: str,
                sample_len: Optional[int] = None) -> List[str]:
-        if states is not None:
-            features = self.model_inputs(examples, indices, states)[0]
+        if states is not None:  # the states alone: decoding computes its keys and values with the adapters
+            features = torch.stack([s[0] if isinstance(s, tuple) else self._tensor(s) for s in states])
             return greedy_decode(self.model, None, language, task, sample_len, features=features)
         return greedy_decode(self.model, self._tensor(examples.mels(indices)), language, task, sample_len)
 
