@@ -26,6 +26,8 @@ def test_self_replay_trains_on_the_base_models_english_reading_of_the_training_a
     noise = [r for r in targets if "no-speech" in r["id"]]
     # 2 of the 4 utterances replayed in English, and one generated noise clip read in the training language
     assert len(replayed) == 2 and "training on 7 utterances" in log, log
+    # the base model's passes encoded the 2 replayed utterances and the noise clip: training takes those
+    assert "encoder states: those of 3 utterances come from the passes before training, 2 to compute" in log, log
     assert len(noise) == 1 and noise[0]["language"] == "de" and noise[0]["id"].startswith("replay:"), noise
     assert compression_ratio(noise[0]["text"]) <= 2.4  # a loop on noise is replaced by an empty path
     by_audio = {r["audio"]: r for r in german}

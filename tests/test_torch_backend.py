@@ -602,3 +602,56 @@ def test_replay_distill_from_cached_encoder_states_and_keys_values_equals_the_fu
     assert abs(loss_c - loss_u) <= 1e-5 * abs(loss_u)
     for name, g in grads_u.items():
         assert torch.allclose(grads_c[name], g, rtol=1e-3, atol=1e-6), name
+
+
+def test_greedy_decoding_of_a_batch_gives_each_rows_own_transcript(tiny_en_checkpoint):
+    """Rows that finish leave the batch (their keys and values are read no more): every row's
+    transcript is still the one it gets decoded alone, whichever rows finish first."""
+    from mlx_whisper_lora.data.examples import ExampleSet
+    from mlx_whisper_lora.data.manifests import read_manifest
+
+    model = _torch_twin(tiny_en_checkpoint)
+    rows = read_manifest(ASSETS / "demo_data" / "test.jsonl")[:4]
+    examples, _ = ExampleSet.build(rows, get_tokenizer(False), "transcribe", 80, 448)
+    mels = torch.from_numpy(np.array(examples.mels(list(range(len(rows))))))
+    alone = [greedy_decode(model, mels[i:i + 1])[0] for i in range(len(rows))]
+    assert len({len(t) for t in alone}) > 1, alone  # rows of different lengths: some finish first
+    assert greedy_decode(model, mels) == alone
+    assert greedy_decode(model, mels.flip(0)) == alone[::-1]
+
+
+def test_training_takes_the_encoder_states_of_a_pass_before_it(tiny_en_checkpoint, tmp_path):
+    """CachedStates.adopt: states another cache holds for the same audio, in memory or in its file,
+    are taken (the same values, nothing encoded again); other audio is left to compute."""
+    from dataclasses import replace
+
+    from mlx_whisper_lora.data.examples import ExampleSet
+    from mlx_whisper_lora.data.manifests import read_manifest
+
+    config = AdapterConfig(rank=4, alpha=8, freeze_encoder=True)
+    _, torch_model = _adapted_pair(tiny_en_checkpoint, config)
+    rows = read_manifest(ASSETS / "demo_data" / "test.jsonl")[:3]
+    tok = get_tokenizer(False)
+    passes = []
+    for budget in (4 << 30, 1):  # one pass kept its states in memory, the other in its file
+        before, _ = ExampleSet.build([replace(rows[0 if budget > 1 else 1], id=f"pass{budget}")], tok, "transcribe",
+                                     80, 448)
+        states = CachedStates(before, TorchBackend(torch_model), budget, tmp_path)
+        states([0])
+        passes.append(states)
+    train_set, _ = ExampleSet.build(rows + [replace(rows[0], id="again")], tok, "transcribe", 80, 448)
+    backend = TorchBackend(torch_model)
+    training = CachedStates(train_set, backend, 4 << 30, tmp_path)
+    assert sum(training.adopt(p) for p in passes) == 2 and training.source == [0, 1, 2, 0]
+    assert training.cache.has(0) and training.cache.has(1) and not training.cache.has(2)
+    assert training.cache.memory[0] is passes[0].cache.memory[0]  # shared, not copied
+    for p in passes:
+        p.close()
+    encoded = []
+    backend.encode, encode = (lambda ex, idx, for_training=True: encoded.extend(idx) or encode(ex, idx, for_training),
+                              backend.encode)
+    got = training([0, 1, 2, 3])
+    assert encoded == [2]  # only the audio no pass had read
+    fresh = TorchBackend(torch_model).encode(train_set, [0, 1])
+    assert torch.equal(got[0][0], fresh[0][0]) and torch.allclose(torch.as_tensor(got[1]), fresh[1][0])
+    training.close()

@@ -210,6 +210,9 @@ class MLXBackend:
         return None
 
     # ---- decoding
+    def adapters_off(self):
+        return adapters.adapters_switched_off(self.model)
+
     def decoding_model(self):
         self.set_training(False)
         return self.model

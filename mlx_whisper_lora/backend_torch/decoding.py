@@ -36,21 +36,29 @@ def greedy_decode(model, mel: Optional[torch.Tensor], language: Optional[str] = 
         features = model.embed_audio(mel.to(device))
     cache = model.decoder.new_cache(features.to(device))
     tokens = np.array([initial] * features.shape[0], dtype=np.int64)
-    done = np.zeros(features.shape[0], dtype=bool)
+    rows = np.arange(features.shape[0])  # the rows still decoding, in the cache's order
     new = tokens
     for _ in range(sample_len or model.dims.n_text_ctx // 2):
         logits, cache = model.decoder.step(torch.from_numpy(new).to(device), cache)
         logits = logits[:, -1].float().cpu().numpy()
         for f in filters:
-            f.apply(logits, tokens)
-        nxt = logits.argmax(-1)
-        nxt[done] = tok.eot
+            f.apply(logits, tokens[rows])
+        nxt = np.full(len(tokens), tok.eot, dtype=np.int64)
+        nxt[rows] = logits.argmax(-1)
         tokens = np.concatenate([tokens, nxt[:, None]], axis=1)
-        new = nxt[:, None]
-        done |= nxt == tok.eot
-        if done.all():
+        going = nxt[rows] != tok.eot
+        if not going.any():
             break
+        if not going.all():  # finished rows leave the batch: their keys and values are read no more
+            cache = keep_rows(cache, torch.from_numpy(np.flatnonzero(going)).to(device))
+            rows = rows[going]
+        new = nxt[rows][:, None]
     return [tok.decode([t for t in row[len(initial):] if t != tok.eot]).strip() for row in tokens.tolist()]
+
+
+def keep_rows(cache: list, index: torch.Tensor) -> list:
+    """The decoding cache of those rows alone, self- and cross-attention alike."""
+    return [tuple(t.index_select(0, index) for t in layer) for layer in cache]
 
 
 class _DecoderBridge:

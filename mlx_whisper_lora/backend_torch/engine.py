@@ -297,6 +297,9 @@ class TorchBackend:
         return target
 
     # ---- decoding
+    def adapters_off(self):
+        return tlora.adapters_switched_off(self.model)
+
     def decoding_model(self):
         from .decoding import TorchDecodingModel
 

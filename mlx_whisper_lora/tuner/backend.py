@@ -92,6 +92,10 @@ class TrainingBackend(Protocol):
         """The model behind the interface `inference/` decodes and aligns through (embed_audio,
         logits, decoder, alignment_scores, alignment_heads), in evaluation mode."""
 
+    def adapters_off(self):
+        """A context in which the model is the base model: every adapter swapped out (the base
+        model's passes before training decode faster without adapters, zero as they are then)."""
+
     def decode(self, examples, indices: List[int], states: Optional[list], language: str, task: str,
                sample_len: Optional[int] = None) -> List[str]:
         """Greedy transcripts without timestamps, language and task forced, at most `sample_len` tokens

@@ -77,13 +77,16 @@ class EncoderCache:
         self.memory.clear()
 
 
+def audio_key(utterance) -> object:
+    """What identifies an utterance's audio: its file, or the very bytes or samples object (rows
+    replayed from the training audio, `--replay-data self`, carry their utterance's)."""
+    return utterance.audio if isinstance(utterance.audio, str) else ("object", id(utterance.audio))
+
+
 def same_audio(utterances) -> List[int]:
-    """For each row, the first row with the same audio: the same file, or the very same bytes or samples
-    object (rows replayed from the training audio, `--replay-data self`, carry their utterance's). Their
-    encoder states are the same."""
+    """For each row, the first row with the same audio (audio_key). Their encoder states are the same."""
     first: Dict[object, int] = {}
-    return [first.setdefault(u.audio if isinstance(u.audio, str) else ("object", id(u.audio)), i)
-            for i, u in enumerate(utterances)]
+    return [first.setdefault(audio_key(u), i) for i, u in enumerate(utterances)]
 
 
 class CachedStates:
@@ -108,6 +111,29 @@ class CachedStates:
             self.examples.forget_mels(chunk)  # the log-mels are no longer needed
         self.examples.forget_mels(indices)  # a row served from another's states may have read its own
         return [self.cache.get(k) for k in keys]
+
+    def adopt(self, other: "CachedStates") -> int:
+        """Take the states `other` holds for the same audio instead of encoding it again (the base
+        model's passes over the training audio before training: tuner/self_replay.py); returns how
+        many utterances. Kept states are shared, not copied; `other` may be closed afterwards."""
+        theirs: Dict[object, int] = {}
+        for j, k in enumerate(other.source):
+            if other.cache.has(k):
+                theirs.setdefault(audio_key(other.examples.utterances[j]), k)
+        taken = []
+        for i in sorted(set(self.source)):
+            j = theirs.get(audio_key(self.examples.utterances[i]))
+            if j is None or self.cache.has(i):
+                continue
+            if j in other.cache.memory:
+                states = other.cache.memory[j]
+                self.cache.put(i, states, self.backend.states_nbytes(states), self.backend.states_numpy)
+                self._keep_extras(i, states)
+            else:  # a row of its file: into this cache's own file
+                self.cache.spill(i, np.asarray(other.cache.disk[j]))
+            taken.append(i)
+        self.examples.mark_readable(taken)
+        return len(taken)
 
     def _keep_extras(self, i: int, states) -> None:
         extra = self.backend.extras_nbytes(states) if i in self.cache.memory else 0

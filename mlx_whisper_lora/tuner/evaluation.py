@@ -6,6 +6,7 @@ training) and no timestamps, so the scores match what `transcribe --language L` 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -30,11 +31,14 @@ def sample_len(examples: ExampleSet, indices: List[int], tokens_per_second: Opti
 
 def transcribe_examples(backend, examples: ExampleSet, task: str = "transcribe", batch_size: int = 8,
                         progress: bool = True, num_batches: int = -1, states: Optional[CachedStates] = None,
-                        tokens_per_second: Optional[float] = None) -> tuple:
+                        tokens_per_second: Optional[float] = None, base_model: bool = False) -> tuple:
     """(indices, transcripts) of greedy decoding, language and task forced, in dataset order. In a
     data-parallel run each process decodes its share and every process gets all transcripts.
     `tokens_per_second`: each batch stops after that many tokens per second of its longest
-    utterance (a reading that runs longer is a repetition loop; without it a loop runs to 224 tokens)."""
+    utterance (a reading that runs longer is a repetition loop; without it a loop runs to 224 tokens).
+    `base_model`: decode with the adapters switched off (the base model's passes before training,
+    where they are still zero: the same transcripts without the adapters' products at every token);
+    encoder states from `states` are computed with them in place, as training will use them."""
     world = world_of(backend)
     backend.set_training(False)
     candidates = [i for i in range(len(examples)) if i not in examples.failed]
@@ -56,8 +60,10 @@ def transcribe_examples(backend, examples: ExampleSet, task: str = "transcribe",
         for start in range(0, len(members), batch_size):
             chunk = members[start:start + batch_size]
             cached = states(chunk) if states is not None else None
-            for i, text in zip(chunk, backend.decode(examples, chunk, cached, language or "en", task,
-                                                     sample_len(examples, chunk, tokens_per_second))):
+            with backend.adapters_off() if base_model else contextlib.nullcontext():
+                decoded = backend.decode(examples, chunk, cached, language or "en", task,
+                                         sample_len(examples, chunk, tokens_per_second))
+            for i, text in zip(chunk, decoded):
                 texts[i] = text
             if bar is not None:
                 bar.update(len(chunk))

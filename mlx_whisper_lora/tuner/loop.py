@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 from ..data.examples import ExampleSet
 from ..data.labels import collate
@@ -180,10 +180,11 @@ def restore_optimizer(backend, adapter_file: Path, log: Callable) -> int:
 def train(backend, train_set: Union[ExampleSet, StreamedBatches], valid_set: Optional[ExampleSet], args: TrainingArgs,
           adapter_dir: Path,
           resume_file: Optional[Path] = None, log: Callable[[str], None] = print, progress: bool = True,
-          on_metrics: Optional[Callable[[dict], None]] = None) -> Dict:
+          on_metrics: Optional[Callable[[dict], None]] = None, warm_states: Sequence[CachedStates] = ()) -> Dict:
     """Train the back end's trainable weights; returns a summary (steps done, last losses, status).
     Every metrics.jsonl entry also goes to `on_metrics` (TensorBoard, wandb: tuner/reporting.py).
-    `train_set`: an example set, or batches read from a stream (--streaming)."""
+    `train_set`: an example set, or batches read from a stream (--streaming). `warm_states`: encoder
+    states computed before training for some of its audio, taken instead of encoding it again, then closed."""
     adapter_dir = Path(adapter_dir)
     world = world_of(backend)  # in a data-parallel run only the main process writes files
     if world.is_main:
@@ -198,6 +199,13 @@ def train(backend, train_set: Union[ExampleSet, StreamedBatches], valid_set: Opt
             "computed every step instead of cached")
     train_states = None if source.streamed or augmenter else cached_states(backend, train_set, args, adapter_dir)
     valid_states = cached_states(backend, valid_set, args, adapter_dir, share=1 / 8)
+    if train_states is not None and warm_states:
+        taken = sum(train_states.adopt(states) for states in warm_states)
+        if taken:
+            log(f"encoder states: those of {taken} utterances come from the passes before training, "
+                f"{len(set(train_states.source)) - taken} to compute")
+    for states in warm_states:  # what was not taken is not needed
+        states.close()
     metrics_path = adapter_dir / METRICS_FILE
     summary = {"status": "done", "start_step": start, "steps": start}
 

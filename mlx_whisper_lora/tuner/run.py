@@ -193,13 +193,31 @@ def resume_file(model, config: RunConfig) -> Optional[Path]:
 
 
 def run_training(backend, config: RunConfig, log: Callable) -> dict:
-    world = world_of(backend)  # in a data-parallel run the main process alone writes files
     adapter_config = adapter_config_from(config, backend.model)
     backend.apply_adapters(adapter_config)
     resume = resume_file(backend.model, config)
     trainable, total = backend.count_parameters()
     log(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
     splits = read_splits(config, ["train", "valid"], log)
+    # encoder states of the base model's passes over the training audio, for training to take
+    warm = [] if caches_training_states(backend, config) else None
+    try:
+        return train_from_splits(backend, config, adapter_config, splits, resume, warm, log)
+    finally:
+        for states in warm or []:
+            states.close()
+
+
+def caches_training_states(backend, config: RunConfig) -> bool:
+    """Whether training keeps the frozen encoder's states (loop.cached_states), so that passes over the
+    training audio before it can hand theirs over (one process: each of several computes a share)."""
+    return (not backend.encoder_trained and bool(config.encoder_cache) and not config.augment
+            and not config.streaming and not world_of(backend).parallel)
+
+
+def train_from_splits(backend, config: RunConfig, adapter_config: AdapterConfig, splits: dict, resume,
+                      warm: Optional[list], log: Callable) -> dict:
+    world = world_of(backend)  # in a data-parallel run the main process alone writes files
     if config.streaming:
         sample = stream_sample(config)  # the text style is settled on the stream's first rows
         choose_text_style(adapter_config, config, [u.text for u in sample], log)
@@ -210,7 +228,7 @@ def run_training(backend, config: RunConfig, log: Callable) -> dict:
     else:
         choose_text_style(adapter_config, config, [u.text for u in splits["train"]], log)
         if config.replay_data == SELF:
-            train_utterances = splits["train"] + self_replay_utterances(backend, splits["train"], config, log)
+            train_utterances = splits["train"] + self_replay_utterances(backend, splits["train"], config, log, warm)
         else:
             train_utterances = with_replay(splits["train"], config, log)
         train_set, train_report = prepare_train_split(backend, train_utterances, config, adapter_config, log)
@@ -230,7 +248,7 @@ def run_training(backend, config: RunConfig, log: Callable) -> dict:
                         config.to_json(), log)
     try:
         summary = train(backend, train_set, valid_set, config.training_args(), Path(config.adapter_path), resume, log,
-                        config.progress, on_metrics=reporter)
+                        config.progress, on_metrics=reporter, warm_states=warm or ())
     finally:
         reporter.close()
     plot = world.is_main and plot_training_curves(Path(config.adapter_path) / METRICS_FILE,

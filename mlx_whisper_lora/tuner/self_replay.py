@@ -21,13 +21,14 @@ import math
 import random
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from ..data.examples import REPLAY_ID_PREFIX
 from ..files import atomic_write_text
 from ..inference.decoding import compression_ratio
 from .data_prep import prepare_split
 from .distributed import world_of
+from .encoder_cache import CachedStates
 from .evaluation import transcribe_examples
 from .no_speech import no_speech_training_clips, training_languages
 from .run_config import RunConfig
@@ -47,14 +48,18 @@ TARGETS_FILE = "self_replay_targets.jsonl"  # what was replayed, for the user to
 NOISE_SHARE, MAX_NOISE = 0.05, 64
 
 
-def self_replay_utterances(backend, utterances: list, config: RunConfig, log: Callable) -> list:
+def self_replay_utterances(backend, utterances: list, config: RunConfig, log: Callable,
+                           warm: Optional[list] = None) -> list:
     """`replay_fraction` of the training rows, drawn with the seed from the training utterances (at most
     half of them and MAX_TRANSCRIBED, repeated beyond: replay_counts), relabelled with the base model's
     greedy transcripts in the general language (empty ones and loops left out), also written to the
     adapter folder. With
     --replay-distill (the default here) those transcripts are only the path along which the rows learn
-    the base model's distribution. Call it before training: the adapters are still zero then, so the
-    model decodes as the base model."""
+    the base model's distribution. Call it before training: the adapters are still zero then, and the
+    passes decode with them switched off, as the base model.
+    `warm`: a list that receives the passes' encoder states (encoder_cache.CachedStates), for the
+    training cache to take instead of encoding that audio again (CachedStates.adopt; the caller
+    closes them); None: no states are kept."""
     count, distinct = replay_counts(len(utterances), float(config.replay_fraction))
     if distinct <= 0:
         return []
@@ -66,7 +71,8 @@ def self_replay_utterances(backend, utterances: list, config: RunConfig, log: Ca
     log(f"replay: transcribing {len(examples)} of the training utterances with the base model in {language} "
         f"(--replay-data self)")
     indices, texts = transcribe_examples(backend, examples, config.task, int(config.batch_size), config.progress,
-                                         tokens_per_second=LOOP_TOKENS_PER_SECOND)
+                                         states=kept_states(backend, examples, config, warm),
+                                         tokens_per_second=LOOP_TOKENS_PER_SECOND, base_model=True)
     # the base model reading speech it does not know falls into loops ("I'm a baby. I'm a baby. ..."):
     # 21 of 130 Yoruba utterances; replaying those would teach loops, so they are left out
     kept = [replace(examples.utterances[i], text=text) for i, text in zip(indices, texts)
@@ -74,7 +80,7 @@ def self_replay_utterances(backend, utterances: list, config: RunConfig, log: Ca
     log(f"replay: {len(kept)} of them (those not empty or a repetition loop), with the base model's {language} "
         f"transcripts, mixed into the {len(utterances)} training utterances"
         + (" (its distribution the target: --replay-distill)" if config.replay_distill else ""))
-    noise = noise_replay_utterances(backend, utterances, config, log) if adds_noise_rows(config) else []
+    noise = noise_replay_utterances(backend, utterances, config, log, warm) if adds_noise_rows(config) else []
     if world_of(backend).is_main:
         atomic_write_text(Path(config.adapter_path) / TARGETS_FILE, "".join(
             json.dumps({"id": u.id, "audio": u.audio if isinstance(u.audio, str) else "", "language": u.language,
@@ -97,7 +103,18 @@ def adds_noise_rows(config: RunConfig) -> bool:
     return config.replay_distill is not False and not float(config.no_speech_fraction)
 
 
-def noise_replay_utterances(backend, utterances: list, config: RunConfig, log: Callable) -> list:
+def kept_states(backend, examples, config: RunConfig, warm: Optional[list]) -> Optional[CachedStates]:
+    """An encoder-state cache for a pass whose states training will take (added to `warm`), or None."""
+    if warm is None:
+        return None
+    states = CachedStates(examples, backend, int(float(config.cache_memory_gb) * (1 << 30)),
+                          Path(config.adapter_path), int(config.batch_size))
+    warm.append(states)
+    return states
+
+
+def noise_replay_utterances(backend, utterances: list, config: RunConfig, log: Callable,
+                            warm: Optional[list] = None) -> list:
     """Generated silence and noise clips (no_speech.py's training family), NOISE_SHARE of the training
     utterances, in the training rows' languages, with the base model's greedy reading there (empty when
     it is a loop) as the path along which they learn the base model's distribution.
@@ -118,7 +135,8 @@ def noise_replay_utterances(backend, utterances: list, config: RunConfig, log: C
     log(f"replay: reading {len(clips)} generated silence and noise clip{plural} with the base model in "
         f"{', '.join(languages) or 'the detected language'}, to keep its doubt where nobody speaks")
     indices, texts = transcribe_examples(backend, examples, config.task, int(config.batch_size), config.progress,
-                                         tokens_per_second=LOOP_TOKENS_PER_SECOND)
+                                         states=kept_states(backend, examples, config, warm),
+                                         tokens_per_second=LOOP_TOKENS_PER_SECOND, base_model=True)
     read = [replace(examples.utterances[i], text=text if compression_ratio(text) <= LOOP_RATIO else "")
             for i, text in zip(indices, texts)]
     return [read[i % len(read)] for i in range(count)] if read else []
