@@ -113,7 +113,8 @@ def base_style_utterances(backend, utterances: list, config: RunConfig, style: s
     model = backend.model
     examples, _ = prepare_split(model, utterances, "train", config, lambda m: None, timestamps=False, style=style)
     log(f"base-style targets: transcribing the {len(examples)} training utterances once with the base model")
-    indices, hyps = transcribe_examples(backend, examples, config.task, int(config.batch_size), config.progress)
+    indices, hyps = transcribe_examples(backend, examples, config.task, int(config.batch_size), config.progress,
+                                        base_model=True)
     tokenizer = tokenizer_for(model, config.task)
     rows, out = [], []
     for i, hyp in zip(indices, hyps):
