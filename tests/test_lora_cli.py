@@ -81,8 +81,14 @@ def test_adapter_of_another_model_is_refused(capsys, tmp_path):
             "n_vocab": 51865, "n_text_ctx": 448, "n_text_state": 512, "n_text_head": 8, "n_text_layer": 6}
     save_adapter_config(AdapterConfig(base_model="base", dims=dims), tmp_path)
     (tmp_path / "adapters.safetensors").write_bytes(b"")
-    message = _error(capsys, ["--test", "--model", "tiny.en", "--adapter-path", str(tmp_path), "--no-progress"])
+    everything = _error(capsys, ["--test", "--model", "tiny.en", "--adapter-path", str(tmp_path), "--no-progress"],
+                        everything=True)
+    message = everything.splitlines()[-1]
     assert "trained on base" in message and "--model base" in message
+    assert "base model on the test data" not in everything  # refused before the base model's scoring pass
+    resumed = _error(capsys, ["--train", "--model", "tiny.en", "--resume-adapter-file", str(tmp_path / "adapters.safetensors"),
+                              "--adapter-path", str(tmp_path / "new"), "--test", "--no-progress"], everything=True)
+    assert "trained on base" in resumed.splitlines()[-1] and "base model on the test data" not in resumed
 
 
 def test_bad_numbers(capsys):

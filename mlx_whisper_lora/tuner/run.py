@@ -264,6 +264,17 @@ def train_from_splits(backend, config: RunConfig, adapter_config: AdapterConfig,
     return summary
 
 
+def refuse_unfit_adapters(backend, config: RunConfig) -> None:
+    """Adapters of another model's shapes, or a resume file that is not there, are refused now, before
+    the base model's scoring pass that --test runs first (minutes on a real test set)."""
+    if config.train:
+        resume_file(backend.model, config)
+        return
+    existing = existing_adapter_config(config) if config.test else None
+    if existing is not None:
+        check_dims(backend.model.dims, backend.model.source, existing, config.adapter_path)
+
+
 def rescue_adapters(backend, adapter_config: AdapterConfig, step: int) -> str:
     """Where the trained adapters went when their folder could not take them (a full disk): a new
     temporary folder, so that the training is not lost."""
@@ -288,6 +299,7 @@ def run(config: RunConfig, log: Callable) -> dict:
     world.adapter_dir = str(config.adapter_path)
     if not world.is_main:  # the main process speaks for the run
         log, config.progress = quiet, False
+    refuse_unfit_adapters(backend, config)
     if config.train:
         config = settle_replay(config, backend.model.is_multilingual, log)
     if config.streaming and world.parallel and int(config.batch_size) % world.size:
