@@ -89,6 +89,12 @@ def batch_states(states: Optional[CachedStates], indices: List[int]):
     return states(indices) if states is not None else None
 
 
+def caches_training_states(backend, args: TrainingArgs, streamed: bool) -> bool:
+    """Whether training keeps the frozen encoder's states: not for a stream, nor while augmentation
+    changes the audio every step, nor when the encoder trains."""
+    return not streamed and not args.augment and not backend.encoder_trained and bool(args.encoder_cache)
+
+
 def cached_states(backend, examples: Optional[ExampleSet], args: TrainingArgs, folder: Optional[Path],
                   share: float = 1.0) -> Optional[CachedStates]:
     """An encoder-state cache for the example set when the encoder is frozen (and caching is on)."""
@@ -197,7 +203,8 @@ def train(backend, train_set: Union[ExampleSet, StreamedBatches], valid_set: Opt
     if augmenter is not None and not backend.encoder_trained and args.encoder_cache:
         log(f"augmentation ({', '.join(args.augment)}) changes the audio every step: the frozen encoder's states are "
             "computed every step instead of cached")
-    train_states = None if source.streamed or augmenter else cached_states(backend, train_set, args, adapter_dir)
+    train_states = cached_states(backend, train_set, args, adapter_dir) \
+        if caches_training_states(backend, args, source.streamed) else None
     valid_states = cached_states(backend, valid_set, args, adapter_dir, share=1 / 8)
     if train_states is not None and warm_states:
         taken = sum(train_states.adopt(states) for states in warm_states)

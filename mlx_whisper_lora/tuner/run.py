@@ -20,7 +20,7 @@ from .backend_choice import choose_backend
 from .data_prep import prepare_split, read_splits, stream_sample, streamed_train_batches, tokenizer_for
 from .distributed import backend_for_launcher, join_world, launcher, quiet, world_of
 from .evaluation import transcribe_examples
-from .loop import METRICS_FILE, save_checkpoint, train
+from .loop import METRICS_FILE, caches_training_states, save_checkpoint, train
 from .replay_choice import settle_replay
 from .reporting import CURVES_PLOT, Reporter, parse_report_to, plot_training_curves
 from .run_config import RunConfig
@@ -201,19 +201,13 @@ def run_training(backend, config: RunConfig, log: Callable) -> dict:
     log(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
     splits = read_splits(config, ["train", "valid"], log)
     # encoder states of the base model's passes over the training audio, for training to take
-    warm = [] if caches_training_states(backend, config) else None
+    warm = [] if caches_training_states(backend, config.training_args(), bool(config.streaming)) \
+        and not world_of(backend).parallel else None  # several processes each compute a share instead
     try:
         return train_from_splits(backend, config, adapter_config, splits, resume, warm, log)
     finally:
         for states in warm or []:
             states.close()
-
-
-def caches_training_states(backend, config: RunConfig) -> bool:
-    """Whether training keeps the frozen encoder's states (loop.cached_states), so that passes over the
-    training audio before it can hand theirs over (one process: each of several computes a share)."""
-    return (not backend.encoder_trained and bool(config.encoder_cache) and not config.augment
-            and not config.streaming and not world_of(backend).parallel)
 
 
 def train_from_splits(backend, config: RunConfig, adapter_config: AdapterConfig, splits: dict, resume,
