@@ -53,9 +53,13 @@ class EncoderCache:
             folder = str(self.folder) if self.folder else None
             if folder:
                 os.makedirs(folder, exist_ok=True)
-            fd, self.disk_path = tempfile.mkstemp(prefix="encoder_states_", suffix=".f32", dir=folder)
+            fd, path = tempfile.mkstemp(prefix="encoder_states_", suffix=".f32", dir=folder)
             os.close(fd)
-            self.disk = np.memmap(self.disk_path, dtype=np.float32, mode="w+", shape=(self.n, *self.shape))
+            self.disk = np.memmap(path, dtype=np.float32, mode="w+", shape=(self.n, *self.shape))
+            try:  # the mapping outlives the name, so a killed run leaves no file behind
+                os.unlink(path)
+            except OSError:  # a system that will not remove an open file: close() does
+                self.disk_path = path
         self.disk[i] = states
         self.on_disk[i] = True
 
