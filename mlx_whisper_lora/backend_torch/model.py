@@ -367,6 +367,10 @@ def load_model(path_or_id: Optional[str] = None, device: str = "cpu", dtype: tor
     from ..formats.checkpoint import resolve
     from ..formats.offline_models import DEFAULT_MODEL
 
+    if str(device).startswith("cpu"):
+        from .heap import keep_freed_blocks
+
+        keep_freed_blocks()  # CPU tensors come from malloc: keep its freed blocks for the next step
     ckpt = resolve(str(path_or_id or DEFAULT_MODEL))
     if ckpt.quantization:
         raise QuantizedBase(f"{ckpt.source} is MLX-quantized and the torch back end loads floating-point weights: "
