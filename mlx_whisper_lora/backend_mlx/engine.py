@@ -218,12 +218,12 @@ class MLXBackend:
         return self.model
 
     def decode(self, examples, indices: List[int], states, language: str, task: str,
-               sample_len: Optional[int] = None) -> List[str]:
+               sample_len: Optional[int] = None, stop_loops_at: Optional[float] = None) -> List[str]:
         model = self.model
         tokenizer = get_tokenizer(model.is_multilingual, model.num_languages, language=language, task=task,
                                   model_dir=model.folder)
         options = DecodingOptions(task=task, language=language, without_timestamps=True, temperature=0.0,
-                                  sample_len=sample_len)
+                                  sample_len=sample_len, stop_loops_at=stop_loops_at)
         features = self.model_inputs(examples, indices, states)[0] if states is not None else \
             model.embed_audio(mx.array(examples.mels(indices)))
         texts = [r.text for r in decode(model, None, options, tokenizer, audio_features=features)]

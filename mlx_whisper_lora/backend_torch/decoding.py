@@ -14,7 +14,7 @@ import mlx.core as mx
 import numpy as np
 import torch
 
-from ..inference.decoding import DecodingOptions, SuppressBlank, SuppressTokens, suppressed_ids
+from ..inference.decoding import DecodingOptions, SuppressBlank, SuppressTokens, looping_rows, suppressed_ids
 from ..text.tokenizer import get_tokenizer
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -22,9 +22,10 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 @torch.no_grad()
 def greedy_decode(model, mel: Optional[torch.Tensor], language: Optional[str] = "en", task: str = "transcribe",
-                  sample_len: Optional[int] = None, features: Optional[torch.Tensor] = None) -> List[str]:
+                  sample_len: Optional[int] = None, features: Optional[torch.Tensor] = None,
+                  stop_loops_at: Optional[float] = None) -> List[str]:
     """Texts of greedy, timestamp-free decoding of log-mel windows (batch, 3000, n_mels), or of
-    their encoder states `features` when those are at hand."""
+    their encoder states `features` when those are at hand. `stop_loops_at`: as DecodingOptions'."""
     model.eval()
     tok = get_tokenizer(model.is_multilingual, model.num_languages, language=language, task=task,
                         model_dir=model.folder)
@@ -47,6 +48,8 @@ def greedy_decode(model, mel: Optional[torch.Tensor], language: Optional[str] = 
         nxt[rows] = logits.argmax(-1)
         tokens = np.concatenate([tokens, nxt[:, None]], axis=1)
         going = nxt[rows] != tok.eot
+        if stop_loops_at is not None and going.any():
+            going[going] = ~looping_rows(tok, tokens[rows[going], len(initial):], stop_loops_at)
         if not going.any():
             break
         if not going.all():  # finished rows leave the batch: their keys and values are read no more

@@ -306,11 +306,13 @@ class TorchBackend:
         return TorchDecodingModel(self.model)
 
     def decode(self, examples, indices: List[int], states, language: str, task: str,
-               sample_len: Optional[int] = None) -> List[str]:
+               sample_len: Optional[int] = None, stop_loops_at: Optional[float] = None) -> List[str]:
         if states is not None:  # the states alone: decoding computes its keys and values with the adapters
             features = torch.stack([s[0] if isinstance(s, tuple) else self._tensor(s) for s in states])
-            return greedy_decode(self.model, None, language, task, sample_len, features=features)
-        return greedy_decode(self.model, self._tensor(examples.mels(indices)), language, task, sample_len)
+            return greedy_decode(self.model, None, language, task, sample_len, features=features,
+                                 stop_loops_at=stop_loops_at)
+        return greedy_decode(self.model, self._tensor(examples.mels(indices)), language, task, sample_len,
+                             stop_loops_at=stop_loops_at)
 
 
 def _cpu_has_bf16_products() -> bool:

@@ -37,6 +37,9 @@ class DecodingOptions:
     without_timestamps: bool = False
     max_initial_timestamp: Optional[float] = 1.0
     seed: int = 0  # for sampling
+    # greedy/sampling: a row whose text so far compresses past this ratio is a repetition loop and stops
+    # there (its text is the loop so far), instead of keeping the whole batch going to sample_len
+    stop_loops_at: Optional[float] = None
 
 
 @dataclass
@@ -55,6 +58,15 @@ def compression_ratio(text: str) -> float:
     """How much gzip shrinks the text: high for repetitive (looping) output."""
     data = text.encode("utf-8")
     return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def looping_rows(tokenizer: Tokenizer, rows: np.ndarray, ratio: float) -> np.ndarray:
+    """Which token rows (sampled text only, end token excluded) already read as a repetition loop:
+    text that gzip shrinks more than `ratio` (Whisper's 2.4 test). A loop only grows more repetitive,
+    so a row found here would fail the same test at its end; decoding it further is wasted."""
+    eot = tokenizer.eot
+    return np.array([compression_ratio(tokenizer.decode([t for t in row if t != eot]).strip()) > ratio
+                     for row in rows.tolist()], dtype=bool)
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -245,6 +257,10 @@ def _sample_or_greedy(run: _Run, n_audio: int, n_group: int, temperature: float,
         nxt = np.where(finished, eot, nxt)
         tokens = np.concatenate([tokens, nxt[:, None]], axis=1)
         finished |= nxt == eot
+        if run.options.stop_loops_at is not None and not finished.all():
+            going = np.flatnonzero(~finished)
+            finished[going[looping_rows(run.tokenizer, tokens[going, run.sample_begin:],
+                                        run.options.stop_loops_at)]] = True
         if finished.all() or tokens.shape[1] > run.model.dims.n_text_ctx - 1:
             break
         last = np.array(run.step(nxt[:, None])[:, -1].astype(mx.float32))

@@ -97,6 +97,7 @@ class TrainingBackend(Protocol):
         model's passes before training decode faster without adapters, zero as they are then)."""
 
     def decode(self, examples, indices: List[int], states: Optional[list], language: str, task: str,
-               sample_len: Optional[int] = None) -> List[str]:
+               sample_len: Optional[int] = None, stop_loops_at: Optional[float] = None) -> List[str]:
         """Greedy transcripts without timestamps, language and task forced, at most `sample_len` tokens
-        each (default: half the text context)."""
+        each (default: half the text context); a row stops once its text compresses past
+        `stop_loops_at` (inference.decoding.looping_rows)."""

@@ -31,11 +31,14 @@ def sample_len(examples: ExampleSet, indices: List[int], tokens_per_second: Opti
 
 def transcribe_examples(backend, examples: ExampleSet, task: str = "transcribe", batch_size: int = 8,
                         progress: bool = True, num_batches: int = -1, states: Optional[CachedStates] = None,
-                        tokens_per_second: Optional[float] = None, base_model: bool = False) -> tuple:
+                        tokens_per_second: Optional[float] = None, base_model: bool = False,
+                        stop_loops_at: Optional[float] = None) -> tuple:
     """(indices, transcripts) of greedy decoding, language and task forced, in dataset order. In a
     data-parallel run each process decodes its share and every process gets all transcripts.
     `tokens_per_second`: each batch stops after that many tokens per second of its longest
     utterance (a reading that runs longer is a repetition loop; without it a loop runs to 224 tokens).
+    `stop_loops_at`: a row stops as soon as its text compresses past this ratio (a loop, judged so at
+    its end too), so one looping row no longer keeps its batch decoding to the limit.
     `base_model`: decode with the adapters switched off (the base model's passes before training,
     where they are still zero: the same transcripts without the adapters' products at every token);
     encoder states from `states` are computed with them in place, as training will use them."""
@@ -62,7 +65,7 @@ def transcribe_examples(backend, examples: ExampleSet, task: str = "transcribe",
             cached = states(chunk) if states is not None else None
             with backend.adapters_off() if base_model else contextlib.nullcontext():
                 decoded = backend.decode(examples, chunk, cached, language or "en", task,
-                                         sample_len(examples, chunk, tokens_per_second))
+                                         sample_len(examples, chunk, tokens_per_second), stop_loops_at)
             for i, text in zip(chunk, decoded):
                 texts[i] = text
             if bar is not None:

@@ -72,7 +72,8 @@ def self_replay_utterances(backend, utterances: list, config: RunConfig, log: Ca
         f"(--replay-data self)")
     indices, texts = transcribe_examples(backend, examples, config.task, int(config.batch_size), config.progress,
                                          states=kept_states(backend, examples, config, warm),
-                                         tokens_per_second=LOOP_TOKENS_PER_SECOND, base_model=True)
+                                         tokens_per_second=LOOP_TOKENS_PER_SECOND, base_model=True,
+                                         stop_loops_at=LOOP_RATIO)
     # the base model reading speech it does not know falls into loops ("I'm a baby. I'm a baby. ..."):
     # 21 of 130 Yoruba utterances; replaying those would teach loops, so they are left out
     kept = [replace(examples.utterances[i], text=text) for i, text in zip(indices, texts)
@@ -136,7 +137,8 @@ def noise_replay_utterances(backend, utterances: list, config: RunConfig, log: C
         f"{', '.join(languages) or 'the detected language'}, to keep its doubt where nobody speaks")
     indices, texts = transcribe_examples(backend, examples, config.task, int(config.batch_size), config.progress,
                                          states=kept_states(backend, examples, config, warm),
-                                         tokens_per_second=LOOP_TOKENS_PER_SECOND, base_model=True)
+                                         tokens_per_second=LOOP_TOKENS_PER_SECOND, base_model=True,
+                                         stop_loops_at=LOOP_RATIO)
     read = [replace(examples.utterances[i], text=text if compression_ratio(text) <= LOOP_RATIO else "")
             for i, text in zip(indices, texts)]
     return [read[i % len(read)] for i in range(count)] if read else []
