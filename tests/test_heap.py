@@ -37,9 +37,14 @@ def test_a_freed_large_block_is_reused_without_page_faults():
     assert tuned <= untuned // 10, (tuned, untuned)
 
 
-def test_a_users_own_malloc_settings_are_left_alone(monkeypatch):
+@pytest.mark.parametrize("name, value", [("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0"),
+                                         ("MALLOC_MMAP_THRESHOLD_", "131072")])
+def test_a_users_own_malloc_settings_are_left_alone(monkeypatch, name, value):
     from mlx_whisper_lora.backend_torch import heap
 
     monkeypatch.setattr(heap, "_done", False)
-    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0")
-    assert heap.keep_freed_blocks() is False
+    monkeypatch.setenv(name, value)
+    assert heap._user_chose() and heap.keep_freed_blocks() is False
+    monkeypatch.delenv(name)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")  # set by some hosts: not these knobs
+    assert not heap._user_chose()

@@ -4,8 +4,8 @@ PyTorch on the CPU takes each tensor from malloc. glibc serves every block over 
 mmap threshold can be raised to) with a fresh mmap and unmaps it on free, so the next step's
 activation of the same size faults every page in again, zeroed by the kernel: a base-model training
 step here took about 5 million page faults. Switching glibc's mmap off (and trimming the heap top only
-past 1 GB) lets freed blocks be reused as they are: the step timed 13-17% faster, for about 0.4 GB more
-resident memory (docs/benchmarks.md). jemalloc or tcmalloc would do the same, but would have to be
+past 1 GB) lets freed blocks be reused as they are: the step timed 13-17% faster, for 0.4-0.8 GB more
+peak resident memory (docs/benchmarks.md). jemalloc or tcmalloc would do the same, but would have to be
 preloaded before Python starts; glibc's own `mallopt` can be called at any time.
 """
 
@@ -25,7 +25,7 @@ _done = False
 
 def keep_freed_blocks() -> bool:
     """Tune glibc's malloc once (Linux only); False where it does not apply: another C library, or a
-    user who already chose malloc settings through GLIBC_TUNABLES or MALLOC_* variables."""
+    user who already set these knobs through GLIBC_TUNABLES or MALLOC_*_ variables."""
     global _done
     if _done:
         return True
@@ -41,5 +41,10 @@ def keep_freed_blocks() -> bool:
     return _done
 
 
+KNOBS = ("mmap_max", "trim_threshold", "mmap_threshold")
+
+
 def _user_chose() -> bool:
-    return "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "") or any(k.startswith("MALLOC_") for k in os.environ)
+    """The user's own settings of these knobs win (others, such as MALLOC_ARENA_MAX, do not bear on them)."""
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    return any(f"glibc.malloc.{k}" in tunables or f"MALLOC_{k.upper()}_" in os.environ for k in KNOBS)
