@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-import mlx_whisper_lora  # noqa: F401  (loads the optimized BLAS before mlx)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Tests run in parallel workers (pytest -n N): each worker gets its share of the cores, set before
+    # torch, MKL or OpenMP start their thread pools, so N workers do not run N times the threads.
+    _share = str(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, _share)
+
+import mlx_whisper_lora  # noqa: F401,E402  (loads the optimized BLAS before mlx)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("MLX_WHISPER_LORA_SHARED", ROOT.parent / "shared")) / "data"

@@ -75,10 +75,11 @@ def test_mlx_whisper_runs_the_mlx_export(trained):
 
 
 def test_transformers_pipeline_and_generate_run_the_hf_export(trained):
-    """generate() on the same log-mel agrees with this package on >= 95% of clips. The pipeline agrees
-    less: transformers' feature extractor pads the audio to 30 s before the log-mel, while openai-whisper,
+    """generate() on the same log-mel agrees with this package on >= 95% of clips; the pipeline runs the
+    folder as written. The pipeline agrees less (measured: 14 of 20 clips; README; the slow test below):
+    transformers' feature extractor pads the audio to 30 s before the log-mel, while openai-whisper,
     faster-whisper and this package pad the log-mel, so short clips reach the model with other padding
-    frames (measured: 14 of 20 clips agree; README)."""
+    frames."""
     transformers = pytest.importorskip("transformers")
     import torch
 
@@ -98,9 +99,11 @@ def test_transformers_pipeline_and_generate_run_the_hf_export(trained):
         theirs.append(processor.batch_decode(tokens, skip_special_tokens=True)[0])
     share, diff = _agreement(ours, theirs, "transformers generate")
     assert share >= 0.95, diff
+    # The pipeline reads the folder as it is (feature extractor, tokenizer, generation config); how often it
+    # agrees over the 20 clips is the slow test below (test_runtimes_that_pad_the_audio_differ...).
     asr = transformers.pipeline("automatic-speech-recognition", model=str(out))
-    piped = [asr(a.copy(), return_timestamps=True)["text"] for a in audios]
-    assert _agreement(ours, piped, "transformers pipeline")[0] >= 0.6
+    piped = asr(audios[0].copy(), return_timestamps=True)["text"]
+    assert _plain(piped).split()[:3] == _plain(ours[0]).split()[:3], (piped, ours[0])
     generation = json.loads((out / "generation_config.json").read_text())
     assert {"alignment_heads", "no_timestamps_token_id", "suppress_tokens", "begin_suppress_tokens",
             "max_length"} <= set(generation)
