@@ -5,8 +5,13 @@
 #   1. large-v2 (random weights), 8-bit base, bf16, frozen encoder: ours (torch) against transformers+PEFT,
 #      step time and peak GPU memory (issue 17's <= 8 GB goal for the T4 recipe);
 #   2. large-v2 in bf16, encoder+decoder LoRA and frozen encoder: our MLX back end on CUDA against our
-#      torch back end, same inputs.
+#      torch back end, same inputs;
+#   3. transcription (scripts/benchmark_transcribe.py --device cuda): our torch back end against transformers
+#      (and faster-whisper, where its CUDA 12 libraries load), real tiny.en weights and speech, from the folder
+#      scripts/pack_transcribe_benchmark.py writes (carry .device_carry; its wheels are installed here).
+# PARTS="1 2" or "3" runs some (the carried packages of 1-2 and of 3 do not fit in one call together).
 set -u
+PARTS=${PARTS:-1 2 3}
 OUT=${OUT:-/tmp/gpu_benchmarks}
 WORK=${WORK:-/tmp/gpu_benchmarks_work}
 mkdir -p "$OUT" "$WORK"
@@ -14,6 +19,7 @@ cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 uptime | tee -a "$OUT/gpu.txt"
+if [[ " $PARTS " == *" 1 "* || " $PARTS " == *" 2 "* ]]; then
 python3 - <<'EOF' 2>&1 | tee -a "$OUT/gpu.txt"
 import time
 import mlx.core as mx, torch
@@ -37,4 +43,13 @@ for backend in torch mlx; do
     timeout 300 python3 scripts/benchmark_train.py "${common[@]}" "${device[@]}" --backend "$backend" --systems ours \
         --dtype bfloat16 --configs encdec,decoder --json "$OUT/bf16_$backend.json" 2>&1 | tee "$OUT/bf16_$backend.log"
 done
+fi
+
+PACK=.device_carry/transcribe
+if [[ " $PARTS " == *" 3 "* && -d $PACK ]]; then
+    echo "== 3. transcription on the GPU, ours (torch) vs transformers"
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/transcribe_site $PACK/wheels/*.whl
+    PYTHONPATH=/tmp/transcribe_site${PYTHONPATH:+:$PYTHONPATH} timeout 420 python3 scripts/benchmark_transcribe.py \
+        --device cuda --data $PACK/data --model $PACK/hf --hf-model $PACK/hf --long-seconds 300 2>&1 | tee "$OUT/transcribe.log"
+fi
 uptime | tee -a "$OUT/gpu.txt"
