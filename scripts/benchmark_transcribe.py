@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's package, where it is not installed (a GPU machine)
 DATA = ROOT.parent / "shared" / "data"
 DEFAULT_CLIPS = [("fleurs_en_de", "en"), ("pocketsphinx_librivox", "en"), ("librispeech_test_clean_4", "en")]
 LONG_SYSTEMS = ["ours-int8-vad", "faster-whisper-int8-batched", "ours-int8", "faster-whisper-int8"]

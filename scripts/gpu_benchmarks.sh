@@ -8,7 +8,7 @@
 #      torch back end, same inputs;
 #   3. transcription (scripts/benchmark_transcribe.py --device cuda): our torch back end against transformers
 #      (and faster-whisper, where its CUDA 12 libraries load), real tiny.en weights and speech, from the folder
-#      scripts/pack_transcribe_benchmark.py writes (carry .device_carry; its wheels are installed here).
+#      scripts/pack_transcribe_benchmark.py writes beforehand (run it here; the device call carries .device_carry).
 # PARTS="1 2" or "3" runs some (the carried packages of 1-2 and of 3 do not fit in one call together).
 set -u
 PARTS=${PARTS:-1 2 3}
@@ -48,8 +48,9 @@ fi
 PACK=.device_carry/transcribe
 if [[ " $PARTS " == *" 3 "* && -d $PACK ]]; then
     echo "== 3. transcription on the GPU, ours (torch) vs transformers"
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/transcribe_site $PACK/wheels/*.whl
-    PYTHONPATH=/tmp/transcribe_site${PYTHONPATH:+:$PYTHONPATH} timeout 420 python3 scripts/benchmark_transcribe.py \
+    python3 -m pip install -q --no-index --no-deps --no-compile --target $PACK/site $PACK/wheels/*.whl
+    python3 scripts/pack_transcribe_benchmark.py --unpack $PACK
+    PYTHONPATH=$PACK/site${PYTHONPATH:+:$PYTHONPATH} timeout 420 python3 scripts/benchmark_transcribe.py \
         --device cuda --data $PACK/data --model $PACK/hf --hf-model $PACK/hf --long-seconds 300 2>&1 | tee "$OUT/transcribe.log"
 fi
 uptime | tee -a "$OUT/gpu.txt"

@@ -4,13 +4,16 @@ no package index and no ../shared/data, in one folder small enough to carry ther
 It holds: the benchmark's English clips and the LibriSpeech rows its long file is made of (`data/`, the
 same layout as ../shared/data); the model as a transformers folder (`hf/`: this package's torch back end
 and transformers both read it) whose weight matrices travel as int8 with a float16 scale per row
-(`weights_int8.npz`, half of float16's size: tiny.en's float16 file alone is 75 MB), written back as
+(`weights_int8.npz`, compressed: 27 MB where tiny.en's float16 file alone is 75 MB), written back as
 float16 there by `--unpack`, so every system there runs the same, slightly rounded, weights; and the
-packages the inference path needs beyond that machine's (`site/`, unpacked CPython 3.12 x86-64 wheels,
-silero-vad with only the model file it loads).
+packages the inference path needs beyond that machine's, for CPython 3.12 x86-64: MLX's CPU wheels as
+wheels (`wheels/`, installed into `site/` there: the inference core computes log-mels and decodes with
+MLX arrays; unpacked they would not fit), the rest unpacked (`site/`, silero-vad with only the model file
+it loads).
 
 Usage, here:   python scripts/pack_transcribe_benchmark.py [--out .device_carry/transcribe] [--long-seconds 300]
 then there (the folder carried; scripts/gpu_benchmarks.sh part 3 does this):
+    python3 -m pip install -q --no-index --no-deps --target .device_carry/transcribe/site .device_carry/transcribe/wheels/*.whl
     python3 scripts/pack_transcribe_benchmark.py --unpack .device_carry/transcribe
     PYTHONPATH=.device_carry/transcribe/site python3 scripts/benchmark_transcribe.py --device cuda \\
         --data .device_carry/transcribe/data --model .device_carry/transcribe/hf \\
@@ -36,7 +39,7 @@ from benchmark_transcribe import DATA, DEFAULT_CLIPS  # noqa: E402
 # What the inference path imports that the CUDA image lacks (KINDS.md's package list), with what they need.
 WHEELS = ["soundfile==0.13.1", "cffi", "pycparser", "soxr", "whisper-normalizer", "indic-numtowords", "text2num",
           "more-itertools", "silero-vad"]
-PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
+PLATFORMS = ["manylinux_2_35_x86_64", "manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64", "any"]
 
 
@@ -63,18 +66,26 @@ def long_file_rows(src: Path, seconds: float):
     return lambda row: row["audio"] in chosen
 
 
-def unpacked_wheels(out: Path) -> None:
-    """The wheels for CPython 3.12 x86-64, unzipped into `out` (what pip would install there), silero-vad's
-    model files but the one vad_chunks loads left out."""
+def download(names, out) -> None:
+    """Wheels for CPython 3.12 x86-64 (the CUDA machine's Python) into `out`."""
     platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version",
+                    "3.12", "--implementation", "cp", *platforms, "-d", str(out), *names], check=True)
+
+
+def packages(out: Path) -> None:
+    """`out`/site: WHEELS unzipped (what pip would install), silero-vad's model files but the one vad_chunks
+    loads left out; `out`/wheels: MLX's, at the version installed here."""
+    from importlib.metadata import version
+
     with tempfile.TemporaryDirectory() as wheels:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version",
-                        "3.12", "--implementation", "cp", *platforms, "-d", wheels, *WHEELS], check=True)
+        download(WHEELS, wheels)
         for wheel in sorted(Path(wheels).glob("*.whl")):
-            zipfile.ZipFile(wheel).extractall(out)
-    for model in (out / "silero_vad" / "data").iterdir():
+            zipfile.ZipFile(wheel).extractall(out / "site")
+    for model in (out / "site" / "silero_vad" / "data").iterdir():
         if model.name != "silero_vad_16k_sequence.onnx":
             model.unlink()
+    download([f"mlx=={version('mlx')}", f"mlx-cpu=={version('mlx')}"], out / "wheels")
 
 
 def pack_weights(hf: Path) -> None:
@@ -93,7 +104,7 @@ def pack_weights(hf: Path) -> None:
             arrays[f"{name}.scale"] = scale
         else:
             arrays[name] = w.astype(np.float16)
-    np.savez(hf.parent / "weights_int8.npz", **arrays)
+    np.savez_compressed(hf.parent / "weights_int8.npz", **arrays)
     (hf / "model.safetensors").unlink()
 
 
@@ -142,8 +153,8 @@ def main(argv=None):
     convert(args.model, str(out / "hf"), dtype="float16", export_format="hf")
     pack_weights(out / "hf")
     if not args.no_wheels:
-        unpacked_wheels(out / "site")
-    parts = ", ".join(f"{name} {size_mb(out / name):.1f}" for name in ("data", "hf", "site") if (out / name).exists())
+        packages(out)
+    parts = ", ".join(f"{name} {size_mb(out / name):.1f}" for name in ("data", "hf", "site", "wheels") if (out / name).exists())
     print(f"wrote {out}: {size_mb(out):.1f} MiB ({parts}, weights_int8.npz "
           f"{(out / 'weights_int8.npz').stat().st_size / 2**20:.1f})")
 
