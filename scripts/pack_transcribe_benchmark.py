@@ -37,10 +37,10 @@ import numpy as np  # noqa: E402
 from benchmark_transcribe import DATA, DEFAULT_CLIPS  # noqa: E402
 
 # What the inference path imports that the CUDA image lacks (KINDS.md's package list), with what they need.
-WHEELS = ["soundfile==0.13.1", "cffi", "pycparser", "soxr", "whisper-normalizer", "indic-numtowords", "text2num",
+WHEELS = ["soundfile", "cffi", "pycparser", "soxr", "whisper-normalizer", "indic-numtowords", "text2num",
           "more-itertools", "silero-vad"]
-PLATFORMS = ["manylinux_2_35_x86_64", "manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
-             "manylinux1_x86_64", "any"]
+PLATFORMS = ["manylinux_2_35_x86_64", "manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
+             "manylinux2014_x86_64", "manylinux1_x86_64", "any"]
 
 
 def copy_rows(src: Path, dst: Path, keep) -> float:
