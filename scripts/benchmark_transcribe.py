@@ -145,6 +145,18 @@ print(json.dumps({"texts": texts, "seconds": time.perf_counter() - start}))
 '''
 
 
+def long_file_rows(folder: Path, seconds: float) -> list:
+    """The manifest rows long_file joins for a file of `seconds` (also what pack_transcribe_benchmark carries)."""
+    rows = sorted((json.loads(line) for line in open(folder / "manifest.jsonl", encoding="utf-8")), key=lambda r: r["audio"])
+    chosen, total = [], 0.0
+    for row in rows:
+        if total >= seconds:
+            break
+        chosen.append(row)
+        total += row["duration"] + 0.5
+    return chosen
+
+
 def long_file(seconds: float, data: Path = DATA) -> dict:
     """One long recording for the batched long-form systems: consecutive LibriSpeech utterances of
     ../shared/data/librispeech_2spk (one chapter after another, as read), 0.5 s of silence between them,
@@ -157,17 +169,14 @@ def long_file(seconds: float, data: Path = DATA) -> dict:
     from mlx_whisper_lora.data.audio import load_audio
 
     folder = data / "librispeech_2spk"
-    rows = sorted((json.loads(line) for line in open(folder / "manifest.jsonl", encoding="utf-8")), key=lambda r: r["audio"])
-    parts, texts, total = [], [], 0.0
-    for row in rows:
-        if total >= seconds:
-            break
-        parts += [np.array(load_audio(folder / row["audio"])), np.zeros(8000, dtype=np.float32)]
-        texts.append(row["text"])
-        total += row["duration"] + 0.5
+    rows = long_file_rows(folder, seconds)
     path = Path(tempfile.gettempdir()) / f"benchmark_long_{int(seconds)}s.wav"
     if not path.exists():
-        sf.write(path, np.concatenate(parts), 16000)
+        silence = np.zeros(8000, dtype=np.float32)
+        sf.write(path, np.concatenate([part for row in rows for part in (np.array(load_audio(folder / row["audio"])),
+                                                                         silence)]), 16000)
+    texts = [row["text"] for row in rows]
+    total = sum(row["duration"] + 0.5 for row in rows)
     return {"path": str(path), "text": " ".join(texts), "duration": total}
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 import numpy as np  # noqa: E402
-from benchmark_transcribe import DATA, DEFAULT_CLIPS  # noqa: E402
+from benchmark_transcribe import DATA, DEFAULT_CLIPS, long_file_rows  # noqa: E402
 
 # What the inference path imports that the CUDA image lacks (KINDS.md's package list), with what they need.
 WHEELS = ["soundfile", "cffi", "pycparser", "soxr", "whisper-normalizer", "indic-numtowords", "text2num",
@@ -52,18 +52,6 @@ def copy_rows(src: Path, dst: Path, keep) -> float:
         shutil.copy2(src / row["audio"], dst / row["audio"])
     (dst / "manifest.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
     return sum(r["duration"] for r in kept)
-
-
-def long_file_rows(src: Path, seconds: float):
-    """The rows benchmark_transcribe.long_file takes, in its order, for a file of `seconds`."""
-    rows = sorted((json.loads(line) for line in open(src / "manifest.jsonl", encoding="utf-8")), key=lambda r: r["audio"])
-    chosen, total = set(), 0.0
-    for row in rows:
-        if total >= seconds:
-            break
-        chosen.add(row["audio"])
-        total += row["duration"] + 0.5
-    return lambda row: row["audio"] in chosen
 
 
 def download(names, out) -> None:
@@ -146,7 +134,8 @@ def main(argv=None):
         seconds = copy_rows(DATA / name, out / "data" / name, lambda r, language=language: r.get("language", "en") == language)
         print(f"{name}: {seconds:.1f} s")
     src = DATA / "librispeech_2spk"
-    seconds = copy_rows(src, out / "data" / "librispeech_2spk", long_file_rows(src, args.long_seconds))
+    chosen = {row["audio"] for row in long_file_rows(src, args.long_seconds)}
+    seconds = copy_rows(src, out / "data" / "librispeech_2spk", lambda row: row["audio"] in chosen)
     print(f"librispeech_2spk (the long file's rows): {seconds:.1f} s")
     from mlx_whisper_lora.convert import convert
 
