@@ -17,8 +17,20 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 import mlx_whisper_lora  # noqa: F401,E402  (loads the optimized BLAS before mlx)
 
+# The threads a runtime that takes a thread count (whisper.cpp, CTranslate2) gets: this worker's share of the
+# cores, so two workers do not each run two threads on two cores.
+THREADS = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("MLX_WHISPER_LORA_SHARED", ROOT.parent / "shared")) / "data"
+
+
+def pytest_report_header(config):
+    """Say which CPU the numerical libraries were told to act as (MLX_WHISPER_LORA_CPU_ISA: avx2, default)."""
+    from mlx_whisper_lora import cpu_isa
+
+    level = cpu_isa.level()
+    return f"CPU instruction sets: {'capped at ' + level + ' (' + cpu_isa.ENV_VAR + ')' if level else 'as found'}"
 
 
 def pytest_collection_modifyitems(config, items):
