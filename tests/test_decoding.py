@@ -55,6 +55,9 @@ def test_greedy_tokens_equal_openai_whisper(tiny_en, openai_tiny_en, mels, witho
         ref = _openai_decode(openai_tiny_en, mel, without_timestamps=without_timestamps)
         assert r.tokens == ref.tokens
         assert r.text == ref.text
+        # the same tokens from two float32 models (MLX, openai-whisper's torch): a token's log-probability moves by
+        # at most twice its logits' rounding (log-softmax), and tiny.en's float32 logits stay within ~1e-4 of
+        # float64 (test_torch_backend's test_logits_match_mlx measures it); no_speech_prob, a probability, less
         assert abs(r.avg_logprob - ref.avg_logprob) < 1e-3
         assert abs(r.no_speech_prob - ref.no_speech_prob) < 1e-3
 
@@ -71,6 +74,7 @@ def test_batched_decoding_equals_one_by_one(tiny_en, mels):
     for mel, r in zip(mels, batched):
         single = decode(tiny_en, mel, DecodingOptions())[0]
         assert single.tokens == r.tokens
+        # the same MLX kernels, a batch of rows instead of one: only the products' blocking differs
         assert abs(single.avg_logprob - r.avg_logprob) < 1e-4
 
 

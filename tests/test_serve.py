@@ -71,6 +71,12 @@ def test_bank_rows_compute_what_each_adapter_loaded_alone_computes(adapters):
         bank.select(rows)
         got = np.array(bank.model(mel, tokens))
         expected = np.stack([alone[rows[i] if len(rows) == 3 else rows[0]][i] for i in range(3)])
+        # the bank's row and the lone model are two float32 orders of the same logits (the adapter's products
+        # for a gathered set of rows, DoRA's row scale applied apart): each within MLX's float32 rounding of the
+        # float64 logits, which test_torch_backend.py::test_logits_match_mlx bounds for tiny.en (~1.2e-4 there,
+        # by MLX_FACTOR x torch's own), so they sit within ~2.5e-4 of each other (measured 2.3e-5, DoRA rows;
+        # 0.0 for LoRA rows). 1e-3 of the largest logit (~3e-2) keeps 100x above that and 100x below what an
+        # adapter in the wrong row does (it moves logits by 2.3, DoRA, to 20, the demo adapter)
         assert np.abs(got - expected).max() <= 1e-3 * np.abs(expected).max(), rows
     assert not np.allclose(alone["demo"], alone[BASE]) and not np.allclose(alone["dora"], alone[BASE])
 
@@ -262,6 +268,9 @@ def test_torch_back_end_bank_matches_its_own_adapter_loading(adapters):
         bank.select(rows)
         got = outputs(bank.model)
         expected = np.stack([alone[rows[i] if len(rows) == 2 else rows[0]][i] for i in range(2)])
+        # two float32 orders of the same torch logits: within twice torch's float32 rounding of the float64
+        # logits (under MLX's ~1.2e-4, test_torch_backend.py::test_logits_match_mlx; measured 4.1e-5 apart, DoRA
+        # rows); 1e-3 of the largest logit (~3e-2) is 100x above that and 100x below a wrong row (2.8 to 20)
         assert np.abs(got - expected).max() <= 1e-3 * np.abs(expected).max(), rows
 
 
@@ -331,8 +340,13 @@ def test_int8_serving_adds_each_adapters_term_to_the_int8_base(adapters, shared_
             int8_error[name] = np.abs(got - np.array(f32.logits(tokens, f32.embed_audio(mel)))).max()
             if name != "dora":  # (a DoRA layer computes its product in float, so no int8 model to build by hand)
                 expected = np.array((m := by_hand(name)).logits(tokens, m.embed_audio(mel)))
+                # the same fbgemm kernels on the same int8 weights, each activation quantized over the same range:
+                # identical (0.0 measured); 1e-3 of the largest logit leaves room for the float32 adapter term
+                # added in another order tipping an activation to the next int8 level (one step, range / 255)
                 assert np.abs(got - expected).max() <= 1e-3 * np.abs(expected).max(), name
-        # DoRA rows are as close to their float32 model as the int8 base is to its own
+        # DoRA rows are as close to their float32 model as the int8 base is to its own: int8 rounding (2.27
+        # measured for the base, by the steps of test_int8_inference.py), not float32 rounding, sets both, so a
+        # factor of 2 is a ratio of like errors, independent of the CPU's float32 kernels
         assert int8_error["dora"] <= 2 * int8_error[BASE], int8_error
         assert np.abs(logits["demo"] - logits[BASE]).max() > 1e-2  # the adapter's term is there
         bank.select([BASE])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -25,17 +27,28 @@ from mlx_whisper_lora.formats.adapter_files import save_adapter_config  # noqa: 
 from mlx_whisper_lora.tuner.encoder_cache import CachedStates  # noqa: E402
 from mlx_whisper_lora.tuner.loop import TrainingArgs, train  # noqa: E402
 
+from numerics import FACTOR, MLX_FACTOR, assert_float32_close, float32_error  # noqa: E402
+
 
 def to_torch(*arrays):
     return [torch.from_numpy(np.array(a)) for a in arrays]
 
 
-def loss_fn(model, mel, inputs, targets, mask):
-    """The masked mean token loss over full logits, the MLX objective's layout. (Training computes
-    logits only at target positions, `loss_and_count`; torch's cross-entropy over that (tokens, vocab)
-    layout rounds differently, by up to ~5e-4 per token in fp32, so the parity check uses this one.)"""
+def loss_fn(model, mel, inputs, targets, mask, taught=None):
+    """The masked mean token loss over full logits, the MLX objective's layout, in the model's dtype (float32,
+    or float64 for the exact reference); `taught` rows (--replay-distill) take the cross-entropy against the base
+    model's distribution (adapters off) instead. The cross-entropy runs over the last (vocabulary) axis: torch's
+    float32 log-softmax over a strided axis (the (batch, vocab, tokens) layout) was off by 4.7e-4 per token
+    against float64, 28x the rounding of its logits, which would make a loose reference for the others'."""
+    mel = mel.to(next(model.parameters()).dtype)
     logits = model(mel, inputs)
-    losses = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets.long(), reduction="none")
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    losses = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.long().flatten(),
+                                               reduction="none").view(targets.shape)
+    if taught is not None:
+        with torch.no_grad(), tlora.adapters_switched_off(model):
+            teacher = torch.softmax(model(mel, inputs).to(logits.dtype), dim=-1)
+        losses = torch.where(taught[:, None], -(teacher * torch.log_softmax(logits, dim=-1)).sum(-1), losses)
     return (losses * mask).sum() / mask.sum().clamp(min=1.0)
 
 TEXTS = ["Whisper can be adapted to your own voice.", "THIS SHORT CLIP WAS SPOKEN BY A SPEECH SYNTHESIZER"]
@@ -59,13 +72,24 @@ def _torch_twin(tiny_en_checkpoint):
     return model.eval()
 
 
+def _exact(model):
+    """The float64 copy of a torch model (adapters included): the reference float32 results are held to."""
+    import copy
+
+    return copy.deepcopy(model).double()
+
+
 def test_logits_match_mlx(tiny_en_checkpoint, mel):
     ours = build_model(tiny_en_checkpoint)
     tokens = [[50257, 50362, 770, 1402, 10651, 373, 13]]
-    expected = np.array(ours(mel, mx.array(tokens)))
+    mlx_logits = np.array(ours(mel, mx.array(tokens)))
+    twin = _torch_twin(tiny_en_checkpoint)
+    t_mel, t_tokens = to_torch(mel, tokens)
     with torch.no_grad():
-        got = _torch_twin(tiny_en_checkpoint)(*to_torch(mel, tokens)).numpy()
-    assert np.abs(got - expected).max() <= 1e-3
+        torch_logits = twin(t_mel, t_tokens)
+        exact = _exact(twin)(t_mel.double(), t_tokens)
+    # MLX's float32 logits within MLX_FACTOR of torch's own float32 rounding against float64 (numerics.py)
+    assert_float32_close(mlx_logits, exact, torch_logits, "MLX logits", MLX_FACTOR)
 
 
 def _adapted_pair(checkpoint, config):
@@ -94,18 +118,22 @@ def test_one_training_step_same_loss_and_lora_gradients(tiny_en_checkpoint, batc
         return total / count
 
     loss, grads = nn.value_and_grad(mlx_model, mlx_loss)(mlx_model)
+    # the float64 step (the same weights, written-out objective): MLX's and the training loss's float32 results
+    # are held to it within a multiple of torch's own float32 rounding of the same step (numerics.py)
+    exact_model = _exact(torch_model).train()
+    exact_loss = loss_fn(exact_model, *to_torch(mel, inputs, targets, mask))
+    exact_loss.backward()
+    exact = {n: p.grad for n, p in tlora.trainable_weights(exact_model).items()}
     torch_model.train()
     t_loss = loss_fn(torch_model, *to_torch(mel, inputs, targets, mask))
     t_loss.backward()
-    assert abs(t_loss.item() - loss.item()) <= 1e-4 * abs(loss.item())
+    assert_float32_close(loss.item(), exact_loss.item(), t_loss.item(), "MLX loss", MLX_FACTOR)
     with torch.no_grad():  # the training loss: logits at target positions only, the same number
         trained = loss_and_count(torch_model, *to_torch(mel), False, None, *to_torch(inputs, targets, mask), None)[0]
-    assert abs(trained.item() - loss.item()) <= 1e-3 * abs(loss.item())
+    assert_float32_close(trained.item(), exact_loss.item(), t_loss.item(), "training loss")
     flat = dict(nn.utils.tree_flatten(grads))
     for name, p in tlora.trainable_weights(torch_model).items():
-        g = np.array(flat[name])
-        rel = np.abs(p.grad.numpy() - g).max() / (np.abs(g).max() + 1e-12)
-        assert rel <= 1e-3, name
+        assert_float32_close(np.array(flat[name]), exact[name], p.grad, name, MLX_FACTOR)
 
 
 def _mlx_greedy(model, mel):
@@ -194,27 +222,40 @@ def test_cached_cross_attention_keys_values_give_the_same_loss_and_gradients(tin
     mels = torch.from_numpy(np.array(examples.mels([0, 1])))
     loss_c, grads_c = loss_and_grads((audio, True, kv))
     loss_u, grads_u = loss_and_grads((mels, False, None))
-    assert abs(loss_c - loss_u) <= 1e-5 * abs(loss_u)
+    exact_loss, exact = _exact_step(torch_model, mels, toks)
+    # the cached step is another float32 order of the same step: held to the float64 step within a multiple of
+    # the uncached float32 step's own rounding (numerics.py), where a wrong row or a missing term is off by O(1)
+    assert_float32_close(loss_c, exact_loss, loss_u, "cached loss")
     for name, g in grads_u.items():
-        assert torch.allclose(grads_c[name], g, rtol=1e-3, atol=1e-6), name
+        assert_float32_close(grads_c[name], exact[name], g, f"cached {name}")
     small = CachedStates(examples, backend, 1)  # no memory: states on disk, no K/V kept
     small([0, 1])
     audio_d, _, kv_d = backend.model_inputs(examples, [0, 1], small([0, 1]))
     # both rows read demo.flac: one row of states on disk serves both
+    # (the states are stored as computed, so equal; allclose's default rtol 1e-5 is ~80 float32 units)
     assert small.cache.on_disk.tolist() == [True, False] and torch.allclose(audio_d, audio)
-    # the K/V not kept are computed for the step from the states: the same loss and gradients
+    # the K/V not kept are computed for the step from the states: the same loss and gradients (the same
+    # projection of the same states, one row's product instead of the batch's: within allclose's rtol 1e-5)
     assert kv_d is not None and all(torch.allclose(a, b) for layer, layer_d in zip(kv, kv_d)
                                     for side, side_d in zip(layer, layer_d) for a, b in zip(side, side_d))
     loss_d, grads_d = loss_and_grads((audio_d, True, kv_d))
-    assert abs(loss_d - loss_u) <= 1e-5 * abs(loss_u)
+    assert_float32_close(loss_d, exact_loss, loss_u, "K/V from states, loss")
     for name, g in grads_u.items():
-        assert torch.allclose(grads_d[name], g, rtol=1e-3, atol=1e-6), name
+        assert_float32_close(grads_d[name], exact[name], g, f"K/V from states, {name}")
     # the spilled states live in an unnamed file: a run killed before close() leaves nothing behind
     assert small.cache.disk_path is None and small.cache.disk is not None
     import os
 
     assert not os.path.exists(small.cache.disk.filename)
     small.close()
+
+
+def _exact_step(torch_model, mels, toks, taught=None):
+    """The float64 step (loss_and_count's objective written out, `loss_fn`) of a copy: loss and gradients."""
+    model = _exact(torch_model)
+    loss = loss_fn(model, mels, *toks, taught)
+    loss.backward()
+    return loss.item(), {n: p.grad for n, p in tlora.trainable_weights(model).items()}
 
 
 def test_dora_layer_fuses_to_the_same_function_as_in_mlx():
@@ -228,15 +269,16 @@ def test_dora_layer_fuses_to_the_same_function_as_in_mlx():
         layer.m.mul_(1.3)
     x = torch.randn(3, 5, 16)
     with torch.no_grad():
-        assert torch.allclose(layer(x), layer.fuse()(x), atol=1e-5)
+        got = layer(x)
+        exact = _exact(layer)(x.double())  # (the row scale is taken in float32 in either: its rounding is shared)
+        # the fused layer and MLX's are other float32 orders of the same function: held to float64 (numerics.py)
+        assert_float32_close(layer.fuse()(x), exact, got, "fused DoRA")
     mlx_base = nn.Linear(16, 12)
     mlx_base.weight, mlx_base.bias = mx.array(base.weight.detach().numpy()), mx.array(base.bias.detach().numpy())
     mlx_layer = MLXDoRA.from_base(mlx_base, rank=4, alpha=8)
     for name in ("lora_a", "lora_b", "m"):
         setattr(mlx_layer, name, mx.array(getattr(layer, name).detach().numpy()))
-    with torch.no_grad():
-        got = layer(x).numpy()
-    assert np.abs(np.array(mlx_layer(mx.array(x.numpy()))) - got).max() <= 1e-5
+    assert_float32_close(np.array(mlx_layer(mx.array(x.numpy()))), exact, got, "MLX DoRA", MLX_FACTOR)
 
 
 def test_dora_cross_attention_is_not_served_from_cached_base_keys(tiny_en_checkpoint):
@@ -299,8 +341,8 @@ def test_torch_resume_equals_training_straight_through_and_old_pickle_state_is_c
     resumed, summary, _ = _torch_run(tiny_en_checkpoint, tmp_path / "b", 4, tmp_path / "b" / "adapters.safetensors")
     assert summary["start_step"] == 2 and summary["steps"] == 4
     weights = tlora.trainable_weights(straight)
-    for name, p in tlora.trainable_weights(resumed).items():
-        assert torch.allclose(p, weights[name], atol=1e-6), name
+    for name, p in tlora.trainable_weights(resumed).items():  # the same kernels on the same values, in order:
+        assert torch.allclose(p, weights[name], atol=1e-6), name  # identical in practice; 1e-6 is under 1e-3 of a step
 
     # an earlier version wrote optimizer_state.pt (a pickle): it is read with weights_only and converted once
     old = tmp_path / "old"
@@ -392,14 +434,17 @@ def test_attention_keeping_weights_equals_the_flash_kernel_and_is_chosen_for_cpu
     q, k, v = (torch.randn(2, 3, 300, 16, requires_grad=True) for _ in range(3))
     grad = torch.randn(2, 3, 300, 16)
     outputs = []
-    for attend in (attention_keeping_weights, torch.nn.functional.scaled_dot_product_attention):
-        out = attend(q, k, v)
-        out.backward(grad)
-        outputs.append([out.detach()] + [t.grad.clone() for t in (q, k, v)])
-        for t in (q, k, v):
-            t.grad = None
-    for ours, flash in zip(*outputs):  # blocks of 125 rows: 300 is not a multiple, the last block is short
-        assert torch.allclose(ours, flash, atol=1e-5), (ours - flash).abs().max()
+    for attend, dtype in ((attention_keeping_weights, torch.float32),
+                          (torch.nn.functional.scaled_dot_product_attention, torch.float32),
+                          (torch.nn.functional.scaled_dot_product_attention, torch.float64)):
+        leaves = [t.detach().to(dtype).requires_grad_(True) for t in (q, k, v)]
+        out = attend(*leaves)
+        out.backward(grad.to(dtype))
+        outputs.append([out.detach()] + [t.grad for t in leaves])
+    # blocks of 125 rows: 300 is not a multiple, the last block is short. Ours and the flash kernel are two
+    # float32 orders of one function: held to the float64 result within a multiple of the flash kernel's rounding
+    for what, ours, flash, exact in zip(("out", "dq", "dk", "dv"), *outputs):
+        assert_float32_close(ours, exact, flash, f"attention {what}")
 
     dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=2,
                            n_vocab=51864, n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=2)
@@ -428,19 +473,23 @@ def test_frozen_head_loss_equals_cross_entropy_over_the_logits_with_its_gradient
     start[::5] *= 30  # some rows with scores far below their peak (exp would be subnormal there)
     start = start.to(dtype)
     results = []
-    for fused in (False, True):
-        hidden = start.clone().requires_grad_(True)
-        if fused:
+    for how in ("unfused", "fused", "float64"):
+        hidden = (start.double() if how == "float64" else start.clone()).requires_grad_(True)
+        if how == "fused":
             loss = frozen_head_cross_entropy(hidden, weight, targets, smoothing, dtype)
         else:
-            loss = torch.nn.functional.cross_entropy((hidden @ weight.T).float(), targets, reduction="sum",
-                                                     label_smoothing=smoothing)
+            w = weight.double() if how == "float64" else weight
+            logits = hidden @ w.T
+            loss = torch.nn.functional.cross_entropy(logits if how == "float64" else logits.float(), targets,
+                                                     reduction="sum", label_smoothing=smoothing)
         (0.25 * loss).backward()
-        results.append((loss.item(), hidden.grad.float()))
-    (ref_loss, ref_grad), (loss, grad) = results
-    tolerance = 1e-5 if dtype == torch.float32 else 1e-2
-    assert loss == pytest.approx(ref_loss, rel=tolerance)
-    torch.testing.assert_close(grad, ref_grad, rtol=tolerance, atol=tolerance * float(ref_grad.abs().max()))
+        results.append((loss.item(), hidden.grad.double()))
+    (ref_loss, ref_grad), (loss, grad), (exact_loss, exact_grad) = results
+    # the fused loss is another order of the unfused one's products and sums (in bf16, the products' rounding
+    # itself): both held to the float64 loss of the same (bf16-valued) inputs, within a multiple of the
+    # unfused loss's own rounding (numerics.py)
+    assert_float32_close(loss, exact_loss, ref_loss, f"fused loss {dtype}")
+    assert_float32_close(grad, exact_grad, ref_grad, f"fused dL/dh {dtype}")
 
 
 def test_cached_keys_values_kept_in_bf16_give_the_step_autocast_gives(tiny_en_checkpoint):
@@ -510,47 +559,56 @@ def test_caching_keys_values_holds_one_layers_batch_at_a_time(tiny_en_checkpoint
 def test_replay_distill_teaches_the_base_models_distribution_the_same_in_both_back_ends(tiny_en_checkpoint, batch):
     """--replay-distill: a replayed row's loss is the cross-entropy against the base model's next-token
     probabilities (adapters switched off), the other rows keep their tokens; torch and MLX give the
-    reference's loss and gradients, and the adapters are back in place afterwards."""
+    reference's loss and gradients, and the adapters are back in place afterwards. Each back end is held to
+    the float64 reference within float32 rounding, measured by the reference's own float32 run (numerics.py)."""
+    import copy
+
     from mlx_whisper_lora.backend_mlx.engine import base_distribution, loss_fn as mlx_loss_fn
 
     config = AdapterConfig(rank=4, alpha=8)
     mlx_model, torch_model = _adapted_pair(tiny_en_checkpoint, config)
     mel, inputs, targets, mask = batch
     t_mel, t_inputs, t_targets, t_mask = to_torch(mel, inputs, targets, mask)
-    with torch.no_grad():  # the reference teacher: the base model itself, no adapters ever added
-        teacher = torch.softmax(_torch_twin(tiny_en_checkpoint)(t_mel, t_inputs)[1].float(), dim=-1)
-    torch_model.train()
-    logits = torch_model(t_mel, t_inputs).float()
-    hard = torch.nn.functional.cross_entropy(logits[0], t_targets[0].long(), reduction="none") * t_mask[0]
-    soft = -(teacher * torch.log_softmax(logits[1], dim=-1)).sum(-1) * t_mask[1]
-    reference = (hard.sum() + soft.sum()) / t_mask.sum()
-    reference.backward()
-    expected = {n: p.grad.clone() for n, p in tlora.trainable_weights(torch_model).items()}
-    torch_model.zero_grad(set_to_none=True)
+
+    def reference_step(model, base, dtype):
+        """The objective written out: loss, gradients and teacher, all in `dtype`."""
+        with torch.no_grad():  # the reference teacher: the base model itself, no adapters ever added
+            teacher = torch.softmax(base.to(dtype)(t_mel.to(dtype), t_inputs)[1], dim=-1)
+        model.train()
+        logits = model(t_mel.to(dtype), t_inputs)
+        hard = torch.nn.functional.cross_entropy(logits[0], t_targets[0].long(), reduction="none") * t_mask[0]
+        soft = -(teacher * torch.log_softmax(logits[1], dim=-1)).sum(-1) * t_mask[1]
+        loss = (hard.sum() + soft.sum()) / t_mask.sum()
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in tlora.trainable_weights(model).items()}
+        model.zero_grad(set_to_none=True)
+        return loss.item(), grads, teacher
+
+    exact_loss, exact, exact_teacher = reference_step(copy.deepcopy(torch_model).double(),
+                                                      _torch_twin(tiny_en_checkpoint), torch.float64)
+    reference, expected, teacher = reference_step(torch_model, _torch_twin(tiny_en_checkpoint), torch.float32)
 
     taught = torch.tensor([False, True])
     loss, count = loss_and_count(torch_model, t_mel, False, None, t_inputs, t_targets, t_mask, None, 0.0, taught)
     loss.backward()
     assert count.item() == t_mask.sum().item()
-    assert abs(loss.item() - reference.item()) <= 1e-4 * abs(reference.item())
+    assert_float32_close(loss.item(), exact_loss, reference, "torch loss")
     for name, p in tlora.trainable_weights(torch_model).items():  # adapters back in place: they got gradients
-        g = expected[name]
-        assert (p.grad - g).abs().max() <= 1e-3 * g.abs().max(), name
+        assert_float32_close(p.grad, exact[name], expected[name], name)
     assert sum(isinstance(m, tlora.LoRALinear) for m in torch_model.modules()) > 0
 
     rows = mx.array([1])
-    mlx_teacher = base_distribution(mlx_model, mel[rows], inputs[rows], False)
-    assert np.abs(np.array(mlx_teacher[0]) - teacher.numpy()).max() <= 2e-3  # MLX's base model, adapters off
-    # the gradient is (student - teacher) probabilities, nearly equal here, so rounding weighs more than in
-    # the hard-label check (1e-3): MLX's loss gets torch's teacher, and against a float64 reference MLX's
-    # fp32 gradients measured up to 8e-3 of their largest (torch's 4e-4); a wrong row or mask is off by O(1)
+    mlx_teacher = base_distribution(mlx_model, mel[rows], inputs[rows], False)  # MLX's base model, adapters off
+    assert_float32_close(np.array(mlx_teacher[0]), exact_teacher, teacher, "MLX teacher", MLX_FACTOR)
+    # MLX's step with its own teacher, as its training runs: the gradient is (student - teacher) probabilities,
+    # nearly equal here, and a teacher from the same kernels as the student cancels their shared rounding (given
+    # torch's teacher, MLX's gradients were off by 20x torch's own rounding: no cancellation, no fault)
     (m_loss, _), m_grads = nn.value_and_grad(mlx_model, lambda m: mlx_loss_fn(
-        m, mel, inputs, targets, mask, False, 0.0, rows, mx.array(teacher.numpy())[None]))(mlx_model)
-    assert abs(m_loss.item() - reference.item()) <= 1e-3 * abs(reference.item())
+        m, mel, inputs, targets, mask, False, 0.0, rows, mlx_teacher))(mlx_model)
+    assert_float32_close(m_loss.item(), exact_loss, reference, "MLX loss", MLX_FACTOR)
     flat = dict(nn.utils.tree_flatten(m_grads))
-    for name, g in expected.items():
-        rel = np.abs(np.array(flat[name]) - g.numpy()).max() / (g.abs().max().item() + 1e-12)
-        assert rel <= 2e-2, name
+    for name in expected:
+        assert_float32_close(np.array(flat[name]), exact[name], expected[name], name, MLX_FACTOR)
 
     # adapters at zero (as at the start of training): the student is the teacher, nothing to learn
     with torch.no_grad():
@@ -564,7 +622,18 @@ def test_replay_distill_teaches_the_base_models_distribution_the_same_in_both_ba
     torch_model.zero_grad(set_to_none=True)
     loss_and_count(torch_model, t_mel, False, None, t_inputs, t_targets, t_mask, None)[0].backward()
     labelled = max(p.grad.abs().max().item() for p in tlora.trainable_weights(torch_model).values())
-    assert distilled <= 1e-4 * labelled, (distilled, labelled)
+    # in exact arithmetic the distilled gradient is 0: the student's logits are the teacher's. In float32 they
+    # are the same logits computed twice (with and without autograd, through the adapters' zero term), so the
+    # distilled loss's logit gradient, softmax(student) - teacher, is their float32 disagreement: at most twice
+    # the teacher's own float32 error (measured against the float64 teacher above), where the labelled loss's,
+    # softmax - one-hot, is O(1). Both weight gradients are the same linear map of those; FACTOR (numerics.py)
+    # covers the map weighing the two differently. (The fixed 1e-4 before was 40% reached with AVX2 kernels:
+    # the ratio follows the CPU's float32 rounding, and so now does the bound.)
+    rounding = float32_error(teacher, exact_teacher)
+    if os.environ.get("MWL_NUMERICS_REPORT"):
+        print(f"numerics distilled/labelled: {distilled / labelled:.3g}, allowed {FACTOR * rounding:.3g} "
+              f"({distilled / labelled / (FACTOR * rounding):.0%} of it)")
+    assert distilled <= FACTOR * rounding * labelled, (distilled, labelled, rounding)
 
 
 def test_replay_distill_from_cached_encoder_states_and_keys_values_equals_the_full_step(tiny_en_checkpoint):
@@ -598,11 +667,15 @@ def test_replay_distill_from_cached_encoder_states_and_keys_values_equals_the_fu
         loss.backward()
         return loss.item(), {n: p.grad.clone() for n, p in tlora.trainable_weights(torch_model).items()}
 
+    mels = torch.from_numpy(np.array(examples.mels([0, 1, 2])))
     loss_c, grads_c = loss_and_grads((audio, True, kv))
-    loss_u, grads_u = loss_and_grads((torch.from_numpy(np.array(examples.mels([0, 1, 2]))), False, None))
-    assert abs(loss_c - loss_u) <= 1e-5 * abs(loss_u)
+    loss_u, grads_u = loss_and_grads((mels, False, None))
+    exact_loss, exact = _exact_step(torch_model, mels, toks, taught)
+    # the cached step is another float32 order of the same step: held to the float64 step within a multiple of
+    # the uncached float32 step's own rounding (numerics.py)
+    assert_float32_close(loss_c, exact_loss, loss_u, "cached distill loss")
     for name, g in grads_u.items():
-        assert torch.allclose(grads_c[name], g, rtol=1e-3, atol=1e-6), name
+        assert_float32_close(grads_c[name], exact[name], g, f"cached distill {name}")
 
 
 def test_greedy_decoding_of_a_batch_gives_each_rows_own_transcript(tiny_en_checkpoint):
