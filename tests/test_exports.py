@@ -13,6 +13,8 @@ import pytest
 from mlx_whisper_lora.backend_mlx.export_verify import plain as _plain
 from mlx_whisper_lora.data.audio import load_audio
 
+from conftest import THREADS
+
 CLIPS = 20
 
 
@@ -30,10 +32,14 @@ def trained(shared_data, tmp_path_factory):
     from finetune_demo import write_manifests
 
     from mlx_whisper_lora import lora
-    from mlx_whisper_lora.transcribe import load_for_inference, transcribe
+    from mlx_whisper_lora.transcribe import load_for_inference, transcribe_many
 
     work = tmp_path_factory.mktemp("exports")
     write_manifests(shared_data / "librispeech_2spk", work / "data")
+    # a third of the training chapters (48 of 144 utterances): the exports need an adapter that changed the
+    # model, not the best one, and encoding the training audio for the cache was most of this fixture's time
+    train = (work / "data" / "train.jsonl").read_text().splitlines()
+    (work / "data" / "train.jsonl").write_text("".join(line + "\n" for line in train[::3]))
     adapters = work / "adapters"
     lora.main(["--train", "--model", "tiny.en", "--data", str(work / "data"), "--adapter-path", str(adapters),
                "--iters", "30", "--freeze-encoder", "--learning-rate", "1e-3", "--steps-per-eval", "1000",
@@ -44,7 +50,8 @@ def trained(shared_data, tmp_path_factory):
     rows = [json.loads(line) for line in (work / "data" / "test.jsonl").read_text().splitlines()][:CLIPS]
     audios = [np.array(load_audio(r["audio"])) for r in rows]
     model = load_for_inference(None, str(adapters))
-    ours = [transcribe(a, model, temperature=0.0, language="en")["text"] for a in audios]
+    # in batches: the same transcripts as one file at a time (test_transcribe.py::test_transcribe_many_equals_transcribe_file_by_file)
+    ours = [r["text"] for r in transcribe_many(audios, model, temperature=0.0, language="en", progress=False)]
     assert all(t == t.upper() for t in ours)  # the all-caps style is what the exports must carry
     return work, adapters, audios, ours
 
@@ -58,20 +65,19 @@ def _fuse(adapters, out, fmt, *extra):
 
 
 def test_mlx_whisper_runs_the_mlx_export(trained):
-    """The default export (float16) with mlx-whisper's defaults on one clip (float16 is slow on a CPU),
-    and a float32 export on all of them."""
+    """A float32 export on half the clips. mlx-whisper runs the same MLX kernels on the same weights as this
+    package, so a sound export agrees on every clip and a broken one (names, shapes, tokenizer, alignment heads)
+    on few: ten clips with one allowed to differ tell them apart as 20 did (one of 20). The default float16
+    export with mlx-whisper's own defaults: test_fuse.py::test_default_mlx_export_runs_in_mlx_whisper_with_its_
+    defaults_and_keeps_the_text_style (float16 decoding on a CPU takes seconds a clip)."""
     mlx_whisper = pytest.importorskip("mlx_whisper")
     work, adapters, audios, ours = trained
-    out = work / "mlx"
-    _fuse(adapters, out, "mlx")
-    defaults = mlx_whisper.transcribe(audios[0], path_or_hf_repo=str(out))["text"]
-    assert _plain(defaults) == _plain(ours[0]), defaults
     out32 = work / "mlx32"
     _fuse(adapters, out32, "mlx", "--dtype", "float32")
     theirs = [mlx_whisper.transcribe(a, path_or_hf_repo=str(out32), language="en", temperature=0.0, fp16=False)["text"]
-              for a in audios]
-    share, diff = _agreement(ours, theirs, "mlx-whisper")
-    assert share >= 0.95, diff
+              for a in audios[:10]]
+    share, diff = _agreement(ours[:10], theirs, "mlx-whisper")
+    assert share >= 0.9, diff
 
 
 def test_transformers_pipeline_and_generate_run_the_hf_export(trained):
@@ -91,12 +97,11 @@ def test_transformers_pipeline_and_generate_run_the_hf_export(trained):
     assert "upper" in log and "upper" in card  # the style the export cannot carry is said, once, and written down
     model = transformers.WhisperForConditionalGeneration.from_pretrained(str(out)).eval()
     processor = transformers.WhisperProcessor.from_pretrained(str(out))
-    theirs = []
-    for audio in audios:
-        mel = np.array(pad_or_trim(log_mel_spectrogram(audio), 3000, axis=0)).T[None].copy()
-        with torch.no_grad():
-            tokens = model.generate(torch.from_numpy(mel), return_timestamps=True)  # English-only: no language
-        theirs.append(processor.batch_decode(tokens, skip_special_tokens=True)[0])
+    # one batch: every clip's log-mel is 3000 frames, so batching pads nothing (each row decodes as alone)
+    mels = np.stack([np.array(pad_or_trim(log_mel_spectrogram(audio), 3000, axis=0)).T for audio in audios])
+    with torch.no_grad():
+        tokens = model.generate(torch.from_numpy(mels), return_timestamps=True)  # English-only: no language
+    theirs = processor.batch_decode(tokens, skip_special_tokens=True)
     share, diff = _agreement(ours, theirs, "transformers generate")
     assert share >= 0.95, diff
     # The pipeline reads the folder as it is (feature extractor, tokenizer, generation config); how often it
@@ -121,14 +126,13 @@ def test_peft_loads_the_adapter_on_the_base_folder_it_writes(trained):
     base = transformers.WhisperForConditionalGeneration.from_pretrained(config["base_model_name_or_path"])
     model = peft.PeftModel.from_pretrained(base, str(out)).eval()
     processor = transformers.WhisperProcessor.from_pretrained(config["base_model_name_or_path"])
-    theirs = []
     from mlx_whisper_lora.data.audio import log_mel_spectrogram, pad_or_trim
 
-    for audio in audios[:8]:  # the same log-mel as this package (see the transformers test for why)
-        mel = np.array(pad_or_trim(log_mel_spectrogram(audio), 3000, axis=0)).T[None].copy()
-        with torch.no_grad():
-            tokens = model.generate(input_features=torch.from_numpy(mel), return_timestamps=True)
-        theirs.append(processor.batch_decode(tokens, skip_special_tokens=True)[0])
+    # the same log-mel as this package (see the transformers test for why), the 8 clips in one batch
+    mels = np.stack([np.array(pad_or_trim(log_mel_spectrogram(audio), 3000, axis=0)).T for audio in audios[:8]])
+    with torch.no_grad():
+        tokens = model.generate(input_features=torch.from_numpy(mels), return_timestamps=True)
+    theirs = processor.batch_decode(tokens, skip_special_tokens=True)
     share, diff = _agreement(ours[:8], theirs, "peft")
     assert share >= 7 / 8, diff
 
@@ -140,7 +144,7 @@ def test_faster_whisper_runs_the_ct2_export(trained):
     _fuse(adapters, out, "ct2")
     config = json.loads((out / "config.json").read_text())
     assert config["alignment_heads"] and config["suppress_ids"]
-    model = faster_whisper.WhisperModel(str(out), device="cpu", compute_type="float32")
+    model = faster_whisper.WhisperModel(str(out), device="cpu", compute_type="float32", cpu_threads=THREADS)
     theirs = ["".join(s.text for s in model.transcribe(a, beam_size=1, language="en", temperature=0.0,
                                                         condition_on_previous_text=True)[0]) for a in audios]
     share, diff = _agreement(ours, theirs, "faster-whisper")
@@ -160,7 +164,7 @@ def test_whisper_cpp_runs_the_ggml_export(trained):
     work, adapters, audios, ours = trained
     out = work / "ggml"
     _fuse(adapters, out, "ggml")
-    model = Model(str(out / "ggml-model.bin"), n_threads=2, print_progress=False, print_realtime=False)
+    model = Model(str(out / "ggml-model.bin"), n_threads=THREADS, print_progress=False, print_realtime=False)
     theirs = [" ".join(s.text.strip() for s in model.transcribe(a, language="en")) for a in audios]
     share, diff = _agreement(ours, theirs, "whisper.cpp")
     assert share >= 0.8, diff
@@ -178,11 +182,11 @@ def test_whisper_cpp_runs_the_q8_0_export(trained):
     out, q8 = work / "ggml", work / "ggml_q8_0"
     if not (out / "ggml-model.bin").exists():
         _fuse(adapters, out, "ggml")
-    model = Model(str(out / "ggml-model.bin"), n_threads=2, print_progress=False, print_realtime=False)
+    model = Model(str(out / "ggml-model.bin"), n_threads=THREADS, print_progress=False, print_realtime=False)
     theirs = [" ".join(s.text.strip() for s in model.transcribe(a, language="en")) for a in audios]
     _fuse(adapters, q8, "ggml", "--quantize", "q8_0")
     assert (q8 / "ggml-model.bin").stat().st_size < 0.6 * (out / "ggml-model.bin").stat().st_size
-    model = Model(str(q8 / "ggml-model.bin"), n_threads=2, print_progress=False, print_realtime=False)
+    model = Model(str(q8 / "ggml-model.bin"), n_threads=THREADS, print_progress=False, print_realtime=False)
     quantized = [" ".join(s.text.strip() for s in model.transcribe(a, language="en")) for a in audios]
     from mlx_whisper_lora.text.metrics import score
 
@@ -223,7 +227,7 @@ def test_runtimes_that_pad_the_audio_differ_from_the_base_model_as_much(trained)
         return [asr(a.copy(), return_timestamps=True)["text"] for a in audios]
 
     def cpp(folder):
-        model = Model(str(folder / "ggml-model.bin"), n_threads=2, print_progress=False, print_realtime=False)
+        model = Model(str(folder / "ggml-model.bin"), n_threads=THREADS, print_progress=False, print_realtime=False)
         return [" ".join(s.text.strip() for s in model.transcribe(a, language="en")) for a in audios]
 
     for runtime, run, base_folder, folder in (("transformers pipeline", piped, work / "base_hf", work / "hf"),

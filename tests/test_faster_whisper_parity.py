@@ -9,7 +9,7 @@ import pytest
 from mlx_whisper_lora.formats.offline_models import OFFLINE_MODELS
 from mlx_whisper_lora.transcribe import transcribe_many
 
-from conftest import read_manifest
+from conftest import THREADS, read_manifest
 
 SETS = ["whisper_mlx_classics", "librispeech_test_clean_4", "pocketsphinx_librivox"]
 
@@ -19,7 +19,7 @@ def test_tiny_en_matches_faster_whisper_on_short_sets(tiny_en, shared_data):
     normalizers = pytest.importorskip("whisper.normalizers", reason="openai-whisper (English normalizer) is not installed")
     normalize = normalizers.EnglishTextNormalizer()
     reference = faster_whisper.WhisperModel(str(OFFLINE_MODELS["tiny.en"].locate().folder), device="cpu",
-                                            compute_type="float32", cpu_threads=2)
+                                            compute_type="float32", cpu_threads=THREADS)
     paths = [shared_data / name / item["audio"] for name in SETS for item in read_manifest(shared_data / name)]
     ours = transcribe_many(paths, tiny_en, progress=False, language="en")
     same = 0
