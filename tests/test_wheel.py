@@ -65,3 +65,5 @@ def test_installed_wheel_trains_and_transcribes_outside_the_checkout(wheel, tmp_
                       "--output-dir", str(tmp_path), "--verbose", "False")
     assert transcribed.returncode == 0, transcribed.stderr[-2000:]
     assert (tmp_path / "demo.txt").read_text().strip()
+    prepared = run("-m", "mlx_whisper_lora.prepare", "--help")
+    assert prepared.returncode == 0 and "--valid-fraction" in prepared.stdout, prepared.stderr[-2000:]

@@ -1,0 +1,191 @@
+"""`prepare`: long recordings with a plain transcript or subtitles into windows of at most 30 s cut at
+pauses, with their segments and the text before them; bad inputs are one line each and the rest still prepare."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mlx_whisper_lora.data.text_alignment import align_words, segments_from
+from mlx_whisper_lora.data.windows import Segment, cut_windows
+from mlx_whisper_lora.errors import UserError
+
+from conftest import read_manifest
+
+
+def test_windows_hold_whole_segments_cut_in_pauses_with_the_text_before():
+    # 20 sentences of 4 s with 1 s pauses: 100 s of speech
+    segments = [Segment(1 + 5 * i, 5 + 5 * i, f"sentence {i}.") for i in range(20)]
+    windows = cut_windows(segments, duration=102.0)
+    assert all(w.duration <= 30.0 for w in windows) and len(windows) == 4
+    assert [t.strip() for w in windows for t in w.text.split(".") if t.strip()] == [f"sentence {i}" for i in range(20)]
+    for w in windows:
+        for start, end, _ in w.segments:  # times inside the window, on Whisper's 20 ms grid
+            assert 0 <= start < end <= w.duration + 1e-9 and round(start / 0.02, 6) % 1 == 0
+        spoken = [(s.start, s.end) for s in segments]
+        for edge in (w.start, w.end):  # every edge in a pause
+            assert not any(a < edge < b for a, b in spoken)
+    assert windows[0].previous_text == "" and windows[1].previous_text.endswith("sentence 5.")
+    assert all(a.end <= b.start for a, b in zip(windows, windows[1:]))  # no audio in two windows
+
+
+def test_an_unaligned_stretch_is_in_no_window_and_breaks_the_prompt_chain():
+    segments = [Segment(1, 5, "one."), Segment(6, 10, "two."), Segment(10, 14, "???", usable=False),
+                Segment(15, 19, "three.")]
+    windows = cut_windows(segments, duration=20.0)
+    assert [w.text for w in windows] == ["one. two.", "three."]
+    assert windows[0].end <= 10 and windows[1].start >= 14 and windows[1].previous_text == ""
+
+
+def test_a_segment_longer_than_a_window_is_cut_at_its_longest_pause():
+    words = [(f"w{i}", 0.5 * i + (2.0 if i >= 40 else 0), 0.5 * i + 0.4 + (2.0 if i >= 40 else 0)) for i in range(80)]
+    windows = cut_windows([Segment(0, words[-1][2], " ".join(w for w, _, _ in words), words=words)], 45.0)
+    assert len(windows) == 2 and windows[0].text.split()[-1] == "w39" and windows[1].text.split()[0] == "w40"
+
+
+def test_reference_words_take_the_recognised_times_and_disagreement_is_dropped():
+    recognised = [("Hello", 0.0, 0.4), ("world.", 0.5, 0.9), ("This", 2.0, 2.2), ("is", 2.3, 2.4), ("fine.", 2.5, 2.9),
+                  ("music", 4.0, 4.5), ("music", 4.6, 5.0), ("music", 5.1, 5.5), ("music", 5.6, 6.0),
+                  ("Last", 7.0, 7.3), ("words.", 7.4, 7.9)]
+    alignment = align_words("HELLO WORLD. This is FINE! Last words.", recognised)
+    assert [w.start for w in alignment.words] == [0.0, 0.5, 2.0, 2.3, 2.5, 7.0, 7.4]
+    assert alignment.dropped and alignment.dropped[0]["reason"] == "speech not in the text"
+    segments = segments_from(alignment, 8.0)
+    usable = [s.text for s in segments if s.usable]
+    assert usable == ["HELLO WORLD.", "This is FINE!", "Last words."]
+    windows = cut_windows(segments, 8.0)
+    assert not any(w.start < 4.5 < w.end for w in windows)  # the music's audio is in no window
+
+
+@pytest.fixture(scope="module")
+def long_recording(shared_data, tmp_path_factory):
+    """Five LibriSpeech utterances of one chapter joined 0.4 s apart (about a minute), with the forced aligner's
+    word times in the recording: (folder, wav path, words)."""
+    import soundfile as sf
+
+    from mlx_whisper_lora.data.audio import load_audio
+
+    data = shared_data / "librispeech_2spk"
+    if not (data / "word_alignments.jsonl").exists():
+        pytest.skip("word_alignments.jsonl is not in ../shared/data/librispeech_2spk")
+    rows = [r for r in read_manifest(data) if r["id"].startswith("4406-16882-")][:5]
+    aligned = {r["id"]: r["words"] for r in map(json.loads, (data / "word_alignments.jsonl").read_text().splitlines())}
+    folder = tmp_path_factory.mktemp("recordings")
+    pieces, words, t = [], [], 0.0
+    for r in rows:
+        audio = load_audio(data / r["audio"])
+        words += [(w, t + s, t + e) for w, s, e in aligned[r["id"]]]
+        pieces += [audio, np.zeros(6400, np.float32)]
+        t += len(audio) / 16000 + 0.4
+    wav = folder / "chapter.wav"
+    sf.write(str(wav), np.concatenate(pieces), 16000)
+    return folder, wav, words, " ".join(r["text"] for r in rows)
+
+
+def _rows(out):
+    return [json.loads(line) for split in ("train", "valid", "test") if (out / f"{split}.jsonl").exists()
+            for line in (out / f"{split}.jsonl").read_text().splitlines()]
+
+
+def _check_windows(rows, words, total_words):
+    from mlx_whisper_lora.data.text_alignment import key
+
+    kept = " ".join(r["text"] for r in sorted(rows, key=lambda r: r["start"])).split()
+    assert len(kept) >= 0.95 * total_words
+    for r in rows:
+        assert r["end"] - r["start"] <= 30.0 and r["segments"] and r["recording"].endswith("chapter.wav")
+        assert not any(s + 0.15 < edge < e - 0.15 for _, s, e in words for edge in (r["start"], r["end"]))
+        # the window's text is the words said in it: every word inside (but for 50 ms: the aligner's times are
+        # the recogniser's, 20 ms steps, and subtitles are fitted to them), and no word that is not partly inside
+        whole = " ".join(key(w) for w, s, e in words if s >= r["start"] - 0.05 and e <= r["end"] + 0.05)
+        partly = " ".join(key(w) for w, s, e in words if e > r["start"] and s < r["end"])
+        said = " ".join(key(w) for w in r["text"].split())
+        assert whole in said and said in partly, (whole, said)
+    ordered = sorted(rows, key=lambda r: r["start"])
+    assert ordered[0]["previous_text"] == "" and ordered[1]["previous_text"].endswith(ordered[0]["text"])
+
+
+def test_plain_text_recording_prepares_into_windows_lora_reads(long_recording, tmp_path, tiny_en):
+    from mlx_whisper_lora.data.manifests import load_folder_split
+    from mlx_whisper_lora.prepare import main
+
+    folder, wav, words, text = long_recording
+    (folder / "chapter.txt").write_text(text.lower() + "\n")
+    (folder / "chapter.srt").unlink(missing_ok=True)
+    out = tmp_path / "data"
+    main([str(wav), "--output", str(out), "--no-progress"])
+    rows = _rows(out)
+    _check_windows(rows, words, len(text.split()))
+    report = json.loads((out / "prepare_report.json").read_text())
+    assert report["splits"]["train"] == [str(wav)] and report["windows"] == len(rows)
+    assert len(load_folder_split(out, "train")) == len(rows)  # lora --train reads the folder as it is
+
+
+def test_subtitles_with_an_offset_are_shifted_back(long_recording, tmp_path, tiny_en):
+    from mlx_whisper_lora.formats.transcript_writers import format_timestamp
+    from mlx_whisper_lora.prepare import prepare
+
+    folder, wav, words, text = long_recording
+    cues = [words[i:i + 10] for i in range(0, len(words), 10)]
+    (folder / "chapter.srt").write_text("".join(
+        f"{n}\n{format_timestamp(c[0][1] + 2.0, True, ',')} --> {format_timestamp(c[-1][2] + 2.0, True, ',')}\n"
+        f"{' '.join(w for w, _, _ in c)}\n\n" for n, c in enumerate(cues, 1)))
+    (folder / "chapter.txt").unlink(missing_ok=True)
+    out = tmp_path / "data"
+    messages = []
+    report = prepare([str(wav)], out, progress=False, log=messages.append)
+    note = report["recordings"][0]["note"]
+    shift = float(note.split("shifted by ")[1].split(" s")[0])
+    assert abs(shift + 2.0) < 0.3, note
+    _check_windows(_rows(out), words, len(words))
+
+
+def test_bad_transcripts_are_one_line_each_and_the_rest_still_prepare(long_recording, tmp_path, capsys):
+    import shutil
+
+    from mlx_whisper_lora.prepare import main
+
+    folder, wav, _, text = long_recording
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("good", "latin1", "empty", "broken", "missing"):
+        shutil.copy(wav, inputs / f"{name}.wav")
+    (inputs / "good.txt").write_text(text)
+    (inputs / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    (inputs / "empty.txt").write_text("  \n")
+    (inputs / "broken.srt").write_text("1\n00:00:01,000 --> 00:00:03,000\nhello\n\n2\n00:00:04 --> 00:00:05,000\nworld\n")
+    out = tmp_path / "data"
+    assert main([str(inputs), "--output", str(out), "--no-progress", "--test-fraction", "0", "--valid-fraction", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "latin1.txt line 1: not UTF-8" in err and "empty.txt: the transcript is empty" in err
+    assert "broken.srt line 6: malformed cue timing" in err and "missing.wav: no transcript beside it" in err
+    assert "Traceback" not in err
+    report = json.loads((out / "prepare_report.json").read_text())
+    assert [r["name"] for r in report["recordings"]] == ["good"] and len(report["failed"]) == 4
+
+
+def test_command_line_mistakes_are_one_line(tmp_path, capsys):
+    from mlx_whisper_lora.prepare import main
+
+    for argv, message in [([str(tmp_path / "nope.wav"), "-o", str(tmp_path / "d")], "no such file"),
+                          ([str(tmp_path), "-o", str(tmp_path / "d"), "--test-fraction", "0.6", "--valid-fraction", "0.5"],
+                           "leave nothing to train on"),
+                          ([str(tmp_path), "-o", str(tmp_path / "d")], "no audio files found")]:
+        with pytest.raises(SystemExit):
+            main(argv)
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+
+
+def test_recordings_go_to_one_split_each():
+    from mlx_whisper_lora.prepare import split_recordings
+
+    splits = split_recordings([f"r{i}" for i in range(20)], 0.1, 0.1, seed=0)
+    assert sorted(splits.values()).count("test") == 2 and sorted(splits.values()).count("valid") == 2
+    assert split_recordings(["a", "b"], 0.1, 0.1, 0) == {"a": "train", "b": "train"}
+    with pytest.raises(UserError):
+        from mlx_whisper_lora.prepare import find_recordings
+
+        find_recordings(["/nonexistent/x.wav"], print)
