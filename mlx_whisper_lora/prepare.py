@@ -82,6 +82,11 @@ def split_recordings(names: Sequence[str], valid_fraction: float, test_fraction:
     return splits
 
 
+def default_aligner(language: Optional[str]) -> str:
+    """tiny.en for English (fast, and as good at English word times), else the multilingual base."""
+    return "tiny.en" if language == "en" else "base"
+
+
 def prepare(inputs: Sequence[str], output: Path, model_name: Optional[str] = None, language: Optional[str] = None,
             valid_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0, progress: bool = True,
             log: Callable[[str], None] = print) -> dict:
@@ -95,7 +100,10 @@ def prepare(inputs: Sequence[str], output: Path, model_name: Optional[str] = Non
         raise UserError(f"no audio files found in {', '.join(inputs)} ({', '.join(AUDIO_SUFFIXES)})")
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    model = load_for_inference(model_name, None)
+    model = load_for_inference(model_name or default_aligner(language), None)
+    if not model.is_multilingual and language not in (None, "en"):
+        raise UserError(f"--model {model_name}: an English-only model cannot align --language {language}; "
+                        "use a multilingual one (base, small, ...)")
     splits = split_recordings([r.name for r in recordings], valid_fraction, test_fraction, seed)
     rows = {"train": [], "valid": [], "test": []}
     report = {"recordings": [], "failed": [], "seconds_in": 0.0, "seconds_kept": 0.0, "windows": 0,
@@ -142,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders of them, or manifests")
     p.add_argument("--output", "-o", required=True, type=Path, help="the --data folder to write")
     p.add_argument("--model", default=None, help="the Whisper model whose word timestamps align the text "
-                                                 "(default: the package's default, tiny.en)")
+                                                 "(default: tiny.en with --language en, else base)")
     p.add_argument("--language", default=None, help="the recordings' language (default: detected)")
     p.add_argument("--valid-fraction", type=float, default=0.1, help="share of the recordings for valid (default 0.1)")
     p.add_argument("--test-fraction", type=float, default=0.1, help="share of the recordings for test (default 0.1)")

@@ -115,7 +115,7 @@ def test_plain_text_recording_prepares_into_windows_lora_reads(long_recording, t
     (folder / "chapter.txt").write_text(text.lower() + "\n")
     (folder / "chapter.srt").unlink(missing_ok=True)
     out = tmp_path / "data"
-    main([str(wav), "--output", str(out), "--no-progress"])
+    main([str(wav), "--output", str(out), "--no-progress", "--language", "en"])
     rows = _rows(out)
     _check_windows(rows, words, len(text.split()))
     report = json.loads((out / "prepare_report.json").read_text())
@@ -135,7 +135,7 @@ def test_subtitles_with_an_offset_are_shifted_back(long_recording, tmp_path, tin
     (folder / "chapter.txt").unlink(missing_ok=True)
     out = tmp_path / "data"
     messages = []
-    report = prepare([str(wav)], out, progress=False, log=messages.append)
+    report = prepare([str(wav)], out, language="en", progress=False, log=messages.append)
     note = report["recordings"][0]["note"]
     shift = float(note.split("shifted by ")[1].split(" s")[0])
     assert abs(shift + 2.0) < 0.3, note
@@ -157,7 +157,8 @@ def test_bad_transcripts_are_one_line_each_and_the_rest_still_prepare(long_recor
     (inputs / "empty.txt").write_text("  \n")
     (inputs / "broken.srt").write_text("1\n00:00:01,000 --> 00:00:03,000\nhello\n\n2\n00:00:04 --> 00:00:05,000\nworld\n")
     out = tmp_path / "data"
-    assert main([str(inputs), "--output", str(out), "--no-progress", "--test-fraction", "0", "--valid-fraction", "0"]) == 0
+    assert main([str(inputs), "--output", str(out), "--no-progress", "--test-fraction", "0", "--valid-fraction", "0",
+                 "--language", "en"]) == 0
     err = capsys.readouterr().err
     assert "latin1.txt line 1: not UTF-8" in err and "empty.txt: the transcript is empty" in err
     assert "broken.srt line 6: malformed cue timing" in err and "missing.wav: no transcript beside it" in err
@@ -166,13 +167,20 @@ def test_bad_transcripts_are_one_line_each_and_the_rest_still_prepare(long_recor
     assert [r["name"] for r in report["recordings"]] == ["good"] and len(report["failed"]) == 4
 
 
-def test_command_line_mistakes_are_one_line(tmp_path, capsys):
+def test_command_line_mistakes_are_one_line(tmp_path, capsys, tiny_en):
+    import soundfile as sf
+
     from mlx_whisper_lora.prepare import main
+
+    sf.write(str(tmp_path / "x.wav"), np.zeros(16000, np.float32), 16000)
+    (tmp_path / "empty").mkdir()
 
     for argv, message in [([str(tmp_path / "nope.wav"), "-o", str(tmp_path / "d")], "no such file"),
                           ([str(tmp_path), "-o", str(tmp_path / "d"), "--test-fraction", "0.6", "--valid-fraction", "0.5"],
                            "leave nothing to train on"),
-                          ([str(tmp_path), "-o", str(tmp_path / "d")], "no audio files found")]:
+                          ([str(tmp_path / "empty"), "-o", str(tmp_path / "d")], "no audio files found"),
+                          ([str(tmp_path / "x.wav"), "-o", str(tmp_path / "d"), "--model", "tiny.en", "--language", "de"],
+                           "English-only model cannot align")]:
         with pytest.raises(SystemExit):
             main(argv)
         err = capsys.readouterr().err
