@@ -92,7 +92,7 @@ def prepare(inputs: Sequence[str], output: Path, model_name: Optional[str] = Non
             log: Callable[[str], None] = print) -> dict:
     """Prepare every recording INPUT names into `output`; returns the report (also written as prepare_report.json).
     A recording that cannot be prepared is reported in one line and left out; the others are still prepared."""
-    from .data.recording_prep import prepare_recording
+    from .tuner.recording_prep import prepare_recording
     from .load import load_for_inference
 
     recordings = find_recordings(inputs, log)

@@ -176,3 +176,47 @@ def test_a_language_whisper_lacks_is_trained_as_a_related_one_and_said_once(fold
     assert language_code("zu") == "sn" and language_code("Kinyarwanda") == "sw"
     with pytest.raises(ValueError, match="unknown language 'klingon'"):
         language_code("klingon")
+
+
+def test_prepared_rows_time_each_segment_and_keep_the_previous_text_out_of_the_loss(tmp_path):
+    """A window of a long recording (prepare) trains as Whisper's data is laid out: every segment timed
+    inside the window, and, when conditioned, the text before it as a <|startofprev|> prompt the loss skips."""
+    import json
+
+    from mlx_whisper_lora.data.labels import collate, make_label
+    from mlx_whisper_lora.data.manifests import read_manifest
+    from mlx_whisper_lora.text.tokenizer import get_tokenizer
+
+    (tmp_path / "train.jsonl").write_text(json.dumps({
+        "audio": "w.flac", "text": "First one. Second one.", "language": "en", "duration": 7.0,
+        "segments": [[0.4, 2.0, "First one."], [2.6, 6.5, "Second one."]], "previous_text": "Before that."}) + "\n")
+    row = read_manifest(tmp_path / "train.jsonl")[0]
+    assert row.segments == [(0.4, 2.0, "First one."), (2.6, 6.5, "Second one.")] and row.previous_text == "Before that."
+    tok = get_tokenizer(False)
+    label = make_label(tok, row.text, "en", duration=row.duration, timestamps=True, segments=row.segments,
+                       previous_text=row.previous_text)
+    t = tok.timestamp_begin
+    prompt = [tok.sot_prev] + tok.encode(" Before that.")
+    assert label.tokens[:len(prompt)] == prompt and label.tokens[len(prompt)] == tok.sot
+    body = label.tokens[label.prefix_len:]
+    assert body == ([t + 20] + tok.encode(" First one.") + [t + 100] + [t + 130] + tok.encode(" Second one.")
+                    + [t + 325, tok.eot])
+    inputs, targets, mask = collate([label], 0)
+    counted = [int(x) for x, m in zip(targets[0], mask[0]) if m]
+    assert counted == body  # the prompt and the prefix are inputs only, never targets
+    plain = make_label(tok, row.text, "en", duration=row.duration, timestamps=False, segments=row.segments)
+    assert plain.tokens[plain.prefix_len:] == tok.encode(" First one. Second one.") + [tok.eot]
+
+
+def test_prompt_fraction_conditions_that_share_of_the_rows_that_know_their_previous_text():
+    from mlx_whisper_lora.data.examples import ExampleSet
+    from mlx_whisper_lora.data.manifests import Utterance
+    from mlx_whisper_lora.text.tokenizer import get_tokenizer
+
+    tok = get_tokenizer(False)
+    rows = [Utterance(f"{i}.flac", "words here", "en", 3.0, previous_text="said before" if i % 2 else None)
+            for i in range(400)]
+    examples, _ = ExampleSet.build(rows, tok, "transcribe", 80, 448, 0.5, 0, "train", "keep", prompt_fraction=0.5)
+    prompted = [lab.tokens[0] == tok.sot_prev for lab in examples.labels]
+    assert not any(p for p, u in zip(prompted, rows) if not u.previous_text)
+    assert 70 <= sum(prompted) <= 130  # half of the 200 rows that have one

@@ -38,14 +38,23 @@ class ExampleSet:
 
     @classmethod
     def build(cls, utterances: List[Utterance], tokenizer, task: str, n_mels: int, max_tokens: int,
-              timestamp_fraction: float = 0.0, seed: int = 0, name: str = "train", case_style: str = "keep") -> tuple:
+              timestamp_fraction: float = 0.0, seed: int = 0, name: str = "train", case_style: str = "keep",
+              prompt_fraction: float = 0.0) -> tuple:
         """(ExampleSet, number of labels cut at the decoder context). Labels are the transcripts in
-        the training case of `case_style` (the vocabulary's case for one-case data, see case_style.py)."""
+        the training case of `case_style` (the vocabulary's case for one-case data, see case_style.py); a
+        `timestamp_fraction` share is timed (by segment where a row knows its segments), a `prompt_fraction`
+        share of the rows that know their previous text is conditioned on it."""
         rng = np.random.default_rng([int(seed), 7])
         with_times = rng.random(len(utterances)) < timestamp_fraction
-        labels = [make_label(tokenizer, training_text(u.text, case_style, tokenizer, u.language), u.language, task,
-                             u.duration, bool(t), max_tokens)
-                  for u, t in zip(utterances, with_times)]
+        with_prompt = rng.random(len(utterances)) < prompt_fraction
+
+        def styled(text: str, u: Utterance) -> str:
+            return training_text(text, case_style, tokenizer, u.language)
+
+        labels = [make_label(tokenizer, styled(u.text, u), u.language, task, u.duration, bool(t), max_tokens,
+                             [(a, b, styled(x, u)) for a, b, x in u.segments] if u.segments else None,
+                             styled(u.previous_text, u) if p and u.previous_text else None)
+                  for u, t, p in zip(utterances, with_times, with_prompt)]
         return cls(utterances, labels, n_mels, name), sum(lab.truncated for lab in labels)
 
     def replayed(self, indices: Sequence[int]) -> List[bool]:

@@ -4,17 +4,22 @@ Decoder input:  <|startoftranscript|> [<|lang|> <|task|>] <|notimestamps|>  text
 Targets:        the same sequence shifted left by one, ending in <|endoftext|>.
 The loss counts only targets after the prefix (the text and the final <|endoftext|>), never the
 prefix itself or padding. With timestamp targets the prefix has no <|notimestamps|> and the text
-is wrapped in <|0.00|> ... <|end|>, so a fine-tuned model keeps predicting segment times.
+is wrapped in <|0.00|> ... <|end|>, so a fine-tuned model keeps predicting segment times; a row that knows its
+segments (prepared from a long recording) gets each one timed, `<|t0|> text <|t1|><|t1|> text <|t2|>`, as
+Whisper's own data is laid out, so the model keeps ending segments inside the window. With a previous text the
+decoder input starts `<|startofprev|> previous text` before <|startoftranscript|>, outside the loss: the model
+keeps following --initial-prompt and the text it conditions on in long files.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
 TIME_PRECISION = 0.02
+MAX_PROMPT_TOKENS = 223  # Whisper's prompt: at most half the decoder context, less <|startofprev|>
 
 
 @dataclass
@@ -41,19 +46,38 @@ def prefix_tokens(tokenizer, language: Optional[str], task: str, timestamps: boo
     return seq
 
 
+def timestamp_token(tokenizer, seconds: float) -> int:
+    """The timestamp token of a time inside the window (20 ms steps, at most 30.00 s)."""
+    return tokenizer.timestamp_begin + min(max(round(seconds / TIME_PRECISION), 0), 1500)
+
+
 def make_label(tokenizer, text: str, language: Optional[str], task: str = "transcribe",
-               duration: Optional[float] = None, timestamps: bool = False, max_tokens: int = 448) -> Label:
+               duration: Optional[float] = None, timestamps: bool = False, max_tokens: int = 448,
+               segments: Optional[Sequence[Tuple[float, float, str]]] = None,
+               previous_text: Optional[str] = None) -> Label:
     """Tokens for one utterance, capped at the decoder context (`max_tokens`).
 
-    Text gets a leading space as Whisper writes it. An over-long label is cut and loses its
-    <|endoftext|> (reported as truncated) rather than teaching the model to stop mid-sentence."""
+    Text gets a leading space as Whisper writes it. With timestamps, `segments` ((start, end, text) inside the
+    window) are each timed; without them the whole text is one segment. `previous_text` becomes the prompt
+    (its last MAX_PROMPT_TOKENS tokens), counted in `prefix_len` so the loss never sees it. An over-long label
+    is cut and loses its <|endoftext|> (reported as truncated) rather than teaching the model to stop
+    mid-sentence."""
     if not text.strip():  # no speech: the transcript ends at once (timestamp decoding must begin with a time)
         timestamps = False
-    prefix = prefix_tokens(tokenizer, language, task, timestamps and duration is not None)
+    prompt: List[int] = []
+    if previous_text and previous_text.strip():
+        prompt = [tokenizer.sot_prev] + tokenizer.encode(" " + previous_text.strip())[-MAX_PROMPT_TOKENS:]
+    timed_segments = [s for s in (segments or []) if str(s[2]).strip()]
+    timed = timestamps and (duration is not None or bool(timed_segments))
+    prefix = prompt + prefix_tokens(tokenizer, language, task, timed)
     body = tokenizer.encode(" " + text.strip()) if text.strip() else []
-    if timestamps and duration is not None:
-        end = min(round(duration / TIME_PRECISION), 1500)
-        body = [tokenizer.timestamp_begin] + body + [tokenizer.timestamp_begin + end]
+    if timed and timed_segments:
+        body = []
+        for start, end, segment_text in timed_segments:
+            body += [timestamp_token(tokenizer, start)] + tokenizer.encode(" " + str(segment_text).strip()) + \
+                [timestamp_token(tokenizer, end)]
+    elif timed:
+        body = [tokenizer.timestamp_begin] + body + [timestamp_token(tokenizer, duration)]
     tokens = prefix + body + [tokenizer.eot]
     if len(tokens) > max_tokens:
         return Label(tokens[:max_tokens], len(prefix), truncated=True)

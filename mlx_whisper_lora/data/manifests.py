@@ -43,6 +43,8 @@ class Utterance:
     id: str = ""
     sampling_rate: int = SAMPLE_RATE  # for samples given as an array
     no_speech: bool = False  # a clip without speech: its empty transcript is the target, not a data error
+    segments: Optional[list] = None  # [start, end, text] inside the clip (a window of a long recording: prepare)
+    previous_text: Optional[str] = None  # what was said before the clip in its recording (the prompt)
 
     def load(self) -> np.ndarray:
         """Mono float32 samples at 16 kHz."""
@@ -163,8 +165,27 @@ def read_manifest(path: Union[str, Path], audio_column: str = "audio", text_colu
         out.append(Utterance(
             audio=str(audio_path), text=str(row[text_key] or ""), language=(row.get(language_column) or None),
             duration=_duration(row.get("duration"), path, number), id=f"{path.name}:{number}",
+            segments=_segments(row.get("segments"), path, number), previous_text=row.get("previous_text") or None,
         ))
     return out
+
+
+def _segments(value, path: Path, number: int) -> Optional[list]:
+    """A row's `segments`: [[start, end, text], ...] in seconds inside the clip (a JSON string in a csv)."""
+    if value in (None, "", []):
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise DataError(f"{path} line {number}: segments is not JSON ([[start, end, text], ...])") from None
+    try:
+        segments = [(float(a), float(b), str(t)) for a, b, t in value]
+    except (TypeError, ValueError):
+        raise DataError(f"{path} line {number}: segments must be [[start, end, text], ...] (seconds)") from None
+    if any(not 0 <= a <= b for a, b, _ in segments):
+        raise DataError(f"{path} line {number}: a segment ends before it starts, or starts before 0")
+    return segments
 
 
 def find_manifest(folder: Union[str, Path], split: str) -> Optional[Path]:

@@ -77,8 +77,9 @@ def prepare_split(model, utterances, name: str, config: RunConfig, log: Callable
         raise DataError(f"{missing_language[0]} has no language and the model is multilingual; "
                         "add a language field or pass --language")
     fraction = float(config.timestamp_fraction) if timestamps else 0.0
+    prompts = float(config.prompt_fraction) if timestamps else 0.0  # scoring rows: as transcribe reads a clip
     examples, cut = ExampleSet.build(kept, tokenizer_for(model, config.task), config.task, model.dims.n_mels,
-                                     model.dims.n_text_ctx, fraction, int(config.seed), name, style)
+                                     model.dims.n_text_ctx, fraction, int(config.seed), name, style, prompts)
     if cut:
         log(f"{name}: {cut} labels longer than the decoder context ({model.dims.n_text_ctx} tokens) were cut")
     return examples, report
@@ -132,7 +133,7 @@ def streamed_train_batches(model, config: RunConfig, style: str, rank: int = 0, 
         labelled[0] += 1  # each batch its own draw of timestamp targets
         examples, _ = ExampleSet.build(utterances, tokenizer, config.task, model.dims.n_mels, model.dims.n_text_ctx,
                                        float(config.timestamp_fraction), int(config.seed) * 100003 + labelled[0],
-                                       "train", style)
+                                       "train", style, float(config.prompt_fraction))
         return examples
 
     return StreamedBatches(open_epoch, check, label, int(config.batch_size) // processes, config.max_samples,

@@ -86,6 +86,9 @@ class RunConfig:
     max_duration: float = option(30.0, "skip utterances longer than this (seconds, at most 30)", "data")
     timestamp_fraction: float = option(0.5, "share of utterances trained with timestamp targets, to keep segment "
                                             "timestamps", "data")
+    prompt_fraction: float = option(0.0, "share of the rows that know the text said before them (prepared long "
+                                         "recordings) conditioned on it (<|startofprev|>, not in the loss), so "
+                                         "--initial-prompt and conditioning on previous text keep working", "data")
     case_style: str = option("auto", "auto: all-caps (or all-lowercase) training transcripts are learned in the case the "
                                      "model's vocabulary knows and the adapters' transcripts rendered back in theirs; "
                                      "keep: train on the text as written", "data", choices=("auto", "keep", "upper", "lower"))
@@ -200,6 +203,9 @@ class RunConfig:
         if self.streaming and self.replay_fraction != 0 and self.replay_data == "self":
             raise UserError("--replay-data self transcribes the training audio before training, which a stream does "
                             "not allow: pass a folder or manifest of general speech (or builtin) as --replay-data")
+        for flag, value in (("--timestamp-fraction", self.timestamp_fraction), ("--prompt-fraction", self.prompt_fraction)):
+            if not 0.0 <= float(value) <= 1.0:
+                raise UserError(f"{flag} must be in [0, 1], got {value}")
         if not 0.0 <= float(self.no_speech_fraction) < 1.0:
             raise UserError(f"--no-speech-fraction must be in [0, 1), got {self.no_speech_fraction}")
         if self.max_samples is not None and int(self.max_samples) < 1:

@@ -15,8 +15,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import UserError
-from .text_alignment import adopt, align_words, key, segments_from, untimed_stretches
-from .windows import Segment, cut_windows
+from ..data.text_alignment import adopt, align_words, key, segments_from, untimed_stretches
+from ..data.windows import Segment, cut_windows
 
 TIMING_LINE = re.compile(r"-->")
 VALID_TIMING = re.compile(r"^\s*(\d+:)?\d{1,2}:\d{2}[,.]\d{1,3}\s*-->\s*(\d+:)?\d{1,2}:\d{2}[,.]\d{1,3}(\s.*)?$")
@@ -124,8 +124,8 @@ def fit_cue_clock(cues: Sequence[Tuple[float, float, str]], words: Sequence[tupl
 def audio_reader(path: Path):
     """(read(start_sample, stop_sample), n_samples, close): long files through the block-decoded temporary
     file (memory does not grow with the recording), others read whole."""
-    from .audio import load_audio
-    from .long_audio import store_long_audio
+    from ..data.audio import load_audio
+    from ..data.long_audio import store_long_audio
 
     stored = store_long_audio(path)
     if stored is not None:
@@ -138,7 +138,7 @@ def prepare_recording(recording, model, output: Path, language: Optional[str], p
     """Windows of one recording written under `output`/audio/NAME/, with their rows."""
     import soundfile as sf
 
-    from .audio import SAMPLE_RATE
+    from ..data.audio import SAMPLE_RATE
 
     source = recording.transcript
     if recording.text is None and source is None:
