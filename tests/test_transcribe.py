@@ -17,10 +17,19 @@ from mlx_whisper_lora.formats.transcript_writers import format_timestamp, write_
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_long_form_german_with_detected_language(base_model, shared_data):
-    path = shared_data / "fleurs_en_de/audio/fleurs-de-009.flac"  # 43 s: two windows
+GERMAN = "fleurs_en_de/audio/fleurs-de-009.flac"  # 43 s: two windows
+
+
+@pytest.fixture(scope="module")
+def german(base_model, shared_data):
+    """MLX base's long-form transcript of the German file (verbose False: the segments are what is compared)."""
+    return transcribe(shared_data / GERMAN, base_model, progress=False, verbose=False)
+
+
+def test_long_form_german_with_detected_language(german, shared_data):
+    path = shared_data / GERMAN
     duration = sf.info(str(path)).duration
-    result = transcribe(path, base_model, progress=False)
+    result = german
     assert result["language"] == "de"
     segments = result["segments"]
     assert len(segments) >= 3
@@ -31,6 +40,25 @@ def test_long_form_german_with_detected_language(base_model, shared_data):
     assert any(s["start"] >= 30 for s in segments), "the second window was transcribed"
     assert "Schülerinnen" in result["text"]
     assert result["text"].strip() == "".join(s["text"] for s in segments).strip()
+
+
+def test_long_form_two_windows_with_detected_language_match_mlx(german, shared_data):
+    """`transcribe --backend torch`: the long-form transcriber driving the torch model gives what the MLX model
+    gives (language, windows, timestamps, tokens) over two windows; here to share MLX's transcript with the test
+    above (test_torch_transcribe.py has the other torch-against-MLX checks)."""
+    pytest.importorskip("torch", reason="the torch back end needs PyTorch (pip install '.[torch]')")
+    from mlx_whisper_lora.backend_torch.decoding import TorchDecodingModel
+    from mlx_whisper_lora.backend_torch.model import load_model as load_torch_model
+
+    got = transcribe(shared_data / GERMAN, TorchDecodingModel(load_torch_model("base")), progress=False, verbose=False)
+    assert german["language"] == "de" and any(s["start"] >= 30 for s in german["segments"])
+    assert got["language"] == german["language"]
+    assert [s["tokens"] for s in got["segments"]] == [s["tokens"] for s in german["segments"]]
+    assert [(s["start"], s["end"]) for s in got["segments"]] == [(s["start"], s["end"]) for s in german["segments"]]
+    # a log-softmax at most doubles the logits' float32 error, and base's logits differ between the back ends by a
+    # few 1e-4 (test_torch_backend.py::test_logits_match_mlx measures tiny.en's; base's longer sums about 2x)
+    assert [s["avg_logprob"] for s in got["segments"]] == pytest.approx(
+        [s["avg_logprob"] for s in german["segments"]], abs=2e-3)
 
 
 def test_clip_timestamps_restrict_the_range(tiny_en, jfk):
