@@ -36,14 +36,14 @@ def trained(shared_data, tmp_path_factory):
 
     work = tmp_path_factory.mktemp("exports")
     write_manifests(shared_data / "librispeech_2spk", work / "data")
-    # a third of the training chapters (48 of 144 utterances) and no validation split: the exports need an adapter
+    # a quarter of the training chapters (36 of 144 utterances), 15 steps and no validation split: the exports need an adapter
     # that changed the model, not the best one, and encoding the audio for the cache was most of this fixture's time
     train = (work / "data" / "train.jsonl").read_text().splitlines()
-    (work / "data" / "train.jsonl").write_text("".join(line + "\n" for line in train[::3]))
+    (work / "data" / "train.jsonl").write_text("".join(line + "\n" for line in train[::4]))
     (work / "data" / "valid.jsonl").unlink()  # nothing here reads a validation loss
     adapters = work / "adapters"
     lora.main(["--train", "--model", "tiny.en", "--data", str(work / "data"), "--adapter-path", str(adapters),
-               "--iters", "30", "--freeze-encoder", "--learning-rate", "1e-3", "--steps-per-eval", "1000",
+               "--iters", "15", "--freeze-encoder", "--learning-rate", "1e-3", "--steps-per-eval", "1000",
                "--save-every", "0", "--no-progress", "--alignment-heads", "keep",
                # the settings the agreement figures in the README were measured with
                "--rank", "8", "--alpha", "16", "--lora-modules", "query", "value", "--lr-schedule", "constant",
@@ -146,10 +146,13 @@ def test_faster_whisper_runs_the_ct2_export(trained):
     config = json.loads((out / "config.json").read_text())
     assert config["alignment_heads"] and config["suppress_ids"]
     model = faster_whisper.WhisperModel(str(out), device="cpu", compute_type="float32", cpu_threads=THREADS)
+    # half the clips, one allowed to differ: faster-whisper's greedy float32 decoding of the same weights gives this
+    # package's tokens (294 of 294 utterances, docs/benchmarks.md), so a sound export agrees on every clip and a
+    # broken one (names, fused projections, vocabulary) on few, over 10 clips as over 20
     theirs = ["".join(s.text for s in model.transcribe(a, beam_size=1, language="en", temperature=0.0,
-                                                        condition_on_previous_text=True)[0]) for a in audios]
-    share, diff = _agreement(ours, theirs, "faster-whisper")
-    assert share >= 0.95, diff
+                                                        condition_on_previous_text=True)[0]) for a in audios[:10]]
+    share, diff = _agreement(ours[:10], theirs, "faster-whisper")
+    assert share >= 0.9, diff
     int8 = work / "ct2_int8"
     _fuse(adapters, int8, "ct2", "--quantize", "int8")
     assert (int8 / "model.bin").stat().st_size < 0.6 * (out / "model.bin").stat().st_size
