@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import UserError
-from ..data.text_alignment import adopt, align_words, key, segments_from, untimed_stretches
+from ..data.text_alignment import adopt, align_words, segments_from, untimed_stretches
 from ..data.windows import Segment, cut_windows
 
 TIMING_LINE = re.compile(r"-->")
@@ -97,8 +97,8 @@ def fit_cue_clock(cues: Sequence[Tuple[float, float, str]], words: Sequence[tupl
     matched = exact if len(exact) >= 20 else [(c[0], w.start) for c, w in zip(cue_times, alignment.words) if w.timed]
     heard = np.array([h for _, h in matched], dtype=float)
     told = np.array([c for c, _ in matched], dtype=float)
-    if sum(w.timed for w in alignment.words) < max(5, MIN_CHECKED_SHARE * len(reference)):
-        recognised = sum(w.timed for w in alignment.words)
+    recognised = sum(w.timed for w in alignment.words)
+    if recognised < max(5, MIN_CHECKED_SHARE * len(reference)):
         raise UserError(f"{source}: the cue times cannot be checked: the model recognised only {recognised} of "
                         f"{len(reference)} words of the subtitles (wrong file, or another language: try --language)")
     offset = float(np.median(heard - told))
@@ -194,5 +194,3 @@ def prepare_recording(recording, model, output: Path, language: Optional[str], p
                "transcript": str(source) if source else "manifest"}
     return PreparedRecording(rows, summary, dropped)
 
-
-__all__ = ["prepare_recording", "read_cues", "read_text", "fit_cue_clock", "key"]
