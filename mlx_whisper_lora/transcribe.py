@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-speech-threshold", type=float, default=0.6)
     p.add_argument("--condition-on-previous-text", type=_str2bool, default=True)
     p.add_argument("--initial-prompt", default=None)
+    p.add_argument("--hotwords", default=None,
+                   help="words or phrases to expect (names, jargon), put in every window's prompt as faster-whisper's "
+                        "--hotwords are; adapters trained with --prompt-fraction keep following them")
     p.add_argument("--suppress-tokens", default="-1")
     p.add_argument("--clip-timestamps", default="0", help="comma-separated start,end,... seconds to transcribe")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
@@ -176,6 +179,8 @@ def main(argv=None):
         append_punctuations=args.append_punctuations, carry_initial_prompt=args.carry_initial_prompt,
         hallucination_silence_threshold=args.hallucination_silence_threshold,
     )
+    if args.hotwords and args.hotwords.strip():
+        common["hotwords"] = args.hotwords
     if args.compare_base:
         from .serving.side_by_side import compare_with_base
 

@@ -220,3 +220,30 @@ def test_prompt_fraction_conditions_that_share_of_the_rows_that_know_their_previ
     prompted = [lab.tokens[0] == tok.sot_prev for lab in examples.labels]
     assert not any(p for p, u in zip(prompted, rows) if not u.previous_text)
     assert 70 <= sum(prompted) <= 130  # half of the 200 rows that have one
+
+
+def test_without_a_validation_split_whole_speakers_are_held_out_when_there_are_enough():
+    from mlx_whisper_lora.data.manifests import Utterance
+    from mlx_whisper_lora.data.splits import hold_out_groups
+
+    rows = [Utterance(f"{s}-{i}.flac", "words", group=f"speaker:{s}") for s in range(10) for i in range(10)]
+    kept, held, how = hold_out_groups(rows, 0.1, seed=3)
+    assert len(held) == 10 and len({u.group for u in held}) == 1 and how == "1 whole speaker of 10"
+    assert not {u.group for u in held} & {u.group for u in kept}
+    few = rows[:30]  # three speakers: too few to give one away, so rows are drawn from all
+    kept, held, how = hold_out_groups(few, 0.1, seed=3)
+    assert len(held) == 3 and how == "drawn at random" and len(kept) == 27
+
+
+def test_lora_holds_out_a_validation_slice_when_the_data_has_none(tmp_path, folder):
+    from mlx_whisper_lora.tuner.data_prep import read_splits
+    from mlx_whisper_lora.tuner.run_config import RunConfig
+
+    rows = [{"audio": "clips/a.wav", "text": f"word {i}", "speaker": i % 6} for i in range(60)]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    said = []
+    splits = read_splits(RunConfig(train=True, data=str(tmp_path)), ["train", "valid"], said.append)
+    assert len(splits["valid"]) == 10 and len(splits["train"]) == 50
+    assert any("10 of the 60 training rows are held out to validate on (1 whole speaker of 6" in s for s in said)
+    splits = read_splits(RunConfig(train=True, data=str(tmp_path), valid_fraction=0.0), ["train", "valid"], said.append)
+    assert splits["valid"] is None and len(splits["train"]) == 60

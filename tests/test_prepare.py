@@ -197,3 +197,26 @@ def test_recordings_go_to_one_split_each():
         from mlx_whisper_lora.prepare import find_recordings
 
         find_recordings(["/nonexistent/x.wav"], print)
+
+
+def test_lora_cuts_training_clips_longer_than_a_window_instead_of_skipping_them(tmp_path, shared_data):
+    """A 43 s German clip (FLEURS) in a training manifest: cut into windows at pauses, with their segments,
+    and said so; nothing of it skipped."""
+    from mlx_whisper_lora.backend_mlx.load import load_model
+    from mlx_whisper_lora.data.manifests import read_manifest
+    from mlx_whisper_lora.tuner.data_prep import prepare_split
+    from mlx_whisper_lora.tuner.run_config import RunConfig
+
+    fleurs = shared_data / "fleurs_en_de"
+    row = next(r for r in map(json.loads, (fleurs / "manifest.jsonl").read_text().splitlines()) if r["duration"] > 30)
+    (tmp_path / "train.jsonl").write_text(json.dumps(dict(row, audio=str(fleurs / row["audio"]))) + "\n")
+    said = []
+    config = RunConfig(train=True, model="base", adapter_path=str(tmp_path / "adapters"), progress=False)
+    examples, report = prepare_split(load_model("base"), read_manifest(tmp_path / "train.jsonl"), "train", config,
+                                     said.append, timestamps=True)
+    assert report.skipped == 0 and len(examples) >= 2
+    assert all(u.duration <= 30.0 and u.segments for u in examples.utterances)
+    assert sum(u.duration for u in examples.utterances) > 25  # its speech runs from 3 s to 34 s
+    assert any(line.startswith("long clips: 1 training clips longer than 30 s") for line in said)
+    words = " ".join(u.text for u in examples.utterances).split()
+    assert len(words) >= 0.9 * len(row["text"].split())

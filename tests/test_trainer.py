@@ -254,3 +254,39 @@ def test_a_kill_between_checkpoint_files_resumes_from_a_matching_pair(tiny_en_ch
     a, b = trainable_weights(straight), trainable_weights(resumed)
     # the same kernels on the same values in the same order (the state of the step-2 save): identical, as above
     assert max(float(mx.abs(a[k] - b[k]).max()) for k in a) < 1e-6
+
+
+def test_the_run_ends_with_the_best_validation_and_the_base_model_is_a_candidate(fresh_tiny_en, tmp_path):
+    """Adapters taught a wrong transcript of the validation audio: the base model (step 0) transcribes it
+    best, so the run stops early, keeps step 0's adapters (zero: the base model) and says so, and the last
+    step's adapters stay beside them."""
+    from mlx_whisper_lora.formats.adapter_files import saved_step
+    from mlx_whisper_lora.formats.safetensors_io import read_safetensors
+    from mlx_whisper_lora.tuner.evaluation import validation_wer
+
+    model = fresh_tiny_en
+    wrong = "PURPLE ELEPHANTS DANCE QUIETLY UNDER THE BRIDGE EVERY TUESDAY MORNING"
+    train_set = _examples(model, [Utterance(str(ASSETS / "demo.flac"), wrong)])
+    valid_set = _examples(model, [Utterance(str(ASSETS / "demo.flac"), TARGET)])
+    base_text = _greedy(model, valid_set)
+    mx.random.seed(0)
+    apply_adapters(model, AdapterConfig(freeze_encoder=True, rank=8, alpha=16))
+    backend = MLXBackend(model)
+    said = []
+    args = TrainingArgs(iters=60, batch_size=1, learning_rate=1e-3, steps_per_report=5, steps_per_eval=10,
+                        save_every=0, early_stop=3)
+    summary = train(backend, train_set, valid_set, args, tmp_path, log=said.append, progress=False,
+                    valid_wer=validation_wer(backend, valid_set, "transcribe", 1, -1, "keep", "keep"))
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    wers = {e["step"]: e["val_wer"] for e in metrics if "val_wer" in e}
+    assert wers[0] < 30 and max(wers.values()) > 50  # the base model reads it; the adapters learned other words
+    assert summary["best"]["step"] == 0 and summary["best"]["kept"]
+    assert summary["early_stopped"] == summary["steps"] < 60
+    assert saved_step(tmp_path / "adapters.safetensors") == 0
+    kept = read_safetensors(tmp_path / "adapters.safetensors")
+    assert all(not v.any() for k, v in kept.items() if "lora_b" in k)  # zero updates: the base model
+    assert (tmp_path / f"{summary['steps']:07d}_adapters.safetensors").exists()
+    assert any("no training step beat the base model" in line for line in said)
+    assert any("far below validation loss" in line for line in said)
+    model.eval()
+    assert _greedy(model, valid_set) == base_text  # the model in memory too

@@ -51,6 +51,8 @@ class ExampleSet:
         def styled(text: str, u: Utterance) -> str:
             return training_text(text, case_style, tokenizer, u.language)
 
+        # a packed window without timestamps leaves out its open last clip (packing.py)
+        utterances = [u if t or not hasattr(u, "untimed") else u.untimed() for u, t in zip(utterances, with_times)]
         labels = [make_label(tokenizer, styled(u.text, u), u.language, task, u.duration, bool(t), max_tokens,
                              [(a, b, styled(x, u)) for a, b, x in u.segments] if u.segments else None,
                              styled(u.previous_text, u) if p and u.previous_text else None)

@@ -5,8 +5,9 @@ Targets:        the same sequence shifted left by one, ending in <|endoftext|>.
 The loss counts only targets after the prefix (the text and the final <|endoftext|>), never the
 prefix itself or padding. With timestamp targets the prefix has no <|notimestamps|> and the text
 is wrapped in <|0.00|> ... <|end|>, so a fine-tuned model keeps predicting segment times; a row that knows its
-segments (prepared from a long recording) gets each one timed, `<|t0|> text <|t1|><|t1|> text <|t2|>`, as
-Whisper's own data is laid out, so the model keeps ending segments inside the window. With a previous text the
+segments (prepared from a long recording, or clips packed into a window: packing.py) gets each one timed,
+`<|t0|> text <|t1|><|t1|> text <|t2|>`, as Whisper's own data is laid out, so the model keeps ending segments
+inside the window; a last segment that runs past the window's end is written as its start time alone. With a previous text the
 decoder input starts `<|startofprev|> previous text` before <|startoftranscript|>, outside the loss: the model
 keeps following --initial-prompt and the text it conditions on in long files.
 """
@@ -73,7 +74,11 @@ def make_label(tokenizer, text: str, language: Optional[str], task: str = "trans
     body = tokenizer.encode(" " + text.strip()) if text.strip() else []
     if timed and timed_segments:
         body = []
+        window = float(duration) if duration is not None else 30.0
         for start, end, segment_text in timed_segments:
+            if end > window + 1e-6:  # runs past the window's end: its start alone says where the next window begins
+                body += [timestamp_token(tokenizer, start)]
+                break
             body += [timestamp_token(tokenizer, start)] + tokenizer.encode(" " + str(segment_text).strip()) + \
                 [timestamp_token(tokenizer, end)]
     elif timed:

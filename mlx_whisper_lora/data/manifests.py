@@ -45,6 +45,8 @@ class Utterance:
     no_speech: bool = False  # a clip without speech: its empty transcript is the target, not a data error
     segments: Optional[list] = None  # [start, end, text] inside the clip (a window of a long recording: prepare)
     previous_text: Optional[str] = None  # what was said before the clip in its recording (the prompt)
+    group: Optional[str] = None  # the recording, session or speaker it belongs to (packing joins clips of one group)
+    start: Optional[float] = None  # seconds into its recording (a window `prepare` cut)
 
     def load(self) -> np.ndarray:
         """Mono float32 samples at 16 kHz."""
@@ -165,12 +167,33 @@ def read_manifest(path: Union[str, Path], audio_column: str = "audio", text_colu
         out.append(Utterance(
             audio=str(audio_path), text=str(row[text_key] or ""), language=(row.get(language_column) or None),
             duration=_duration(row.get("duration"), path, number), id=f"{path.name}:{number}",
-            segments=_segments(row.get("segments"), path, number), previous_text=row.get("previous_text") or None,
+            segments=_segments(row.get("segments"), f"{path} line {number}"), previous_text=row.get("previous_text") or None,
+            group=group_of(row), start=_seconds(row.get("start"), "start", path, number),
         ))
     return out
 
 
-def _segments(value, path: Path, number: int) -> Optional[list]:
+def _seconds(value, name: str, path: Path, number: int) -> Optional[float]:
+    if value in (None, ""):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{path} line {number}: {name} {value!r} is not a number of seconds") from None
+
+
+GROUP_FIELDS = ("recording", "session", "speaker", "speaker_id", "client_id")
+
+
+def group_of(row: dict) -> Optional[str]:
+    """The recording, session or speaker a row belongs to (the first of GROUP_FIELDS it has), or None."""
+    for name in GROUP_FIELDS:
+        if row.get(name) not in (None, ""):
+            return f"{name}:{row[name]}"
+    return None
+
+
+def _segments(value, where: str) -> Optional[list]:
     """A row's `segments`: [[start, end, text], ...] in seconds inside the clip (a JSON string in a csv)."""
     if value in (None, "", []):
         return None
@@ -178,13 +201,13 @@ def _segments(value, path: Path, number: int) -> Optional[list]:
         try:
             value = json.loads(value)
         except ValueError:
-            raise DataError(f"{path} line {number}: segments is not JSON ([[start, end, text], ...])") from None
+            raise DataError(f"{where}: segments is not JSON ([[start, end, text], ...])") from None
     try:
         segments = [(float(a), float(b), str(t)) for a, b, t in value]
     except (TypeError, ValueError):
-        raise DataError(f"{path} line {number}: segments must be [[start, end, text], ...] (seconds)") from None
+        raise DataError(f"{where}: segments must be [[start, end, text], ...] (seconds)") from None
     if any(not 0 <= a <= b for a, b, _ in segments):
-        raise DataError(f"{path} line {number}: a segment ends before it starts, or starts before 0")
+        raise DataError(f"{where}: a segment ends before it starts, or starts before 0")
     return segments
 
 
@@ -306,7 +329,17 @@ def row_utterance(row: dict, audio_column: str, text_column: str, language_colum
     else:
         value, sr = audio, SAMPLE_RATE
     return Utterance(audio=value, text=str(row.get(text_column) or ""), language=row.get(language_column) or None,
-                     id=id, sampling_rate=sr)
+                     id=id, sampling_rate=sr, group=group_of(row),
+                     segments=_stream_segments(row), previous_text=row.get("previous_text") or None)
+
+
+def _stream_segments(row: dict) -> Optional[list]:
+    """A prepared window's segments read as a stream; a dataset's own `segments` column of another shape is
+    not this package's and is left alone."""
+    try:
+        return _segments(row.get("segments"), "a streamed row")
+    except DataError:
+        return None
 
 
 # ---------------------------------------------------------------- checks
@@ -338,8 +371,10 @@ def audio_duration(utt: Utterance) -> float:
 
 def check_utterances(utterances: List[Utterance], split: str, max_duration: float = 30.0,
                      default_language: Optional[str] = None, multilingual: bool = True,
-                     progress: Optional[Callable[[Iterable], Iterable]] = None) -> tuple:
-    """Keep the usable utterances; returns (kept, SkipReport). Unknown languages raise DataError."""
+                     progress: Optional[Callable[[Iterable], Iterable]] = None,
+                     longer: Optional[list] = None) -> tuple:
+    """Keep the usable utterances; returns (kept, SkipReport). Unknown languages raise DataError. With a
+    `longer` list, utterances over `max_duration` go there (to be cut into windows) instead of being skipped."""
     report = SkipReport(split)
     kept = []
     items = progress(utterances) if progress else utterances
@@ -368,6 +403,10 @@ def check_utterances(utterances: List[Utterance], split: str, max_duration: floa
             continue
         if duration <= 0:
             report.add("empty audio", utt.id)
+            continue
+        if duration > max_duration and longer is not None:
+            utt.duration = duration
+            longer.append(utt)
             continue
         if duration > max_duration:
             report.add(f"longer than {max_duration:g} s", f"{utt.id} ({duration:.1f} s)")

@@ -51,3 +51,28 @@ def hold_out(items: Sequence, fraction: float = 0.05, at_most: int = 200, seed: 
     random.Random(seed).shuffle(order)
     held = set(order[:count])
     return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
+
+
+MIN_GROUPS = 5  # fewer recordings, sessions or speakers than this: held-out rows are drawn from all of them
+
+
+def hold_out_groups(items: Sequence, fraction: float, seed: int = 0, at_most: int = 200) -> Tuple[list, list, str]:
+    """(kept, held out, how): about `fraction` of the rows held out to validate on, whole groups (the rows'
+    `group`: recording, session or speaker) when every row has one and there are MIN_GROUPS or more, so validation
+    hears voices or recordings training did not; else a seeded random slice of the rows."""
+    groups = [getattr(x, "group", None) for x in items]
+    names = sorted(set(groups), key=str)
+    if None in groups or len(names) < MIN_GROUPS:
+        kept, held = hold_out(items, fraction, at_most, seed)
+        return kept, held, "drawn at random"
+    random.Random(seed).shuffle(names)
+    wanted = max(1, int(round(len(items) * fraction)))
+    chosen, count = set(), 0
+    for name in names[:-1]:  # never every group
+        if count >= wanted:
+            break
+        chosen.add(name)
+        count += groups.count(name)
+    kind = names[0].split(":", 1)[0] if ":" in str(names[0]) else "group"
+    return ([x for x, g in zip(items, groups) if g not in chosen], [x for x, g in zip(items, groups) if g in chosen],
+            f"{len(chosen)} whole {kind}{'s' if len(chosen) > 1 else ''} of {len(names)}")

@@ -149,6 +149,13 @@ def segments_from(alignment: Alignment, duration: float) -> List[Segment]:
                 j += 1
             start = words[i - 1].end if i > 0 and words[i - 1].timed else 0.0
             end = words[j].start if j < len(words) else duration
+            # text before the first or after the last word heard (a title, a citation, a credit line) has no
+            # speech beside the speech that agrees: its stretch starts a pause away, so the segment stays whole
+            # (speech the text lacks there is kept out of windows as its own stretch, below)
+            if j == len(words) and i > 0:
+                start = min(start + 2 * EDGE_PAUSE_SECONDS, end)
+            if i == 0 and j < len(words):
+                end = max(end - 2 * EDGE_PAUSE_SECONDS, start)
             out.append(Segment(start, end, " ".join(x.text for x in words[i:j]), usable=False))
             i = j
             continue

@@ -185,7 +185,8 @@ class _FileTranscription:
 
     def __init__(self, model: Whisper, mel: mx.array, options: DecodingOptions, tokenizer, clips,
                  initial_prompt: Optional[str], rules: FallbackRules, condition_on_previous_text: bool,
-                 verbose: Optional[bool], words: WordOptions = WordOptions(), carry_initial_prompt: bool = False):
+                 verbose: Optional[bool], words: WordOptions = WordOptions(), carry_initial_prompt: bool = False,
+                 hotwords: Optional[str] = None):
         self.model, self.mel, self.options, self.tokenizer = model, mel, options, tokenizer
         self.rules, self.condition, self.verbose = rules, condition_on_previous_text, verbose
         self.words, self.carry_initial_prompt = words, carry_initial_prompt
@@ -196,6 +197,8 @@ class _FileTranscription:
         self.precision = 30.0 / model.dims.n_audio_ctx  # seconds per timestamp token (0.02)
         self.initial_prompt_tokens: List[int] = tokenizer.encode(" " + initial_prompt.strip()) if initial_prompt else []
         self.tokens: List[int] = list(self.initial_prompt_tokens)
+        room = model.dims.n_text_ctx // 2 - 1
+        self.hotword_tokens: List[int] = tokenizer.encode(" " + hotwords.strip())[: room] if hotwords else []
         self.prompt_reset_since = 0
         self.last_speech_timestamp = 0.0
         self.segments: List[dict] = []
@@ -213,13 +216,19 @@ class _FileTranscription:
         return pad_or_trim(self.mel[self.seek : self.seek + frames], N_FRAMES, axis=0), frames
 
     def window_options(self) -> DecodingOptions:
+        """The window's prompt: the hotwords (faster-whisper's meaning) and, with carry_initial_prompt, the
+        initial prompt at its head, then the text decoded before, cut to fit half the decoder context."""
+        head = list(self.hotword_tokens)
         if self.carry_initial_prompt:  # the initial prompt stays at the head of every window's prompt
-            initial = self.initial_prompt_tokens
-            room = self.model.dims.n_text_ctx // 2 - 1 - len(initial)
-            recent = self.tokens[max(len(initial), self.prompt_reset_since) :]
-            prompt = initial + (recent[-room:] if room > 0 else [])
+            head += self.initial_prompt_tokens
+            recent = self.tokens[max(len(self.initial_prompt_tokens), self.prompt_reset_since) :]
         else:
-            prompt = self.tokens[self.prompt_reset_since :]
+            recent = self.tokens[self.prompt_reset_since :]
+        if head:
+            room = self.model.dims.n_text_ctx // 2 - 1 - len(head)
+            prompt = head + (recent[-room:] if room > 0 else [])
+        else:
+            prompt = recent
         return replace(self.options, prompt=prompt or None)
 
     def accept(self, result: DecodingResult, window_frames: int, audio_features) -> int:
@@ -369,6 +378,7 @@ class _Settings:
     carry_initial_prompt: bool
     condition_on_previous_text: bool
     verbose: Optional[bool]
+    hotwords: Optional[str] = None
 
 
 def _prepare(model, mel, settings: _Settings, clip_timestamps="0", first_features=None):
@@ -391,7 +401,7 @@ def _prepare(model, mel, settings: _Settings, clip_timestamps="0", first_feature
     options = DecodingOptions(language=language, task=settings.task, **settings.decode_options)
     state = _FileTranscription(model, mel, options, tokenizer, clips, settings.initial_prompt, settings.rules,
                                settings.condition_on_previous_text, settings.verbose, settings.words,
-                               settings.carry_initial_prompt)
+                               settings.carry_initial_prompt, settings.hotwords)
     return state, first_features
 
 
@@ -407,6 +417,12 @@ def _setup(model, temperature, compression_ratio_threshold, logprob_threshold, n
                         "also takes a name or path")
     decode_options = dict(decode_options)
     fp16 = decode_options.pop("fp16", None)
+    # faster-whisper's hotwords: words put in every window's prompt (none when a prefix is given, as there)
+    hotwords = decode_options.pop("hotwords", None)
+    if hotwords is not None and not isinstance(hotwords, str):
+        raise UserError(f"hotwords must be text (words or phrases the decoder should expect), got {hotwords!r}")
+    if decode_options.get("prefix"):
+        hotwords = None
     if fp16 and getattr(model, "dtype", None) is not None and "float32" in str(model.dtype) and verbose:
         # openai-whisper on a CPU does the same: it warns and computes in float32.
         print("note: fp16=True: this model was loaded in float32 and runs so; load it with "
@@ -428,7 +444,7 @@ def _setup(model, temperature, compression_ratio_threshold, logprob_threshold, n
     language = _check_language_and_task(model, decode_options.pop("language", None), task)
     decode_options.setdefault("best_of", 5)
     return _Settings(rules, language, task, decode_options, words, initial_prompt, carry_initial_prompt,
-                     condition_on_previous_text, verbose)
+                     condition_on_previous_text, verbose, (hotwords or "").strip() or None)
 
 
 def transcribe(

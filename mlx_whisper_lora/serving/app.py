@@ -105,7 +105,8 @@ def create_app(worker: Worker, base_name: str, limits: Limits = Limits()):
         return audio
 
     async def handle(task: str, file: UploadFile, model: Optional[str], language: Optional[str], prompt: Optional[str],
-                     response_format: str, temperature: float, granularities: List[str]):
+                     response_format: str, temperature: float, granularities: List[str],
+                     hotwords: Optional[str] = None):
         if response_format not in RESPONSE_FORMATS:
             raise ApiError(400, f"response_format {response_format!r}: use one of {', '.join(RESPONSE_FORMATS)}",
                            "response_format")
@@ -127,7 +128,8 @@ def create_app(worker: Worker, base_name: str, limits: Limits = Limits()):
                 raise ApiError(400, str(e), "language") from None
         audio = await run_in_threadpool(decode_audio, await read_upload(file), file.filename)
         options = CallOptions(task=task, language=language, initial_prompt=prompt or None,
-                              temperature=fallback_temperatures(temperature), word_timestamps=words)
+                              temperature=fallback_temperatures(temperature), word_timestamps=words,
+                              hotwords=(hotwords or "").strip() or None)
         try:
             future = worker.submit(audio, adapter, options)
         except ServerBusy as e:
@@ -163,17 +165,18 @@ def create_app(worker: Worker, base_name: str, limits: Limits = Limits()):
                              language: Optional[str] = Form(None), prompt: Optional[str] = Form(None),
                              response_format: str = Form("json"), temperature: float = Form(0.0),
                              timestamp_granularities: List[str] = Form([], alias="timestamp_granularities[]"),
-                             timestamp_granularities_plain: List[str] = Form([], alias="timestamp_granularities")):
+                             timestamp_granularities_plain: List[str] = Form([], alias="timestamp_granularities"),
+                             hotwords: Optional[str] = Form(None)):
         return await handle("transcribe", file, model, language, prompt, response_format, temperature,
-                            timestamp_granularities + timestamp_granularities_plain)
+                            timestamp_granularities + timestamp_granularities_plain, hotwords)
 
     @app.post("/v1/audio/translations")
     async def translations(file: UploadFile = File(...), model: Optional[str] = Form(None),
                            prompt: Optional[str] = Form(None), response_format: str = Form("json"),
-                           temperature: float = Form(0.0)):
+                           temperature: float = Form(0.0), hotwords: Optional[str] = Form(None)):
         if not worker.bank.model.is_multilingual:
             raise ApiError(400, f"{base_name} is English-only; translation needs a multilingual model", "model")
-        return await handle("translate", file, model, None, prompt, response_format, temperature, [])
+        return await handle("translate", file, model, None, prompt, response_format, temperature, [], hotwords)
 
     @app.get("/v1/models")
     async def models():

@@ -36,10 +36,11 @@ class CallOptions:
     initial_prompt: Optional[str] = None
     temperature: Tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
     word_timestamps: bool = False
+    hotwords: Optional[str] = None  # faster-whisper's: words put in every window's prompt
 
     def as_kwargs(self) -> dict:
         return dict(task=self.task, language=self.language, initial_prompt=self.initial_prompt,
-                    temperature=self.temperature, word_timestamps=self.word_timestamps)
+                    temperature=self.temperature, word_timestamps=self.word_timestamps, hotwords=self.hotwords)
 
 
 def fallback_temperatures(start: float, increment: float = 0.2) -> Tuple[float, ...]:

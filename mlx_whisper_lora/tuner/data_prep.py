@@ -11,7 +11,7 @@ from typing import Callable, Dict, List, Optional
 from ..assets_dir import ASSETS
 from ..data.examples import ExampleSet
 from ..data.manifests import DataError, check_utterances, load_folder_split, load_hf_split
-from ..data.splits import hold_out, overlap
+from ..data.splits import hold_out, hold_out_groups, overlap
 from ..errors import UserError
 from ..text.tokenizer import get_tokenizer
 from .run_config import RunConfig
@@ -52,6 +52,13 @@ def read_splits(config: RunConfig, names: List[str], log: Callable = lambda m: N
         log(f"warning: --train-split {config.train_split} includes the validation split "
             f"({'+'.join(overlap(config.train_split, config.valid_split))}); validating on {len(out['valid'])} "
             "utterances held out of the training data instead")
+    elif "train" in names and "valid" in names and not out.get("valid") and out.get("train") \
+            and float(config.valid_fraction) > 0:
+        out["train"], out["valid"], how = hold_out_groups(out["train"], float(config.valid_fraction), int(config.seed))
+        if out["valid"]:
+            log(f"validation: no {config.valid_split} split, so {len(out['valid'])} of the "
+                f"{len(out['train']) + len(out['valid'])} training rows are held out to validate on ({how}; "
+                "--valid-fraction 0 trains on all of them)")
     if "test" in names and overlap(config.train_split, config.test_split):
         log(f"warning: --train-split {config.train_split} includes the test split {config.test_split}: "
             "test scores are on data the model trained on")
@@ -66,16 +73,24 @@ def prepare_split(model, utterances, name: str, config: RunConfig, log: Callable
                   style: str = "keep") -> tuple:
     """(checked, labelled examples of a split, skip report); labels written in the case `style` trains on."""
     language = config.language or (None if model.is_multilingual else "en")
+    longer = [] if name == "train" and timestamps else None  # training cuts long clips into windows
     kept, report = check_utterances(utterances, name, min(float(config.max_duration), 30.0),
-                                    default_language=language, multilingual=model.is_multilingual)
+                                    default_language=language, multilingual=model.is_multilingual, longer=longer)
     for line in report.lines():
         log(line)
+    if longer:
+        from .long_clips import FOLDER, split_long_clips
+
+        kept += split_long_clips(longer, model.source or "tiny.en", Path(config.adapter_path) / FOLDER,
+                                 min(float(config.max_duration), 30.0), language, log, bool(config.progress))
     if not kept:
         raise DataError(f"no usable utterance in the {name} split ({report.skipped} skipped); see the lines above")
     missing_language = [u.id for u in kept if model.is_multilingual and not u.language]
     if missing_language:
         raise DataError(f"{missing_language[0]} has no language and the model is multilingual; "
                         "add a language field or pass --language")
+    if name == "train" and timestamps:
+        kept = packed_clips(kept, float(config.pack_fraction), log)
     fraction = float(config.timestamp_fraction) if timestamps else 0.0
     prompts = float(config.prompt_fraction) if timestamps else 0.0  # scoring rows: as transcribe reads a clip
     examples, cut = ExampleSet.build(kept, tokenizer_for(model, config.task), config.task, model.dims.n_mels,
@@ -83,6 +98,22 @@ def prepare_split(model, utterances, name: str, config: RunConfig, log: Callable
     if cut:
         log(f"{name}: {cut} labels longer than the decoder context ({model.dims.n_text_ctx} tokens) were cut")
     return examples, report
+
+
+def packed_clips(utterances: list, fraction: float, log: Callable) -> list:
+    """The training clips with --pack-fraction of them packed into windows (data/packing.py); every clip
+    of a known recording, session or speaker knows the text said before it (for --prompt-fraction)."""
+    from ..data.packing import pack
+
+    rows, packed = pack(utterances, fraction)
+    if packed:
+        windows = len(rows) - (len(utterances) - packed)
+        grouped = sum(1 for u in utterances if u.group is not None)
+        how = "clips of one recording, session or speaker" if grouped == len(utterances) else \
+            "clips of one recording, session or speaker where the data says so, else consecutive rows"
+        log(f"packing: {packed} of {len(utterances)} training clips joined into {windows} windows of up to 30 s "
+            f"({how}; --pack-fraction {fraction:g})")
+    return rows
 
 
 def open_train_stream(config: RunConfig):

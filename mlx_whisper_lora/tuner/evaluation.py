@@ -117,3 +117,21 @@ def log_report(report: dict, log) -> None:
     log(f"test loss {report['test_loss']:.3f}, ppl {report['test_ppl']:.3f}")
     log(f"WER {report['wer']:.2f}%  CER {report['cer']:.2f}%  (raw)")
     log(f"WER {report['normalized_wer']:.2f}%  CER {report['normalized_cer']:.2f}%  (normalized)")
+
+
+VALIDATION_LOOP_RATIO = 2.4  # transcribe's --compression-ratio-threshold: a row past it is a loop and stops there
+
+
+def validation_wer(backend, examples: ExampleSet, task: str, batch_size: int, num_batches: int,
+                   case_style: Optional[str], punctuation: Optional[str]):
+    """A function of the validation set's encoder states (or None) giving its normalized WER in percent, of
+    greedy transcripts rendered as `transcribe` writes them with the adapters: the loop's measure of whether a
+    checkpoint transcribes better than the base model (the loss also rewards learning the data's style)."""
+    def measure(states: Optional[CachedStates]) -> float:
+        indices, hyps = transcribe_examples(backend, examples, task, batch_size, False, num_batches, states,
+                                            stop_loops_at=VALIDATION_LOOP_RATIO)
+        hyps = [render_case(h, case_style, punctuation) for h in hyps]
+        refs = [examples.utterances[i].text for i in indices]
+        return 100 * score(refs, hyps, [examples.utterances[i].language for i in indices])["normalized_wer"]
+
+    return measure

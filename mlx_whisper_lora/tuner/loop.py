@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
+import numpy as np
 from ..data.examples import ExampleSet
 from ..data.labels import collate
 from ..data.manifests import epoch_batches
@@ -37,6 +38,33 @@ METRICS_FILE = "metrics.jsonl"
 def validates_at(step: int, start: int, args: TrainingArgs) -> bool:
     """Validation loss is measured after the run's first step (the baseline), every steps_per_eval, and at the end."""
     return step % args.steps_per_eval == 0 or step == args.iters or step == start + 1
+
+
+MEMORIZING_RATIO = 4.0  # validation loss this many times the training loss: the adapters learn the rows by heart
+
+
+class BestCheckpoint:
+    """The validation that scored best so far (WER first, then loss: a lower WER is what users keep an adapter
+    for) and its adapter weights, kept in memory; step 0 (the adapters still zero: the base model) is a candidate."""
+
+    def __init__(self):
+        self.step, self.wer, self.loss, self.weights = None, None, None, None
+        self.stale = 0  # validations since the best
+
+    def offer(self, backend, step: int, wer: Optional[float], loss: float) -> bool:
+        key = (wer if wer is not None else float("inf"), loss)
+        if self.step is not None and key >= (self.wer if self.wer is not None else float("inf"), self.loss):
+            self.stale += 1
+            return False
+        self.step, self.wer, self.loss, self.stale = step, wer, loss, 0
+        self.weights = {k: np.array(v, copy=True) for k, v in backend.adapter_tensors().items()}
+        return True
+
+    def describe(self) -> str:
+        score = f"validation WER {self.wer:.2f}%, loss {self.loss:.3f}" if self.wer is not None else \
+            f"validation loss {self.loss:.3f}"
+        return f"step {self.step}" + (" (the base model: the adapters still zero)" if self.step == 0 else "") + \
+            f", {score}"
 
 
 def report_entry(step: int, window: dict, lr: float, peak_gb: float) -> tuple:
@@ -186,11 +214,15 @@ def restore_optimizer(backend, adapter_file: Path, log: Callable) -> int:
 def train(backend, train_set: Union[ExampleSet, StreamedBatches], valid_set: Optional[ExampleSet], args: TrainingArgs,
           adapter_dir: Path,
           resume_file: Optional[Path] = None, log: Callable[[str], None] = print, progress: bool = True,
-          on_metrics: Optional[Callable[[dict], None]] = None, warm_states: Sequence[CachedStates] = ()) -> Dict:
+          on_metrics: Optional[Callable[[dict], None]] = None, warm_states: Sequence[CachedStates] = (),
+          valid_wer: Optional[Callable[[Optional[CachedStates]], float]] = None) -> Dict:
     """Train the back end's trainable weights; returns a summary (steps done, last losses, status).
     Every metrics.jsonl entry also goes to `on_metrics` (TensorBoard, wandb: tuner/reporting.py).
     `train_set`: an example set, or batches read from a stream (--streaming). `warm_states`: encoder
-    states computed before training for some of its audio, taken instead of encoding it again, then closed."""
+    states computed before training for some of its audio, taken instead of encoding it again, then closed.
+    `valid_wer`: the validation set's normalized WER (percent) with the weights as they are; with it each
+    validation scores WER too, step 0 (the base model) is scored first, the run ends with the best validation's
+    adapters (args.best_checkpoint) and stops after args.early_stop validations without a better one."""
     adapter_dir = Path(adapter_dir)
     world = world_of(backend)  # in a data-parallel run only the main process writes files
     if world.is_main:
@@ -241,6 +273,39 @@ def train(backend, train_set: Union[ExampleSet, StreamedBatches], valid_set: Opt
             record({"step": step, "event": "checkpoint_failed", "error": str(e)})
             return False
 
+    best = BestCheckpoint() if valid_set is not None and len(valid_set) else None
+    warned = [False]
+
+    def validate(step: int, say: Callable) -> bool:
+        """Score the validation set; False when training should stop early."""
+        tic = time.perf_counter()
+        val = evaluate_loss(backend, valid_set, args.batch_size, args.val_batches, valid_states)
+        wer = valid_wer(valid_states) if valid_wer is not None else None
+        backend.set_training(True)
+        entry = {"step": step, "val_loss": round(val, 5)}
+        if wer is not None:
+            entry["val_wer"] = round(wer, 3)
+        record(dict(entry, val_seconds=round(time.perf_counter() - tic, 2)))
+        say(f"step {step}: val loss {val:.3f}" + (f", val WER {wer:.2f}%" if wer is not None else ""))
+        summary["val_loss"] = val
+        train_loss = summary.get("train_loss")
+        if train_loss and val > MEMORIZING_RATIO * train_loss and val - train_loss > 0.1 and not warned[0]:
+            warned[0] = True
+            say(f"warning: training loss {train_loss:.3f} is far below validation loss {val:.3f}: the adapters are "
+                "learning the training rows by heart rather than the speech. More data, fewer --iters or a lower "
+                "--learning-rate generalize better" + ("; the best validation's adapters are kept"
+                                                       if args.best_checkpoint else ""))
+        if best is None or not math.isfinite(val):
+            return True
+        if best.offer(backend, step, wer, val):
+            return True
+        if args.early_stop and best.stale >= args.early_stop:
+            say(f"early stop at step {step}: no better validation in the last {best.stale} (the best: "
+                f"{best.describe()}; --early-stop 0 trains on)")
+            summary["early_stopped"] = step
+            return False
+        return True
+
     window = {"loss": 0.0, "tokens": 0.0, "seconds": 0.0, "audio": 0.0, "steps": 0}
     step = start
     lost: Optional[PeerLost] = None
@@ -258,6 +323,8 @@ def train(backend, train_set: Union[ExampleSet, StreamedBatches], valid_set: Opt
             backend.set_training(True)
             if stop.requested:
                 summary["status"] = "interrupted"
+            elif best is not None and start == 0 and valid_wer is not None:
+                validate(0, say)  # the base model: the candidate every later checkpoint must beat
             while step < args.iters and not stop.requested:
                 tic = time.perf_counter()
                 lr = learning_rate_at(step, args.learning_rate, args.iters, args.lr_schedule, args.warmup)
@@ -312,12 +379,8 @@ def train(backend, train_set: Union[ExampleSet, StreamedBatches], valid_set: Opt
                     summary["train_loss"] = entry["train_loss"]
                     window = {k: 0.0 for k in window}
                 if valid_set is not None and len(valid_set) and validates_at(step, start, args):
-                    tic = time.perf_counter()
-                    val = evaluate_loss(backend, valid_set, args.batch_size, args.val_batches, valid_states)
-                    backend.set_training(True)
-                    record({"step": step, "val_loss": round(val, 5), "val_seconds": round(time.perf_counter() - tic, 2)})
-                    say(f"step {step}: val loss {val:.3f}")
-                    summary["val_loss"] = val
+                    if not validate(step, say):
+                        break
                 if args.save_every and step % args.save_every == 0 and step < args.iters:
                     save(step, final=False)
                 if stop.requested:
@@ -335,7 +398,27 @@ def train(backend, train_set: Union[ExampleSet, StreamedBatches], valid_set: Opt
                     states.close()
     backend.set_training(False)
     summary["steps"] = step
-    summary["saved"] = save(step, final=True)
+    if best is not None and best.step is not None and args.best_checkpoint and best.step != step \
+            and summary["status"] == "done" and lost is None:
+        summary["saved"] = save(step, final=False)  # the last step's adapters and optimizer, as NNNNNNN_adapters...
+        backend.load_adapter_weights(best.weights, f"the weights of step {best.step}")
+        if world.is_main and summary["saved"]:
+            try:
+                write_adapter_tensors(adapter_dir / ADAPTER_FILE, best.weights, best.step)
+            except OSError as e:
+                summary["saved"] = False
+                log(f"warning: could not write the best checkpoint to {adapter_dir}: {e.strerror or e}")
+        log(f"kept the adapters of the best validation, {best.describe()}, in {adapter_dir / ADAPTER_FILE} "
+            f"(the last step's are in {step:07d}_{ADAPTER_FILE}; --no-best-checkpoint keeps the last)")
+        if best.step == 0:
+            log("warning: no training step beat the base model on the validation data: the adapters saved change "
+                "nothing. More or cleaner data, a lower --learning-rate or fewer --iters may help")
+    else:
+        summary["saved"] = save(step, final=True)
+    if best is not None and best.step is not None:
+        summary["best"] = {"step": best.step, "val_wer": best.wer, "val_loss": best.loss,
+                           "kept": bool(args.best_checkpoint) and summary["status"] == "done" and lost is None,
+                           "described": best.describe()}
     if lost is not None:
         kept = f"the adapters of step {step} are saved in {adapter_dir}" if world.is_main and summary["saved"] else \
             f"the last checkpoint in {adapter_dir} is intact"

@@ -134,8 +134,9 @@ def audio_reader(path: Path):
     return (lambda a, b: samples[a:b]), len(samples), (lambda: None)
 
 
-def prepare_recording(recording, model, output: Path, language: Optional[str], progress: bool) -> PreparedRecording:
-    """Windows of one recording written under `output`/audio/NAME/, with their rows."""
+def prepare_recording(recording, model, output: Path, language: Optional[str], progress: bool,
+                      limit: float = 30.0) -> PreparedRecording:
+    """Windows of one recording (at most `limit` seconds each) written under `output`/audio/NAME/, with their rows."""
     import soundfile as sf
 
     from ..data.audio import SAMPLE_RATE
@@ -174,7 +175,7 @@ def prepare_recording(recording, model, output: Path, language: Optional[str], p
             if not s.usable and s.text:
                 dropped.append({"start": round(s.start, 2), "end": round(s.end, 2),
                                 "reason": "text and speech disagree (or no speech for the text)", "text": s.text[:200]})
-        windows = cut_windows(segments, duration)
+        windows = cut_windows(segments, duration, min(limit, 30.0))
         folder = output / "audio" / recording.name
         folder.mkdir(parents=True, exist_ok=True)
         rows = []

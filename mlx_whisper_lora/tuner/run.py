@@ -19,7 +19,7 @@ from .alignment import HeadReselection
 from .backend_choice import choose_backend
 from .data_prep import prepare_split, read_splits, stream_sample, streamed_train_batches, tokenizer_for
 from .distributed import backend_for_launcher, join_world, launcher, quiet, world_of
-from .evaluation import transcribe_examples
+from .evaluation import transcribe_examples, validation_wer
 from .loop import METRICS_FILE, caches_training_states, save_checkpoint, train
 from .replay_choice import settle_replay
 from .reporting import CURVES_PLOT, Reporter, parse_report_to, plot_training_curves
@@ -242,8 +242,10 @@ def train_from_splits(backend, config: RunConfig, adapter_config: AdapterConfig,
     reporter = Reporter(parse_report_to(config.report_to or ()) if world.is_main else [], Path(config.adapter_path),
                         config.to_json(), log)
     try:
+        scorer = validation_wer(backend, valid_set, config.task, int(config.batch_size), int(config.val_batches),
+                                adapter_config.case_style, adapter_config.punctuation) if valid_set is not None else None
         summary = train(backend, train_set, valid_set, config.training_args(), Path(config.adapter_path), resume, log,
-                        config.progress, on_metrics=reporter, warm_states=warm or ())
+                        config.progress, on_metrics=reporter, warm_states=warm or (), valid_wer=scorer)
     finally:
         reporter.close()
     plot = world.is_main and plot_training_curves(Path(config.adapter_path) / METRICS_FILE,
@@ -313,5 +315,11 @@ def run(config: RunConfig, log: Callable) -> dict:
             raise UserError(f"training finished but the adapters could not be written to {config.adapter_path}; "
                             f"{rescue_adapters(backend, adapter_config, result['train']['steps'])}")
     if config.test:
+        best = result.get("train", {}).get("best")
+        if best and best["kept"]:
+            log(f"testing the adapters of {best['described']} (the best validation; --no-best-checkpoint tests the "
+                "last step's)")
+        elif best:
+            log(f"testing the adapters of the last step, {result['train']['steps']}")
         result["test"] = run_test(backend, config, log, adapter_config, base)
     return result

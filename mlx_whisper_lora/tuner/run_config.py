@@ -41,6 +41,14 @@ class RunConfig:
     no_speech_check: bool = option(True, "skip the hallucination check of --test (by default both models transcribe "
                                          "eight silent and noise-only clips: ~20 s per model for tiny on 2 CPU cores)",
                                    "evaluation", flags=("--no-hallucination-check",), kind="off_switch")
+    test_long: Optional[str] = option(None, "long recordings with their transcripts (an audio file with NAME.txt, "
+                                            ".srt or .vtt beside it, a folder of such, or a manifest of long audio "
+                                            "and text): --test transcribes each whole with transcribe's defaults, "
+                                            "base and adapted, and compares WER, deletions, insertions, segment "
+                                            "lengths, loops and speech left without output (a test split written "
+                                            "by prepare is tested so by itself)", "evaluation")
+    long_form_check: bool = option(True, "skip the long-form test of a prepared test split's recordings",
+                                   "evaluation", flags=("--no-long-form-test",), kind="off_switch")
     general_data: Optional[str] = option(None, "forgetting check with --test: general-domain speech (a folder, a "
                                                "manifest, or builtin: the package's small English set) scored with the "
                                                "base and the adapted model", "evaluation")
@@ -83,12 +91,18 @@ class RunConfig:
                                         "data")
     language: Optional[str] = option(None, "language of utterances without one (multilingual models need it)", "data")
     task: str = option("transcribe", "what the decoder is trained to do", "data", choices=("transcribe", "translate"))
-    max_duration: float = option(30.0, "skip utterances longer than this (seconds, at most 30)", "data")
+    max_duration: float = option(30.0, "longest window (seconds, at most 30): longer training clips are cut into "
+                                       "windows at pauses as prepare cuts recordings, longer validation and test "
+                                       "clips are skipped", "data")
     timestamp_fraction: float = option(0.5, "share of utterances trained with timestamp targets, to keep segment "
                                             "timestamps", "data")
     prompt_fraction: float = option(0.0, "share of the rows that know the text said before them (prepared long "
                                          "recordings) conditioned on it (<|startofprev|>, not in the loss), so "
                                          "--initial-prompt and conditioning on previous text keep working", "data")
+    pack_fraction: float = option(0.0, "share of the training clips (shorter than a window) joined with the next clips "
+                                       "of their recording, session or speaker into windows of up to 30 s, each clip "
+                                       "a timed segment, the text before it the prompt: the layout Whisper learned "
+                                       "long-form transcription from", "data")
     case_style: str = option("auto", "auto: all-caps (or all-lowercase) training transcripts are learned in the case the "
                                      "model's vocabulary knows and the adapters' transcripts rendered back in theirs; "
                                      "keep: train on the text as written", "data", choices=("auto", "keep", "upper", "lower"))
@@ -136,8 +150,17 @@ class RunConfig:
     no_speech_fraction: float = option(0.0, "share of training examples that are generated noise or silence with an "
                                             "empty transcript, against writing words where nobody speaks (0: none)")
     steps_per_report: int = option(10, "steps between train-loss reports")
-    steps_per_eval: int = option(100, "steps between validation losses")
+    steps_per_eval: Optional[int] = option(None, "steps between validations (loss and WER; default: a tenth of "
+                                                 "--iters, at least 10)")
     val_batches: int = option(25, "validation batches (-1: the whole split)")
+    early_stop: int = option(3, "stop when this many validations in a row did not beat the best one (0: never)")
+    best_checkpoint: bool = option(True, "end with the last step's adapters (by default the run ends with those of "
+                                         "the validation with the lowest WER, the base model at step 0 included, "
+                                         "and keeps the last step's beside them)",
+                                   flags=("--no-best-checkpoint",), kind="off_switch")
+    valid_fraction: float = option(0.1, "without a validation split, this share of the training data is held out "
+                                        "to validate on (whole recordings, sessions or speakers when the data names "
+                                        "enough of them; 0: train on everything, no validation)")
     test_batches: int = option(-1, "test batches for the test loss (-1: all)")
     save_every: int = option(100, "steps between checkpoints (0: only at the end)")
     seed: int = option(0, "seed of adapters, batch order and timestamp targets")
@@ -182,11 +205,14 @@ class RunConfig:
                 raise UserError(f"{f.name} (--{f.name.replace('_', '-')}) {value!r}: use one of "
                                 f"{', '.join(map(str, choices))}")
         for name in ("iters", "batch_size", "grad_accumulation_steps", "steps_per_report", "steps_per_eval"):
-            if int(getattr(self, name)) < 1:
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         from .reporting import parse_report_to
 
         parse_report_to(self.report_to or ())
+        if self.test_long and not Path(self.test_long).exists():
+            raise UserError(f"--test-long {self.test_long}: no such file or folder; pass long recordings with a "
+                            "transcript beside each (NAME.txt, .srt or .vtt), a folder of them, or a manifest")
         if self.general_data and self.general_data != "builtin" and not Path(self.general_data).exists():
             raise UserError(f"--general-data {self.general_data}: no such file or folder; pass a folder or manifest of "
                             "general-domain speech with transcripts, or builtin")
@@ -203,9 +229,14 @@ class RunConfig:
         if self.streaming and self.replay_fraction != 0 and self.replay_data == "self":
             raise UserError("--replay-data self transcribes the training audio before training, which a stream does "
                             "not allow: pass a folder or manifest of general speech (or builtin) as --replay-data")
-        for flag, value in (("--timestamp-fraction", self.timestamp_fraction), ("--prompt-fraction", self.prompt_fraction)):
+        for flag, value in (("--timestamp-fraction", self.timestamp_fraction), ("--prompt-fraction", self.prompt_fraction),
+                            ("--pack-fraction", self.pack_fraction)):
             if not 0.0 <= float(value) <= 1.0:
                 raise UserError(f"{flag} must be in [0, 1], got {value}")
+        if not 0.0 <= float(self.valid_fraction) < 0.5:
+            raise UserError(f"--valid-fraction must be in [0, 0.5), got {self.valid_fraction}")
+        if int(self.early_stop) < 0:
+            raise UserError(f"--early-stop must be 0 (never) or more, got {self.early_stop}")
         if not 0.0 <= float(self.no_speech_fraction) < 1.0:
             raise UserError(f"--no-speech-fraction must be in [0, 1), got {self.no_speech_fraction}")
         if self.max_samples is not None and int(self.max_samples) < 1:
@@ -225,10 +256,14 @@ class RunConfig:
     def warmup_steps(self) -> int:
         return int(self.warmup) if self.warmup is not None else min(50, int(self.iters) // 10)
 
+    def eval_steps(self) -> int:
+        return int(self.steps_per_eval) if self.steps_per_eval is not None else max(10, int(self.iters) // 10)
+
     def training_args(self) -> TrainingArgs:
         names = {f.name for f in fields(TrainingArgs)}
         args = {k: v for k, v in asdict(self).items() if k in names}
         args["warmup"] = self.warmup_steps()
+        args["steps_per_eval"] = self.eval_steps()
         args["augment"] = tuple(k for k in (self.augment or ()) if k != "none")
         return TrainingArgs(**args)
 

@@ -114,12 +114,14 @@ def score_examples(backend, config: RunConfig, examples, style: Optional[str], p
 def score_base(backend, config: RunConfig, log: Callable) -> Dict[str, Optional[dict]]:
     """The base model's reports on the test split (and the general data), cached; call before adapters."""
     model, world = backend.model, world_of(backend)
-    out: Dict[str, Optional[dict]] = {"test": None, "general": None, "no_speech": None}
+    out: Dict[str, Optional[dict]] = {"test": None, "general": None, "no_speech": None, "long_form": None}
     jobs = [("test", config, lambda: read_splits(config, ["test"], log)["test"])]
     if config.general_data:
         jobs.append(("general", general_config(config), lambda: general_utterances(config)))
     for name, job_config, read in jobs:
         utterances = read()
+        if name == "test":
+            out["long_form"] = base_long_form(backend, config, utterances, log)
         examples, _ = prepare_split(model, utterances, name, job_config, lambda m: None, timestamps=False,
                                     style=model.case_style or "keep")
         key = split_key(backend, job_config, examples)
@@ -138,6 +140,55 @@ def score_base(backend, config: RunConfig, log: Callable) -> Dict[str, Optional[
     if config.no_speech_check:
         out["no_speech"] = base_hallucination_report(backend, config, log)
     return out
+
+
+def long_recordings(config: RunConfig, test_utterances: list, log: Callable) -> list:
+    """The recordings of the long-form test: --test-long's, else those a prepared test split was cut from."""
+    from .long_form_test import from_inputs, from_prepared
+
+    if config.test_long:
+        return from_inputs([config.test_long], log)
+    return from_prepared(test_utterances) if config.long_form_check else []
+
+
+def base_long_form(backend, config: RunConfig, test_utterances: list, log: Callable) -> Optional[dict]:
+    """The base model's long-form transcripts of the test recordings (cached), or None when there are none."""
+    from .long_form_test import recordings_key, transcribe_recordings
+
+    recordings = long_recordings(config, test_utterances, log)
+    if not recordings:
+        return None
+    model = backend.model
+    key = test_set_key(model.source, model.dims.to_dict(), config.task, [("long form", recordings_key(recordings))],
+                       dict(decoding_settings(config), language=config.language, report=1))
+    cached = cached_base_report(key)
+    if world_of(backend).all_agree(cached is not None):
+        log(f"base model on the {len(recordings)} long recordings: cached transcripts")
+        return {"recordings": recordings, "results": cached["results"]}
+    results = transcribe_recordings(backend.decoding_model(), recordings, test_language_or_none(config, model),
+                                    config.task, config.progress, log)
+    if world_of(backend).is_main:
+        cache_base_report(key, {"results": results})
+    return {"recordings": recordings, "results": results}
+
+
+def long_form_report(backend, config: RunConfig, base_long: dict, log: Callable) -> dict:
+    """The adapted model's long-form scores beside the base model's, with a warning when any is worse."""
+    from .long_form_test import log_comparison, score_results, transcribe_recordings, warning_for
+
+    recordings, base_results = base_long["recordings"], base_long["results"]
+    language = test_language_or_none(config, backend.model)
+    results = transcribe_recordings(backend.decoding_model(), recordings, language, config.task, config.progress, log)
+    base_scores = score_results(recordings, base_results, language, base_results)
+    scores = score_results(recordings, results, language, base_results)
+    log_comparison(base_scores, scores, log)
+    return {"base": base_scores, "adapted": scores, "warning": warning_for(base_scores, scores),
+            "transcripts": {r.name: {"base": b["text"], "adapted": a["text"]}
+                            for r, b, a in zip(recordings, base_results, results)}}
+
+
+def test_language_or_none(config: RunConfig, model) -> Optional[str]:
+    return config.language or (None if model.is_multilingual else "en")
 
 
 def base_hallucination_report(backend, config: RunConfig, log: Callable) -> dict:
@@ -197,6 +248,9 @@ def run_test(backend, config: RunConfig, log: Callable, adapter_config: Optional
         else:
             log(f"general data: WER {general['normalized_wer']:.2f}% normalized, {general['wer']:.2f}% raw")
         report["general"] = summary(general)
+    if base.get("long_form") and adapter_config is not None:
+        report["long_form"] = long_form_report(backend, config, base["long_form"], log)
+        warnings.append(report["long_form"]["warning"])
     if base.get("no_speech") and adapter_config is not None:
         report["no_speech"] = hallucination_report(backend, test_language(config), config.task,
                                                    int(config.batch_size))

@@ -23,6 +23,8 @@ class TrainingArgs:
     steps_per_report: int = 10
     steps_per_eval: int = 100
     val_batches: int = 25  # -1: the whole validation split
+    early_stop: int = 0  # stop after this many validations without a better validation WER (0: never)
+    best_checkpoint: bool = True  # end with the adapters of the best validation (step 0, the base model, included)
     save_every: int = 100
     seed: int = 0
     bucket: bool = True
