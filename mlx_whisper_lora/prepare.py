@@ -87,6 +87,45 @@ def default_aligner(language: Optional[str]) -> str:
     return "tiny.en" if language == "en" else "base"
 
 
+DONE_FILE = "prepared.json"  # in a recording's window folder, written last: that recording need not be done again
+
+
+def _fingerprint(recording: Recording, model_name: str, language: Optional[str]) -> dict:
+    """What a recording's windows depend on: its audio and transcript files (size, time), its text, the model."""
+    def stat(path: Optional[Path]):
+        return None if path is None else [str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns]
+
+    return {"audio": stat(recording.audio), "transcript": stat(recording.transcript), "text": recording.text,
+            "language": language or recording.language, "model": model_name}
+
+
+def done_before(recording: Recording, output: Path, model_name: str, language: Optional[str]):
+    """The result of an earlier run for this recording when nothing it depends on changed (an interrupted
+    prepare goes on where it stopped), else None."""
+    from .tuner.recording_prep import PreparedRecording
+
+    path = output / "audio" / recording.name / DONE_FILE
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if saved.get("fingerprint") != _fingerprint(recording, model_name, language):
+        return None
+    if not all((output / row["audio"]).exists() for row in saved["rows"]):
+        return None
+    return PreparedRecording(saved["rows"], saved["summary"], saved["dropped"])
+
+
+def remember(recording: Recording, output: Path, model_name: str, language: Optional[str], result) -> None:
+    from .files import atomic_write_text
+
+    folder = output / "audio" / recording.name
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / DONE_FILE, json.dumps({
+        "fingerprint": _fingerprint(recording, model_name, language), "rows": result.rows,
+        "summary": result.summary, "dropped": result.dropped}, ensure_ascii=False))
+
+
 def prepare(inputs: Sequence[str], output: Path, model_name: Optional[str] = None, language: Optional[str] = None,
             valid_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0, progress: bool = True,
             log: Callable[[str], None] = print) -> dict:
@@ -111,7 +150,12 @@ def prepare(inputs: Sequence[str], output: Path, model_name: Optional[str] = Non
     for number, recording in enumerate(recordings, 1):
         log(f"[{number}/{len(recordings)}] {recording.audio}")
         try:
-            result = prepare_recording(recording, model, output, language, progress)
+            result = done_before(recording, output, model_name or default_aligner(language), language)
+            if result is not None:
+                log("  prepared by an earlier run (same audio, transcript and model): its windows are kept")
+            else:
+                result = prepare_recording(recording, model, output, language, progress)
+                remember(recording, output, model_name or default_aligner(language), language, result)
         except UserError as e:
             log(f"skipped {recording.audio}: {e}")
             report["failed"].append({"recording": str(recording.audio), "error": str(e)})

@@ -10,6 +10,7 @@ named in --initial-prompt. Writes everything to WORK/NAME/long_form.json.
 
     python scripts/evaluate_long_form.py --work /tmp/long_form --name defaults [-- LORA FLAGS...]
     python scripts/evaluate_long_form.py --work /tmp/long_form --name packed -- --pack-fraction 0.5
+    python scripts/evaluate_long_form.py --work /tmp/long_form --name prepared --prepared  # train on prepare's cut
 
 The adapters are trained once per NAME (delete WORK/NAME to train again).
 """
@@ -75,6 +76,33 @@ def build(data: Path, work: Path, train_chapters) -> dict:
     return recordings
 
 
+def prepared_training_data(data: Path, work: Path, train_chapters) -> Path:
+    """The training chapters joined into one recording each with the chapter's text as plain text beside it,
+    cut by prepare (all windows to train) into WORK/train_prepared."""
+    import soundfile as sf
+
+    from mlx_whisper_lora.data.audio import load_audio
+    from mlx_whisper_lora.prepare import prepare
+
+    out = work / "train_prepared"
+    if (out / "train.jsonl").exists():
+        return out
+    recordings = work / "train_recordings"
+    recordings.mkdir(parents=True, exist_ok=True)
+    by_chapter = chapters(data)
+    for name in train_chapters:
+        pieces = []
+        for r in by_chapter[name]:
+            pieces += [load_audio(data / r["audio"]), np.zeros(int(GAP * 16000), np.float32)]
+        sf.write(str(recordings / f"{name}.wav"), np.concatenate(pieces), 16000)
+        (recordings / f"{name}.txt").write_text(" ".join(r["text"] for r in by_chapter[name]) + "\n")
+    tic = time.perf_counter()
+    prepare([str(recordings)], out, None, "en", valid_fraction=0.0, test_fraction=0.0, progress=False,
+            log=lambda m: print(m, file=sys.stderr))
+    print(f"prepared in {time.perf_counter() - tic:.0f} s", file=sys.stderr)
+    return out
+
+
 def rare_words(reference: str, base_text: str, most: int = 10) -> list:
     """Words of the reference the base model writes less often than they are said (names, rare words):
     at least 5 letters, said at least twice."""
@@ -134,6 +162,8 @@ def main() -> int:
     p.add_argument("--name", default="defaults", help="the run's folder under --work")
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--train-chapters", default=",".join(TRAIN_CHAPTERS))
+    p.add_argument("--prepared", action="store_true", help="train on the training chapters joined into one recording "
+                   "each (0.4 s apart) and cut by prepare from their plain text, instead of on their utterances")
     p.add_argument("lora_flags", nargs=argparse.REMAINDER, help="after --: flags for lora --train")
     args = p.parse_args()
     from mlx_whisper_lora.load import load_for_inference
@@ -141,9 +171,12 @@ def main() -> int:
     recordings = build(args.data, args.work, args.train_chapters.split(","))
     adapters = args.work / args.name
     flags = [f for f in args.lora_flags if f != "--"]
+    data = args.work / "train"
+    if args.prepared:
+        data = prepared_training_data(args.data, args.work, args.train_chapters.split(","))
     if not (adapters / "adapters.safetensors").exists():
         tic = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "mlx_whisper_lora.lora", "--train", "--data", str(args.work / "train"),
+        subprocess.run([sys.executable, "-m", "mlx_whisper_lora.lora", "--train", "--data", str(data),
                         "--adapter-path", str(adapters), "--no-progress", *flags], check=True)
         print(f"trained in {time.perf_counter() - tic:.0f} s", file=sys.stderr)
     base_file = args.work / "base.json"

@@ -12,7 +12,7 @@ from mlx_whisper_lora.assets_dir import ASSETS
 from mlx_whisper_lora.data.audio import SAMPLE_RATE
 from mlx_whisper_lora.data.examples import ExampleSet
 from mlx_whisper_lora.data.labels import collate, make_label
-from mlx_whisper_lora.data.manifests import check_utterances, read_manifest
+from mlx_whisper_lora.data.manifests import Utterance, check_utterances, read_manifest
 from mlx_whisper_lora.data.packing import PackedClips, pack, with_previous_text
 from mlx_whisper_lora.text.tokenizer import get_tokenizer
 
@@ -113,3 +113,25 @@ def test_lora_reads_groups_from_the_manifest_and_packs_the_training_split(tmp_pa
     assert any(line.startswith("packing: 16 of 16 training clips") for line in said)
     mel = examples.mel(next(i for i, u in enumerate(examples.utterances) if isinstance(u, PackedClips)))
     assert mel.shape == (3000, 80) and np.isfinite(mel).all()
+
+
+def test_sentences_inside_a_clip_are_timed_by_forced_alignment_and_each_becomes_a_segment():
+    """The demo clip says two sentences: its text, aligned to its audio, becomes two timed segments, the first
+    ending before the second starts, inside the clip, and its timestamp label times each."""
+    from mlx_whisper_lora.tuner.clip_segments import timed_parts
+
+    text = ("Whisper can be adapted to your own voice with low rank adapters. "
+            "This short clip was spoken by a speech synthesizer.")
+    clip, = check_utterances([Utterance(str(ASSETS / "demo.flac"), text, "en")], "train")[0]
+    said = []
+    timed, = timed_parts([clip], "tiny.en", said.append, progress=False)
+    assert said == ["sentence times: 1 of 1 training clips hold more than one segment (their text aligned to their "
+                    "audio with tiny.en); their timestamp targets time each"]
+    (a1, b1, t1), (a2, b2, t2) = timed.sentences
+    assert t1.endswith("adapters.") and t2.startswith("This") and f"{t1} {t2}" == text
+    assert 0 <= a1 < b1 <= a2 < b2 <= clip.duration
+    assert b1 < 0.6 * clip.duration < a2 + 2  # the first sentence is the longer half of the clip
+    tok = get_tokenizer(False)
+    examples, _ = ExampleSet.build([timed], tok, "transcribe", 80, 448, timestamp_fraction=1.0)
+    body = examples.labels[0].tokens[examples.labels[0].prefix_len:]
+    assert sum(1 for x in body if x >= tok.timestamp_begin) == 4  # <|a1|> ... <|b1|><|a2|> ... <|b2|>

@@ -121,6 +121,16 @@ def test_plain_text_recording_prepares_into_windows_lora_reads(long_recording, t
     report = json.loads((out / "prepare_report.json").read_text())
     assert report["splits"]["train"] == [str(wav)] and report["windows"] == len(rows)
     assert len(load_folder_split(out, "train")) == len(rows)  # lora --train reads the folder as it is
+    # run again (an interrupted run, say): the recording's windows are kept, not aligned again
+    again = []
+    from mlx_whisper_lora.prepare import prepare
+
+    prepare([str(wav)], out, language="en", progress=False, log=again.append)
+    assert any("prepared by an earlier run" in line for line in again) and _rows(out) == rows
+    (folder / "chapter.txt").write_text(text.lower() + " and one more line\n")  # a changed transcript is done again
+    again.clear()
+    prepare([str(wav)], out, language="en", progress=False, log=again.append)
+    assert not any("prepared by an earlier run" in line for line in again)
 
 
 def test_subtitles_with_an_offset_are_shifted_back(long_recording, tmp_path, tiny_en):

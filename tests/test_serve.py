@@ -191,6 +191,22 @@ def test_concurrent_requests_for_the_base_and_two_adapters_equal_the_cli(server,
     assert [m["id"] for m in listed] == ["tiny.en", "demo", "dora"]
 
 
+def test_hotwords_reach_the_decoder_as_transcribe_gives_them(server, tmp_path):
+    import httpx
+
+    from mlx_whisper_lora.transcribe import main
+
+    hotwords = "Whisper, LoRA adapters, speech synthesizer"
+    with open(CLIP, "rb") as f:
+        r = httpx.post(server + "/v1/audio/transcriptions", files={"file": (CLIP.name, f)},
+                       data={"model": "tiny.en", "hotwords": hotwords}, timeout=300)
+    assert r.status_code == 200, r.text
+    main([str(CLIP), "--model", "tiny.en", "--hotwords", hotwords, "--output-dir", str(tmp_path), "--output-format",
+          "json", "--verbose", "False"])
+    assert r.json()["text"] == json.loads((tmp_path / f"{CLIP.stem}.json").read_text())["text"]
+    assert r.json()["text"] != cli_text(CLIP, None, tmp_path / "plain")  # the words changed what was heard
+
+
 def test_bad_uploads_get_json_errors_and_the_server_keeps_serving(server):
     import httpx
 

@@ -286,7 +286,7 @@ def test_the_run_ends_with_the_best_validation_and_the_base_model_is_a_candidate
     kept = read_safetensors(tmp_path / "adapters.safetensors")
     assert all(not v.any() for k, v in kept.items() if "lora_b" in k)  # zero updates: the base model
     assert (tmp_path / f"{summary['steps']:07d}_adapters.safetensors").exists()
-    assert any("no training step beat the base model" in line for line in said)
+    assert any("no training step transcribed the validation data better than the base model" in line for line in said)
     assert any("far below validation loss" in line for line in said)
     model.eval()
     assert _greedy(model, valid_set) == base_text  # the model in memory too

@@ -54,7 +54,8 @@ class ExampleSet:
         # a packed window without timestamps leaves out its open last clip (packing.py)
         utterances = [u if t or not hasattr(u, "untimed") else u.untimed() for u, t in zip(utterances, with_times)]
         labels = [make_label(tokenizer, styled(u.text, u), u.language, task, u.duration, bool(t), max_tokens,
-                             [(a, b, styled(x, u)) for a, b, x in u.segments] if u.segments else None,
+                             [(a, b, styled(x, u)) for a, b, x in (u.segments or u.sentences)]
+                             if (u.segments or u.sentences) else None,
                              styled(u.previous_text, u) if p and u.previous_text else None)
                   for u, t, p in zip(utterances, with_times, with_prompt)]
         return cls(utterances, labels, n_mels, name), sum(lab.truncated for lab in labels)

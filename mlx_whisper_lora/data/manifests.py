@@ -47,6 +47,7 @@ class Utterance:
     previous_text: Optional[str] = None  # what was said before the clip in its recording (the prompt)
     group: Optional[str] = None  # the recording, session or speaker it belongs to (packing joins clips of one group)
     start: Optional[float] = None  # seconds into its recording (a window `prepare` cut)
+    sentences: Optional[list] = None  # (start, end, text) inside a pre-cut clip, timed by tuner/clip_segments.py
 
     def load(self) -> np.ndarray:
         """Mono float32 samples at 16 kHz."""

@@ -6,7 +6,8 @@ text said before the window as a prompt. A model trained only on single clips (`
 to close every window at its end: fine-tuned, it writes 30 s segments on long files. Packing rebuilds that
 layout from the clips people have (Common Voice, FLEURS, a folder of sentences): consecutive clips of one
 group (recording, session or speaker; in the split's order) are joined into windows of up to 30 s, each clip a
-segment with its times, and the group's text before a clip or window becomes its previous text.
+segment with its times (or its sentences, where tuner/clip_segments.py timed them), and the group's text before a
+clip or window becomes its previous text.
 
 Why by hand: it is Whisper's own data layout, which no library builds.
 """
@@ -116,16 +117,18 @@ def _window(clips: List[Utterance], first: int, window: float) -> Tuple[PackedCl
     j = first
     while j < len(clips) and packable(clips[j]) and t + float(clips[j].duration) <= window:
         parts.append(clips[j])
-        segments.append((snap(t), snap(t + float(clips[j].duration)), clips[j].text.strip()))
+        inside = clips[j].sentences or [(0.0, float(clips[j].duration), clips[j].text.strip())]
+        segments += [(snap(t + a), snap(t + b), text) for a, b, text in inside]
         t += float(clips[j].duration)
         j += 1
     taken = j - first
     open_tail = j < len(clips) and packable(clips[j]) and window - t >= MIN_TAIL_SECONDS and taken > 0
-    if open_tail:
+    if open_tail:  # one segment running past the window: only its start is written
         parts.append(clips[j])
-        segments.append((snap(t), snap(t + float(clips[j].duration)), clips[j].text.strip()))
+        onset = (clips[j].sentences or [(0.0, 0.0, "")])[0][0]
+        segments.append((snap(t + onset), snap(t + float(clips[j].duration)), clips[j].text.strip()))
     head = clips[first]
-    row = PackedClips(audio="", text=" ".join(s[2] for s in segments[:taken]), language=head.language,
+    row = PackedClips(audio="", text=" ".join(p.text.strip() for p in parts[:taken]), language=head.language,
                       duration=window if open_tail else t, id="+".join(p.id for p in parts), segments=segments,
                       previous_text=head.previous_text, group=head.group, parts=tuple(parts), open_tail=open_tail)
     return row, taken

@@ -53,20 +53,29 @@ def snap(seconds: float) -> float:
 
 
 def split_long(segment: Segment, limit: float) -> List[Segment]:
-    """A segment longer than `limit` cut at its longest pauses between words; unusable if it has no words."""
+    """A segment longer than `limit` cut at pauses between words into pieces of at most `limit` seconds: each
+    piece ends at the longest pause in the second half of what fits; unusable if it has no words to cut at."""
     if segment.end - segment.start <= limit:
         return [segment]
     words = segment.words or []
     if len(words) < 2:
         return [Segment(segment.start, segment.end, segment.text, usable=False)]
-    gaps = sorted(range(1, len(words)), key=lambda i: words[i][1] - words[i - 1][2], reverse=True)
-    for i in gaps:  # the longest pause that leaves both halves shorter than the segment
-        left, right = words[:i], words[i:]
-        parts = [Segment(left[0][1], left[-1][2], " ".join(w[0] for w in left), words=left),
-                 Segment(right[0][1], right[-1][2], " ".join(w[0] for w in right), words=right)]
-        if all(p.end - p.start < segment.end - segment.start for p in parts):
-            return [piece for part in parts for piece in split_long(part, limit)]
-    return [Segment(segment.start, segment.end, segment.text, usable=False)]
+    out: List[Segment] = []
+    first = 0
+    while first < len(words):
+        start = words[first][1]
+        if words[-1][2] - start <= limit:
+            stop = len(words)
+        else:
+            fits = [i for i in range(first + 1, len(words)) if words[i - 1][2] - start <= limit]
+            if not fits:  # one word longer than a window
+                return [Segment(segment.start, segment.end, segment.text, usable=False)]
+            half = [i for i in fits if words[i - 1][2] - start >= limit / 2] or fits
+            stop = max(half, key=lambda i: (words[i][1] - words[i - 1][2], i))
+        piece = words[first:stop]
+        out.append(Segment(piece[0][1], piece[-1][2], " ".join(w[0] for w in piece), words=piece))
+        first = stop
+    return out
 
 
 def cut_windows(segments: Sequence[Segment], duration: float, limit: float = WINDOW_SECONDS,

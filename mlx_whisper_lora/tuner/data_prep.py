@@ -90,6 +90,12 @@ def prepare_split(model, utterances, name: str, config: RunConfig, log: Callable
         raise DataError(f"{missing_language[0]} has no language and the model is multilingual; "
                         "add a language field or pass --language")
     if name == "train" and timestamps:
+        if config.sentence_times and float(config.timestamp_fraction) > 0:
+            from ..prepare import default_aligner
+            from .clip_segments import timed_parts
+
+            english = all((u.language or language) == "en" for u in kept)
+            kept = timed_parts(kept, default_aligner("en" if english else None), log, bool(config.progress))
         kept = packed_clips(kept, float(config.pack_fraction), log)
     fraction = float(config.timestamp_fraction) if timestamps else 0.0
     prompts = float(config.prompt_fraction) if timestamps else 0.0  # scoring rows: as transcribe reads a clip

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
+
 from ..data.examples import ExampleSet
 from ..data.labels import collate
 from ..data.manifests import epoch_batches
@@ -50,8 +51,11 @@ class BestCheckpoint:
     def __init__(self):
         self.step, self.wer, self.loss, self.weights = None, None, None, None
         self.stale = 0  # validations since the best
+        self.base_wer: Optional[float] = None  # step 0's
 
     def offer(self, backend, step: int, wer: Optional[float], loss: float) -> bool:
+        if step == 0:
+            self.base_wer = wer
         key = (wer if wer is not None else float("inf"), loss)
         if self.step is not None and key >= (self.wer if self.wer is not None else float("inf"), self.loss):
             self.stale += 1
@@ -410,11 +414,13 @@ def train(backend, train_set: Union[ExampleSet, StreamedBatches], valid_set: Opt
                 log(f"warning: could not write the best checkpoint to {adapter_dir}: {e.strerror or e}")
         log(f"kept the adapters of the best validation, {best.describe()}, in {adapter_dir / ADAPTER_FILE} "
             f"(the last step's are in {step:07d}_{ADAPTER_FILE}; --no-best-checkpoint keeps the last)")
-        if best.step == 0:
-            log("warning: no training step beat the base model on the validation data: the adapters saved change "
-                "nothing. More or cleaner data, a lower --learning-rate or fewer --iters may help")
     else:
         summary["saved"] = save(step, final=True)
+    if best is not None and best.base_wer is not None and best.wer is not None and best.wer >= best.base_wer:
+        log(f"warning: no training step transcribed the validation data better than the base model (WER "
+            f"{best.base_wer:.2f}%)" + (": the adapters saved change nothing" if best.step == 0 and
+                                         args.best_checkpoint else "") +
+            ". More or cleaner data, a lower --learning-rate or fewer --iters may help")
     if best is not None and best.step is not None:
         summary["best"] = {"step": best.step, "val_wer": best.wer, "val_loss": best.loss,
                            "kept": bool(args.best_checkpoint) and summary["status"] == "done" and lost is None,

@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import UserError
-from ..data.text_alignment import adopt, align_words, segments_from, untimed_stretches
+from ..data.text_alignment import Alignment, TimedWord, adopt, align_words, segments_from, untimed_stretches
 from ..data.windows import Segment, cut_windows
 
 TIMING_LINE = re.compile(r"-->")
@@ -121,6 +121,22 @@ def fit_cue_clock(cues: Sequence[Tuple[float, float, str]], words: Sequence[tupl
     return scale, offset, "; ".join(notes)
 
 
+FORCED_BELOW = 0.5  # a share of the text's words matched by the transcript below this: forced alignment instead
+
+
+def forced_alignment(read, n_samples: int, text: str, model, language: Optional[str]) -> Alignment:
+    """The text's words timed by forced alignment (inference/forced_alignment.py); words after it stalls untimed."""
+    from ..inference.forced_alignment import forced_words
+
+    timed = forced_words(read, n_samples, text.split(), model, language)
+    alignment = Alignment([TimedWord(w, s, e) for w, s, e in timed])
+    untimed = [w for w, s, _ in timed if s is None]
+    if untimed:
+        alignment.dropped.append({"start": None, "end": None, "reason": "text with no matching speech",
+                                  "text": " ".join(untimed)[:200]})
+    return alignment
+
+
 def audio_reader(path: Path):
     """(read(start_sample, stop_sample), n_samples, close): long files through the block-decoded temporary
     file (memory does not grow with the recording), others read whole."""
@@ -161,7 +177,14 @@ def prepare_recording(recording, model, output: Path, language: Optional[str], p
             words_in = sum(len(t.split()) for _, _, t in cues)
         else:
             alignment = align_words(text, words)
-            for first, stop, start, end in list(untimed_stretches(alignment, duration)):
+            forced = alignment.aligned_share < FORCED_BELOW
+            if forced:
+                share = alignment.aligned_share
+                alignment = forced_alignment(read, n_samples, text, model, language or recording.language or detected)
+                note = (f"the model's transcript matched only {100 * share:.0f}% of the text's words (a language it "
+                        f"writes badly?): the text was aligned by forced alignment instead, which cannot check that "
+                        f"text and speech agree")
+            for first, stop, start, end in [] if forced else list(untimed_stretches(alignment, duration)):
                 # long-form recognition skips a phrase now and then: the stretch alone, recognised again
                 pad = min(GAP_PADDING, max(30.0 - (end - start), 0.0) / 2)
                 a, b = max(start - pad, 0.0), min(end + pad, duration)

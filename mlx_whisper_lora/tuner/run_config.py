@@ -103,6 +103,10 @@ class RunConfig:
                                        "of their recording, session or speaker into windows of up to 30 s, each clip "
                                        "a timed segment, the text before it the prompt: the layout Whisper learned "
                                        "long-form transcription from", "data")
+    sentence_times: bool = option(True, "train each pre-cut clip as one timed segment (by default a clip's text is "
+                                        "force-aligned to its audio with a small Whisper model, and timestamp targets "
+                                        "time its sentences: the segment lengths Whisper writes)", "data",
+                                  flags=("--no-sentence-times",), kind="off_switch")
     case_style: str = option("auto", "auto: all-caps (or all-lowercase) training transcripts are learned in the case the "
                                      "model's vocabulary knows and the adapters' transcripts rendered back in theirs; "
                                      "keep: train on the text as written", "data", choices=("auto", "keep", "upper", "lower"))
