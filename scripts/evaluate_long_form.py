@@ -164,6 +164,7 @@ def main() -> int:
     p.add_argument("--train-chapters", default=",".join(TRAIN_CHAPTERS))
     p.add_argument("--prepared", action="store_true", help="train on the training chapters joined into one recording "
                    "each (0.4 s apart) and cut by prepare from their plain text, instead of on their utterances")
+    p.add_argument("--no-prompt-check", action="store_true", help="skip the passes with rare words as the prompt")
     p.add_argument("lora_flags", nargs=argparse.REMAINDER, help="after --: flags for lora --train")
     args = p.parse_args()
     from mlx_whisper_lora.load import load_for_inference
@@ -185,7 +186,8 @@ def main() -> int:
     else:
         base = evaluate(load_for_inference("tiny.en", None), recordings, rare_words)
         base_file.write_text(json.dumps(base, indent=1))
-    adapted = evaluate(load_for_inference(None, str(adapters)), recordings, base["prompts"])
+    adapted = evaluate(load_for_inference(None, str(adapters)), recordings,
+                       None if args.no_prompt_check else base["prompts"])
     (adapters / "long_form.json").write_text(json.dumps({"base": base, "adapted": adapted, "flags": flags}, indent=1))
     print(f"{'':28}{'base':>10}{'adapted':>10}")
     for key in ("wer", "deletion_rate", "insertion_rate", "segments", "median_segment_seconds",

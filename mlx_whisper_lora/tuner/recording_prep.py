@@ -124,6 +124,22 @@ def fit_cue_clock(cues: Sequence[Tuple[float, float, str]], words: Sequence[tupl
 FORCED_BELOW = 0.5  # a share of the text's words matched by the transcript below this: forced alignment instead
 
 
+PROBE_SECONDS = 120.0  # a longer recording's start is recognised first, to see whether matching words can align it
+PROBE_BELOW = 0.8  # a probe matching less of its text goes to forced alignment without recognising the rest (read
+# English matches 95% or more; a language the model half-knows is slow to recognise and aligns better forced)
+
+
+def probe_share(text: str, read, duration: float, model, language: Optional[str]) -> Optional[float]:
+    """The share of the text's first words (as many as the first PROBE_SECONDS hold at the recording's average
+    rate) that the model's transcript of those seconds matches; None for a recording too short to probe."""
+    if duration < 2 * PROBE_SECONDS:
+        return None
+    words = text.split()
+    heard, _ = recognised_words(read(0, int(PROBE_SECONDS * 16000)), model, language, False)
+    expected = max(1, int(len(words) * PROBE_SECONDS / duration))
+    return align_words(" ".join(words[:expected]), heard).aligned_share
+
+
 def forced_alignment(read, n_samples: int, text: str, model, language: Optional[str]) -> Alignment:
     """The text's words timed by forced alignment (inference/forced_alignment.py); words after it stalls untimed."""
     from ..inference.forced_alignment import forced_words
@@ -168,9 +184,13 @@ def prepare_recording(recording, model, output: Path, language: Optional[str], p
     read, n_samples, close = audio_reader(recording.audio)
     try:
         duration = n_samples / SAMPLE_RATE
-        words, detected = recognised_words(recording.audio, model, language or recording.language, progress)
         note = ""
         dropped: List[dict] = []
+        share = None if cues is not None else probe_share(text, read, duration, model, language or recording.language)
+        if share is not None and share < PROBE_BELOW:  # the model does not write this language well enough
+            words, detected = [], language or recording.language
+        else:
+            words, detected = recognised_words(recording.audio, model, language or recording.language, progress)
         if cues is not None:
             scale, offset, note = fit_cue_clock(cues, words, source)
             segments = [Segment(max(scale * s + offset, 0.0), min(scale * e + offset, duration), t) for s, e, t in cues]
@@ -179,7 +199,7 @@ def prepare_recording(recording, model, output: Path, language: Optional[str], p
             alignment = align_words(text, words)
             forced = alignment.aligned_share < FORCED_BELOW
             if forced:
-                share = alignment.aligned_share
+                share = share if share is not None and share < PROBE_BELOW else alignment.aligned_share
                 alignment = forced_alignment(read, n_samples, text, model, language or recording.language or detected)
                 note = (f"the model's transcript matched only {100 * share:.0f}% of the text's words (a language it "
                         f"writes badly?): the text was aligned by forced alignment instead, which cannot check that "

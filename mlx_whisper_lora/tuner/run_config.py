@@ -99,14 +99,13 @@ class RunConfig:
     prompt_fraction: float = option(0.0, "share of the rows that know the text said before them (prepared long "
                                          "recordings) conditioned on it (<|startofprev|>, not in the loss), so "
                                          "--initial-prompt and conditioning on previous text keep working", "data")
-    pack_fraction: float = option(0.0, "share of the training clips (shorter than a window) joined with the next clips "
+    pack_fraction: float = option(0.5, "share of the training clips (shorter than a window) joined with the next clips "
                                        "of their recording, session or speaker into windows of up to 30 s, each clip "
                                        "a timed segment, the text before it the prompt: the layout Whisper learned "
                                        "long-form transcription from", "data")
-    sentence_times: bool = option(True, "train each pre-cut clip as one timed segment (by default a clip's text is "
-                                        "force-aligned to its audio with a small Whisper model, and timestamp targets "
-                                        "time its sentences: the segment lengths Whisper writes)", "data",
-                                  flags=("--no-sentence-times",), kind="off_switch")
+    sentence_times: bool = option(False, "force-align each pre-cut clip's text to its audio with a small Whisper "
+                                         "model and time its sentences in timestamp targets (cut at sentence ends and "
+                                         "pauses as prepare cuts), instead of the clip as one segment", "data")
     case_style: str = option("auto", "auto: all-caps (or all-lowercase) training transcripts are learned in the case the "
                                      "model's vocabulary knows and the adapters' transcripts rendered back in theirs; "
                                      "keep: train on the text as written", "data", choices=("auto", "keep", "upper", "lower"))
