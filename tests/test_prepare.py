@@ -230,3 +230,24 @@ def test_lora_cuts_training_clips_longer_than_a_window_instead_of_skipping_them(
     assert any(line.startswith("long clips: 1 training clips longer than 30 s") for line in said)
     words = " ".join(u.text for u in examples.utterances).split()
     assert len(words) >= 0.9 * len(row["text"].split())
+
+
+def test_forced_alignment_times_a_known_text_window_after_window(tiny_en):
+    """The demo clip nine times over (about 70 s, three windows): every word timed, in order, and each copy's
+    first word near where that copy starts."""
+    from mlx_whisper_lora.assets_dir import ASSETS
+    from mlx_whisper_lora.data.audio import load_audio
+    from mlx_whisper_lora.inference.forced_alignment import forced_words
+
+    clip = load_audio(ASSETS / "demo.flac")
+    gap = np.zeros(8000, np.float32)
+    audio = np.concatenate([np.concatenate([clip, gap]) for _ in range(9)])
+    text = ("Whisper can be adapted to your own voice with low rank adapters. "
+            "This short clip was spoken by a speech synthesizer.").split()
+    timed = forced_words(lambda a, b: audio[a:b], len(audio), text * 9, tiny_en, "en")
+    assert [w for w, _, _ in timed] == text * 9 and all(s is not None for _, s, _ in timed)
+    starts = [s for _, s, _ in timed]
+    assert starts == sorted(starts) and timed[-1][2] <= len(audio) / 16000 + 0.02
+    copy = (len(clip) + len(gap)) / 16000
+    for k in range(9):
+        assert abs(timed[k * len(text)][1] - k * copy) < 0.6, (k, timed[k * len(text)])

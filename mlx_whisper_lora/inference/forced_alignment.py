@@ -43,8 +43,9 @@ def forced_words(read: Callable[[int, int], np.ndarray], n_samples: int, words: 
         chunk = list(words[i:i + count])
         timed = window_words(model, tokenizer, audio, chunk)
         limit = end - seek if last and i + len(chunk) == len(words) else end - seek - KEEP_BEFORE_END
+        good = _before_pile_up(timed)
         kept = 0
-        for (word, s, e) in timed:
+        for (word, s, e) in timed[:good]:
             if s is None or e > limit:
                 break
             out.append((word, seek + s, seek + e))
@@ -57,6 +58,17 @@ def forced_words(read: Callable[[int, int], np.ndarray], n_samples: int, words: 
         seek = out[-1][2]
     out += [(w, None, None) for w in words[len(out):]]
     return out
+
+
+def _before_pile_up(timed) -> int:
+    """How many of the window's words come before the first pile-up (two words of no duration in a row: words
+    the audio of the window does not hold, pressed together by the warping path), less the word before it (which
+    may have swallowed the speech the piled words stand for). All of them when there is none."""
+    for k in range(len(timed) - 1):
+        (_, s1, e1), (_, s2, e2) = timed[k], timed[k + 1]
+        if s1 is not None and s2 is not None and e1 - s1 < 1e-3 and e2 - s2 < 1e-3:
+            return max(k - 1, 0)
+    return len(timed)
 
 
 def window_words(model, tokenizer, audio: np.ndarray, words: Sequence[str], features=None):

@@ -129,15 +129,16 @@ PROBE_BELOW = 0.8  # a probe matching less of its text goes to forced alignment 
 # English matches 95% or more; a language the model half-knows is slow to recognise and aligns better forced)
 
 
-def probe_share(text: str, read, duration: float, model, language: Optional[str]) -> Optional[float]:
-    """The share of the text's first words (as many as the first PROBE_SECONDS hold at the recording's average
-    rate) that the model's transcript of those seconds matches; None for a recording too short to probe."""
+def probe_share(text: str, read, duration: float, model, language: Optional[str]) -> Tuple[Optional[float], Optional[str]]:
+    """(the share of the text's first words, as many as the first PROBE_SECONDS hold at the recording's average
+    rate, that the model's transcript of those seconds matches; the language it heard), or (None, None) for a
+    recording too short to probe."""
     if duration < 2 * PROBE_SECONDS:
-        return None
+        return None, None
     words = text.split()
-    heard, _ = recognised_words(read(0, int(PROBE_SECONDS * 16000)), model, language, False)
+    heard, detected = recognised_words(read(0, int(PROBE_SECONDS * 16000)), model, language, False)
     expected = max(1, int(len(words) * PROBE_SECONDS / duration))
-    return align_words(" ".join(words[:expected]), heard).aligned_share
+    return align_words(" ".join(words[:expected]), heard).aligned_share, detected
 
 
 def forced_alignment(read, n_samples: int, text: str, model, language: Optional[str]) -> Alignment:
@@ -186,9 +187,10 @@ def prepare_recording(recording, model, output: Path, language: Optional[str], p
         duration = n_samples / SAMPLE_RATE
         note = ""
         dropped: List[dict] = []
-        share = None if cues is not None else probe_share(text, read, duration, model, language or recording.language)
+        share, heard_as = (None, None) if cues is not None else \
+            probe_share(text, read, duration, model, language or recording.language)
         if share is not None and share < PROBE_BELOW:  # the model does not write this language well enough
-            words, detected = [], language or recording.language
+            words, detected = [], language or recording.language or heard_as
         else:
             words, detected = recognised_words(recording.audio, model, language or recording.language, progress)
         if cues is not None:
