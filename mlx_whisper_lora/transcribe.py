@@ -70,9 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-speech-threshold", type=float, default=0.6)
     p.add_argument("--condition-on-previous-text", type=_str2bool, default=True)
     p.add_argument("--initial-prompt", default=None)
-    p.add_argument("--hotwords", default=None,
-                   help="words or phrases to expect (names, jargon), put in every window's prompt as faster-whisper's "
-                        "--hotwords are; adapters trained with --prompt-fraction keep following them")
+    p.add_argument("--hotwords", default=None, help="words to expect (names, jargon): every window's prompt, as faster-whisper's")
     p.add_argument("--suppress-tokens", default="-1")
     p.add_argument("--clip-timestamps", default="0", help="comma-separated start,end,... seconds to transcribe")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
@@ -97,13 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--highlight-words", type=_str2bool, default=False,
                    help="with --word-timestamps: underline each word as it is spoken in srt/vtt")
     p.add_argument("--max-line-width", type=int, default=None, help="with --word-timestamps: most characters on a line")
-    p.add_argument("--max-line-count", type=int, default=None,
-                   help="with --max-line-width: most lines in a subtitle (words flow across segments)")
+    p.add_argument("--max-line-count", type=int, default=None, help="with --max-line-width: most lines in a subtitle")
     p.add_argument("--max-words-per-line", type=int, default=None,
                    help="with --word-timestamps (and no --max-line-width): most words on a subtitle line")
     p.add_argument("--hallucination-silence-threshold", type=float, default=None,
-                   help="with --word-timestamps: skip silences longer than this many seconds around a "
-                        "likely hallucination")
+                   help="with --word-timestamps: skip silences longer than this many seconds around a likely hallucination")
     p.add_argument("--carry-initial-prompt", type=_str2bool, default=False,
                    help="keep --initial-prompt at the head of every window's prompt, not only the first")
     p.add_argument("--compare-base", action="store_true",
@@ -178,9 +174,8 @@ def main(argv=None):
         word_timestamps=args.word_timestamps, prepend_punctuations=args.prepend_punctuations,
         append_punctuations=args.append_punctuations, carry_initial_prompt=args.carry_initial_prompt,
         hallucination_silence_threshold=args.hallucination_silence_threshold,
+        **({"hotwords": args.hotwords} if (args.hotwords or "").strip() else {}),
     )
-    if args.hotwords and args.hotwords.strip():
-        common["hotwords"] = args.hotwords
     if args.compare_base:
         from .serving.side_by_side import compare_with_base
 

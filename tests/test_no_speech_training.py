@@ -56,7 +56,8 @@ def test_no_speech_fraction_is_checked():
 def test_training_mixes_the_clips_in_at_the_fraction(tmp_path, capsys):
     out = tmp_path / "adapters"
     main(["--train", "--iters", "1", "--batch-size", "4", "--freeze-encoder", "--no-speech-fraction", "0.2",
-          "--adapter-path", str(out), "--no-progress", "--alignment-heads", "keep", "--steps-per-eval", "100"])
+          "--adapter-path", str(out), "--no-progress", "--alignment-heads", "keep", "--steps-per-eval", "100",
+          "--pack-fraction", "0"])
     log = capsys.readouterr().err
     train = sum(1 for line in (ASSETS / "demo_data" / "train.jsonl").read_text().splitlines() if line.strip())
     clips = round(0.2 / 0.8 * train)

@@ -18,7 +18,8 @@ def test_self_replay_trains_on_the_base_models_english_reading_of_the_training_a
     adapters = tmp_path / "adapters"
     lora.main(["--train", "--model", "base", "--data", str(data), "--adapter-path", str(adapters), "--language", "de",
                "--iters", "1", "--batch-size", "4", "--freeze-encoder", "--replay-data", "self",
-               "--replay-fraction", "0.34", "--no-progress", "--alignment-heads", "keep", "--steps-per-eval", "100"])
+               "--replay-fraction", "0.34", "--no-progress", "--alignment-heads", "keep", "--steps-per-eval", "100",
+               "--valid-fraction", "0", "--pack-fraction", "0"])
     captured = capsys.readouterr()
     log = captured.out + captured.err
     targets = [json.loads(line) for line in (adapters / "self_replay_targets.jsonl").read_text().splitlines()]

@@ -177,7 +177,8 @@ def test_lora_cli_trains_and_tests_with_the_torch_back_end(tmp_path, capsys, tin
     out = tmp_path / "adapters"
     main(["--train", "--test", "--no-hallucination-check", "--backend", "torch", "--device", "cpu", "--iters", "4", "--batch-size", "4",
           "--freeze-encoder", "--learning-rate", "1e-3", "--steps-per-report", "2", "--save-every", "2",
-          "--adapter-path", str(out), "--no-progress", "--alignment-heads", "keep"])  # (heads: test_case_style's runs)
+          "--adapter-path", str(out), "--no-progress", "--alignment-heads", "keep",  # (heads: test_case_style's runs)
+          "--no-best-checkpoint"])  # the step-4 adapters, not the best validation's
     err = capsys.readouterr().err
     assert "torch back end on cpu" in err and "WER" in err
     assert "no speech:" not in err  # --no-hallucination-check

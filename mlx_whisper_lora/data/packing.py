@@ -22,7 +22,7 @@ import numpy as np
 from .audio import SAMPLE_RATE
 from .examples import REPLAY_ID_PREFIX
 from .manifests import Utterance
-from .windows import PROMPT_CHARACTERS, WINDOW_SECONDS, _tail, snap
+from .windows import PROMPT_CHARACTERS, WINDOW_SECONDS, snap, tail_text
 
 MIN_TAIL_SECONDS = 1.0  # room left in a window for the start of the next clip (an open last segment)
 
@@ -66,9 +66,9 @@ def with_previous_text(utterances: Sequence[Utterance]) -> List[Utterance]:
             out.append(u)
             continue
         if u.group is not None and u.previous_text is None and said.get(u.group):
-            u = replace(u, previous_text=_tail(said[u.group]))
+            u = replace(u, previous_text=tail_text(said[u.group]))
         if u.group is not None:
-            said[u.group] = _tail((said.get(u.group, "") + " " + u.text.strip()).strip(), 2 * PROMPT_CHARACTERS)
+            said[u.group] = tail_text((said.get(u.group, "") + " " + u.text.strip()).strip(), 2 * PROMPT_CHARACTERS)
         out.append(u)
     return out
 

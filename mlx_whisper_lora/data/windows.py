@@ -107,7 +107,7 @@ def cut_windows(segments: Sequence[Segment], duration: float, limit: float = WIN
         current[:] = taken
         start, end = bounds(current[0], current[-1])
         end = min(end, start + limit)
-        window = Window(start, end, previous_text=_tail(" ".join(history)))
+        window = Window(start, end, previous_text=tail_text(" ".join(history)))
         for i in current:
             s = pieces[i]
             window.segments.append((snap(max(s.start - start, 0.0)), snap(min(s.end - start, end - start)), s.text.strip()))
@@ -141,7 +141,7 @@ def _longest_pause(pieces: Sequence[Segment], current: List[int], following: int
     return best + 1
 
 
-def _tail(text: str, characters: int = PROMPT_CHARACTERS) -> str:
+def tail_text(text: str, characters: int = PROMPT_CHARACTERS) -> str:
     """The last `characters` of `text`, from a word's start."""
     if len(text) <= characters:
         return text

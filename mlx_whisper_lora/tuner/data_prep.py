@@ -91,7 +91,7 @@ def prepare_split(model, utterances, name: str, config: RunConfig, log: Callable
                         "add a language field or pass --language")
     if name == "train" and timestamps:
         if config.sentence_times and float(config.timestamp_fraction) > 0:
-            from ..prepare import default_aligner
+            from .recordings import default_aligner
             from .clip_segments import timed_parts
 
             english = all((u.language or language) == "en" for u in kept)

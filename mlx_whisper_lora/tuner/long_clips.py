@@ -27,7 +27,7 @@ def split_long_clips(clips: List[Utterance], aligner: str, folder: Path, limit: 
     import soundfile as sf
 
     from ..load import load_for_inference
-    from ..prepare import Recording
+    from .recordings import Recording
     from .recording_prep import prepare_recording
 
     folder.mkdir(parents=True, exist_ok=True)

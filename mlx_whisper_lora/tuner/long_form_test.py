@@ -30,7 +30,7 @@ class LongRecording:
 
 def from_inputs(inputs: Sequence[str], log: Callable) -> List[LongRecording]:
     """--test-long: recordings with their transcripts, as `prepare` finds them (subtitle cues give speech times)."""
-    from ..prepare import find_recordings
+    from .recordings import find_recordings
     from .recording_prep import read_cues, read_text
 
     out = []
