@@ -10,7 +10,6 @@ all run to the window's end, stretches skipped after a bad seek, loops.
 from __future__ import annotations
 
 import hashlib
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -120,7 +119,3 @@ def log_comparison(base: dict, adapted: dict, log: Callable) -> None:
                        ("median_segment_seconds", "median segment s"), ("looped_words", "words in loops"),
                        ("longest_silent_speech_seconds", "longest speech with no output s")):
         log(f"  {label:<34}{base[key]:>8g} -> {adapted[key]:g}")
-
-
-def progress_enabled(config) -> bool:
-    return bool(config.progress) and sys.stderr.isatty()

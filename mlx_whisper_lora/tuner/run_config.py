@@ -156,7 +156,7 @@ class RunConfig:
     steps_per_eval: Optional[int] = option(None, "steps between validations (loss and WER; default: a tenth of "
                                                  "--iters, at least 10)")
     val_batches: int = option(25, "validation batches (-1: the whole split)")
-    early_stop: int = option(3, "stop when this many validations in a row did not beat the best one (0: never)")
+    early_stop: int = option(5, "stop when this many validations in a row did not beat the best one (0: never)")
     best_checkpoint: bool = option(True, "end with the last step's adapters (by default the run ends with those of "
                                          "the validation with the lowest WER, the base model at step 0 included, "
                                          "and keeps the last step's beside them)",
