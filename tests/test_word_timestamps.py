@@ -239,3 +239,22 @@ def test_subtitle_flags_need_word_timestamps(jfk, tmp_path):
                                str(tmp_path)], capture_output=True, text=True, timeout=300)
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_picked_probabilities_equal_the_full_softmax():
+    """Word probabilities come from each row's log-sum-exp, not a softmax over the whole vocabulary. The
+    float32 exponent of a term is off by its magnitude times float32's epsilon, so the relative error is
+    bounded by a few units of that; terms below e^-87 of the peak (held there, not computed as subnormals)
+    move a sum of at least 1 by less than the vocabulary times 1e-38."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 6, (40, 51864)).astype(np.float32)
+    logits[np.arange(40), rng.integers(0, 51864, 40)] += 45  # a confident row: most terms far below e^-87
+    picked = rng.integers(0, 51864, 40)
+    picked[:20] = logits[:20].argmax(axis=1)
+    x = logits.astype(np.float64)
+    exact = np.exp(x - x.max(axis=1, keepdims=True))
+    exact = (exact / exact.sum(axis=1, keepdims=True))[np.arange(40), picked]
+    got = timing.picked_probabilities(logits, picked)
+    bound = 16 * np.finfo(np.float32).eps * np.abs(logits).max()
+    assert np.all(np.abs(got - exact) <= bound * exact + 1e-300)
+    assert np.all(got[:20] > 0.5)

@@ -90,6 +90,21 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def picked_probabilities(logits: np.ndarray, picked: Sequence[int]) -> np.ndarray:
+    """softmax(logits)[i, picked[i]] for each row, without the softmax of the whole vocabulary: the
+    row's log-sum-exp in float32 and the picked entries' probabilities from it. Terms below e^-87 of the
+    row's largest are counted as e^-87: each is under float32's resolution of a sum that is at least 1,
+    and their exponentials would be subnormal numbers, which this CPU computes ~10x slower."""
+    x = np.array(logits, dtype=np.float32)
+    peak = x.max(axis=-1, keepdims=True)
+    x -= peak
+    np.maximum(x, -87.0, out=x)
+    np.exp(x, out=x)
+    log_norm = peak[:, 0].astype(np.float64) + np.log(x.sum(axis=-1, dtype=np.float64))
+    rows = np.arange(len(picked))
+    return np.exp(logits[rows, np.asarray(picked)].astype(np.float64) - log_norm)
+
+
 def attention_matrix(qk: np.ndarray, num_frames: int, medfilt_width: int = 7, qk_scale: float = 1.0) -> np.ndarray:
     """Heads' cross-attention scores (heads, tokens, frames) -> the (tokens, frames) matrix DTW walks:
     softmax over the audio (only its first num_frames // 2 positions hold speech), standardized per
@@ -128,8 +143,7 @@ def find_alignment(model, tokenizer: Tokenizer, text_tokens: List[int], audio_fe
         return []
     logits, qk = model.alignment_scores(np.array([alignment_inputs(tokenizer, text_tokens)]), audio_features, heads)
     begin = len(tokenizer.sot_sequence)
-    token_probs = _softmax(logits[begin : begin + len(text_tokens), : tokenizer.eot].astype(np.float64))
-    text_token_probs = token_probs[np.arange(len(text_tokens)), text_tokens]
+    text_token_probs = picked_probabilities(logits[begin : begin + len(text_tokens), : tokenizer.eot], text_tokens)
     found = word_times(attention_matrix(qk, num_frames, medfilt_width, qk_scale)[begin:-1], tokenizer, text_tokens)
     if found is None:
         return []
