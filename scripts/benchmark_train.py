@@ -125,7 +125,8 @@ def run_ours(spec: dict) -> dict:
             "--alpha", str(spec["alpha"]), "--lora-modules", "query", "value", "--learning-rate", "1e-4",
             "--lr-schedule", "constant", "--warmup", "0",
             "--steps-per-report", "1", "--steps-per-eval", "1000000", "--save-every", "0", "--no-progress",
-            "--timestamp-fraction", "0", "--optimizer", "adamw", "--weight-decay", "0", "--max-grad-norm", "0",
+            "--timestamp-fraction", "0", "--pack-fraction", "0", "--valid-fraction", "0", "--no-best-checkpoint",
+            "--optimizer", "adamw", "--weight-decay", "0", "--max-grad-norm", "0",
             "--dtype", spec["dtype"], "--backend", spec["backend"]]
     if spec["bits"]:
         argv += ["--bits", str(spec["bits"])]

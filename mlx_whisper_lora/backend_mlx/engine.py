@@ -19,6 +19,7 @@ from ..inference.decoding import DecodingOptions, decode
 from ..text.tokenizer import get_tokenizer
 from . import adapters
 from .data_parallel import sum_gradients
+from .frozen_head_loss import frozen_head_cross_entropy
 
 
 def masked_cross_entropy(logits: mx.array, targets: mx.array, mask: mx.array, smoothing: float = 0.0) -> tuple:
@@ -28,12 +29,28 @@ def masked_cross_entropy(logits: mx.array, targets: mx.array, mask: mx.array, sm
 
 
 def loss_fn(model, audio: mx.array, inputs: mx.array, targets: mx.array, mask: mx.array, states: bool,
-            smoothing: float = 0.0, taught: Optional[mx.array] = None, teacher: Optional[mx.array] = None):
+            smoothing: float = 0.0, taught: Optional[mx.array] = None, teacher: Optional[mx.array] = None,
+            cross_kv: Optional[list] = None, positions: Optional[mx.array] = None):
     """Mean token loss and the number of tokens. `states`: audio holds encoder outputs already;
     `smoothing`: label smoothing (training only); `taught`: indices of rows whose loss is the
     cross-entropy against `teacher`, the base model's next-token probabilities for those rows
-    (--replay-distill), instead of their target tokens."""
-    logits = model.decoder(inputs, audio)[0] if states else model(audio, inputs)
+    (--replay-distill), instead of their target tokens; `cross_kv`: the cross-attention's cached base
+    keys and values; `positions`: the flat indices of the target tokens (mask > 0), where alone the
+    logits are formed (through the frozen-projection loss when the projection does not train)."""
+    xa = audio if states else model.encoder(audio.astype(model.dtype))
+    hidden = model.decoder.hidden(inputs, xa, cross_kv)
+    if taught is None and positions is not None:
+        picked = hidden.reshape(-1, hidden.shape[-1])[positions]
+        wanted = targets.reshape(-1)[positions]
+        embedding = model.decoder.token_embedding
+        if "scales" not in embedding and not tree_flatten(embedding.trainable_parameters()):
+            total = frozen_head_cross_entropy(picked, embedding.weight, wanted, smoothing, small_graph=states)
+        else:
+            total = nn.losses.cross_entropy(embedding.as_linear(picked).astype(mx.float32), wanted,
+                                            reduction="sum", label_smoothing=smoothing)
+        count = mx.array(positions.size, dtype=mx.float32)
+        return total / max(positions.size, 1), count
+    logits = model.decoder.token_embedding.as_linear(hidden)
     if taught is None:
         total, count = masked_cross_entropy(logits, targets, mask, smoothing)
     else:
@@ -44,11 +61,23 @@ def loss_fn(model, audio: mx.array, inputs: mx.array, targets: mx.array, mask: m
     return total / mx.maximum(count, 1.0), count
 
 
+def target_positions(mask: np.ndarray) -> mx.array:
+    """The flat indices of a label batch's counted tokens."""
+    return mx.array(np.flatnonzero(np.asarray(mask).reshape(-1) > 0).astype(np.int32))
+
+
 def base_distribution(model, audio: mx.array, inputs: mx.array, states: bool) -> mx.array:
     """The base model's next-token probabilities (adapters switched off): the teacher of --replay-distill."""
     with adapters.adapters_switched_off(model):
-        logits = model.decoder(inputs, audio)[0] if states else model(audio, inputs)
+        xa = audio if states else model.encoder(audio.astype(model.dtype))
+        logits = model.decoder.token_embedding.as_linear(model.decoder.hidden(inputs, xa))
     return mx.stop_gradient(mx.softmax(logits.astype(mx.float32), axis=-1))
+
+
+def set_blockwise_attention(model, enabled: bool) -> None:
+    """The encoder's self-attention without a kept (frames x frames) matrix (chunked_attention.py)."""
+    for block in model.encoder.blocks:
+        block.attn.blockwise = enabled
 
 
 def set_grad_checkpoint(model, enabled: bool) -> None:
@@ -99,59 +128,94 @@ class MLXBackend:
     def encoder_trained(self) -> bool:
         return bool(tree_flatten(self.model.encoder.trainable_parameters()))
 
-    # ---- encoder states
+    # ---- encoder states: (states, cross-attention base K/V per layer, or None) per utterance
     def encode(self, examples, indices, for_training: bool = True) -> list:
-        states = self.model.embed_audio(mx.array(examples.mels(indices)))
-        mx.eval(states)
-        return [s.astype(mx.float32) for s in states]
+        """Each utterance's encoder states and, for training steps while the decoder's cross-attention
+        keys and values carry no trained base weight, those keys and values (the torch engine's cache)."""
+        states = self.model.embed_audio(mx.array(examples.mels(indices))).astype(mx.float32)
+        kv = [None] * len(indices)
+        if for_training and self.model.decoder.cross_kv_cacheable():
+            # utterance by utterance: each keeps buffers of its own, which the cache can drop alone
+            kv = [[(k[0], v[0]) for k, v in self.model.decoder.base_cross_kv(states[j:j + 1].astype(self.model.dtype))]
+                  for j in range(len(indices))]
+        mx.eval(states, [pair for item in kv if item for pair in item])
+        return [(s, item) for s, item in zip(states, kv)]
 
     def states_nbytes(self, states) -> int:
-        return states.size * 4
+        return states[0].nbytes
 
     def extras_nbytes(self, states) -> int:
-        return 0  # MLX keeps nothing beside the states
+        return sum(a.nbytes for pair in (states[1] or []) for a in pair)
 
     def without_extras(self, states):
-        return states
+        return states[0], None
 
     def states_numpy(self, states) -> np.ndarray:
-        return np.array(states)
+        return np.array(states[0])
 
     def model_inputs(self, examples, indices, states) -> tuple:
-        """(audio, is_states): cached encoder states, frozen-encoder states, or log-mels."""
+        """(audio, is_states, cross_kv): cached encoder states, frozen-encoder states, or log-mels; the
+        cross-attention base keys and values per layer (stacked) when the encoder is frozen."""
         if states is not None:
-            return mx.stack([s if isinstance(s, mx.array) else mx.array(s) for s in states]), True
+            items = [s if isinstance(s, tuple) else (mx.array(s), None) for s in states]
+            audio = mx.stack([s for s, _ in items])
+            return audio, True, self.cross_kv(audio, [kv for _, kv in items])
         mels = mx.array(examples.mels(indices))
         if self.encoder_trained:
-            return mels, False
-        return mx.stop_gradient(self.model.embed_audio(mels)), True
+            return mels, False, None
+        audio = mx.stop_gradient(self.model.embed_audio(mels))
+        return audio, True, self.cross_kv(audio, [None] * len(indices))
+
+    def cross_kv(self, audio: mx.array, kept: list) -> Optional[list]:
+        """Per layer, the batch's base cross-attention (keys, values): those kept in the cache, the
+        others computed now from their states, once a step and without gradient (None when the key or
+        value projections train)."""
+        if not self.model.decoder.cross_kv_cacheable():
+            return None
+        if all(kv is None for kv in kept):
+            return [tuple(mx.stop_gradient(a) for a in pair)
+                    for pair in self.model.decoder.base_cross_kv(audio.astype(self.model.dtype))]
+        missing = [j for j, kv in enumerate(kept) if kv is None]
+        if missing:
+            fresh = self.model.decoder.base_cross_kv(audio[mx.array(missing)].astype(self.model.dtype))
+            for n, j in enumerate(missing):
+                kept[j] = [(k[n], v[n]) for k, v in fresh]
+        return [(mx.stack([kv[layer][0] for kv in kept]), mx.stack([kv[layer][1] for kv in kept]))
+                for layer in range(len(kept[0]))]
 
     # ---- steps
     def start_training(self, args) -> None:
         mx.random.seed(args.seed)
         set_grad_checkpoint(self.model, bool(args.grad_checkpoint))
+        # blockwise: on a GPU always (memory is what limits encoder training there); on the CPU, where each
+        # recomputed exp is slow, when --grad-checkpoint asks for memory over time
+        on_cpu = mx.default_device() == mx.cpu
+        set_blockwise_attention(self.model, self.encoder_trained and (not on_cpu or bool(args.grad_checkpoint)))
         self.optimizer = make_optimizer(args.optimizer, args.weight_decay)
         self.optimizer.init(self.model.trainable_parameters())
         states, smoothing = not self.encoder_trained, float(args.label_smoothing)
-        self._loss_and_grad = nn.value_and_grad(self.model,
-                                                lambda m, a, i, t, k: loss_fn(m, a, i, t, k, states, smoothing))
+        self._loss_and_grad = nn.value_and_grad(
+            self.model, lambda m, a, i, t, k, kv, pos: loss_fn(m, a, i, t, k, states, smoothing, cross_kv=kv,
+                                                                positions=pos))
         self._distilled_loss_and_grad = nn.value_and_grad(
-            self.model, lambda m, a, i, t, k, rows, p: loss_fn(m, a, i, t, k, states, smoothing, rows, p))
+            self.model, lambda m, a, i, t, k, rows, p, kv: loss_fn(m, a, i, t, k, states, smoothing, rows, p, kv))
         self.replay_distill = bool(args.replay_distill)
 
     def set_training(self, training: bool) -> None:
         self.model.train(training)
 
     def accumulate_gradients(self, examples, indices, states, labels, scale: float) -> tuple:
-        audio, is_states = self.model_inputs(examples, indices, states)
+        audio, is_states, kv = self.model_inputs(examples, indices, states)
         inputs, targets, mask = (mx.array(a) for a in labels)
         rows = [j for j, replayed in enumerate(examples.replayed(indices)) if replayed] if self.replay_distill else []
         if rows:
             rows = mx.array(rows)
             teacher = base_distribution(self.model, audio[rows], inputs[rows], is_states)
-            (loss, ntok), grads = self._distilled_loss_and_grad(self.model, audio, inputs, targets, mask, rows, teacher)
+            (loss, ntok), grads = self._distilled_loss_and_grad(self.model, audio, inputs, targets, mask, rows, teacher,
+                                                                kv)
         else:
-            (loss, ntok), grads = self._loss_and_grad(self.model, audio, inputs, targets, mask)
+            (loss, ntok), grads = self._loss_and_grad(self.model, audio, inputs, targets, mask, kv,
+                                                      target_positions(labels[2]))
         if scale != 1.0:
             grads = tree_map(lambda g: g * scale, grads)
         self.grads = grads if self.grads is None else tree_map(lambda a, b: a + b, self.grads, grads)
@@ -170,8 +234,9 @@ class MLXBackend:
         mx.eval(self.model.parameters(), self.optimizer.state)
 
     def batch_loss(self, examples, indices, states, labels) -> tuple:
-        audio, is_states = self.model_inputs(examples, indices, states)
-        loss, n = loss_fn(self.model, audio, *(mx.array(a) for a in labels), is_states)
+        audio, is_states, kv = self.model_inputs(examples, indices, states)
+        loss, n = loss_fn(self.model, audio, *(mx.array(a) for a in labels), is_states, cross_kv=kv,
+                          positions=target_positions(labels[2]))
         mx.eval(loss, n)
         return loss.item() * n.item(), n.item()
 

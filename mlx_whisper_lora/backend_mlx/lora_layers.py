@@ -66,6 +66,12 @@ class LoRALinear(nn.Module):
         self.lora_a = mx.random.uniform(low=-bound, high=bound, shape=(input_dims, rank))
         self.lora_b = mx.zeros((rank, output_dims))
 
+    additive = True  # y = base(x) + a low-rank term: the base's output can be cached apart
+
+    def low_rank_terms(self, x: mx.array) -> tuple:
+        """(dropout(x) @ A, scale * B): the update is their product, so callers may reassociate it."""
+        return self.dropout(x) @ self.lora_a.astype(x.dtype), (self.scale * self.lora_b).astype(x.dtype)
+
     def delta(self) -> mx.array:
         """The (out, in) update this adapter adds to the base weight."""
         return self.scale * (self.lora_a @ self.lora_b).T
@@ -84,6 +90,8 @@ class DoRALinear(LoRALinear):
     """Weight-decomposed LoRA: the direction of W + delta is rescaled to a trained magnitude m.
 
     As in the DoRA paper and PEFT, the norm of the adapted weight is not differentiated through."""
+
+    additive = False  # the whole output is rescaled
 
     @classmethod
     def from_base(cls, linear: nn.Module, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0):

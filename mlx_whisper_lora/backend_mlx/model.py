@@ -11,10 +11,11 @@ from typing import List, Optional, Tuple
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+from mlx.utils import tree_flatten
 
 from ..formats import dims
 from ..formats.dims import ModelDimensions
-from . import cpu_kernels
+from . import chunked_attention, cpu_kernels, cpu_softmax
 
 KVCache = Tuple[mx.array, mx.array]
 
@@ -25,6 +26,10 @@ def sinusoids(length: int, channels: int) -> mx.array:
 
 
 class MultiHeadAttention(nn.Module):
+    # Set by training when the encoder trains: its self-attention keeps no (frames x frames) matrix for
+    # the backward pass (chunked_attention.py)
+    blockwise = False
+
     def __init__(self, n_state: int, n_head: int):
         super().__init__()
         self.n_head = n_head
@@ -41,8 +46,10 @@ class MultiHeadAttention(nn.Module):
         kv_cache: Optional[KVCache] = None,
         fast_kernels: bool = False,
         numpy_attention: bool = False,
-    ) -> Tuple[mx.array, KVCache, mx.array]:
-        """Returns the output, the keys/values to cache and the attention scores.
+        scores: bool = False,
+    ) -> Tuple[mx.array, KVCache, Optional[mx.array]]:
+        """Returns the output, the keys/values to cache and, when `scores` or with the CPU kernels, the
+        attention scores (else the fused attention runs and gives none).
 
         numpy_attention: the encoder's unmasked self-attention in numpy (inference only); no
         scores or cache are returned then.
@@ -67,6 +74,12 @@ class MultiHeadAttention(nn.Module):
         else:  # cross-attention: keys/values of the audio were computed once
             k, v = kv_cache
         b, _, n_q, _ = q.shape
+        if self.blockwise and xa is None and mask is None and not (scores or fast_kernels):
+            out = chunked_attention.attention(q, k, v)
+            return self.out(out.transpose(0, 2, 1, 3).reshape(b, n_q, -1)), (k, v), None
+        if not (scores or fast_kernels):  # queries and keys are scaled already
+            out = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0, mask=mask)
+            return self.out(out.transpose(0, 2, 1, 3).reshape(b, n_q, -1)), (k, v), None
         qk = q @ k.swapaxes(-1, -2)
         if mask is not None:
             qk = qk + mask
@@ -76,6 +89,50 @@ class MultiHeadAttention(nn.Module):
             w = mx.softmax(qk.astype(mx.float32), axis=-1).astype(q.dtype)
         out = (w @ v).transpose(0, 2, 1, 3).reshape(b, n_q, -1)
         return self.out(out), (k, v), qk
+
+    def attend_cached(self, x: mx.array, xa: mx.array, base_kv: KVCache) -> mx.array:
+        """Cross-attention of `x` over audio states `xa` whose frozen base keys and values were computed
+        before (`base_keys_values`, kept by the training cache). An adapter on the key or value adds
+        s * (xa @ A) @ B; it enters through the rank-r term (xa @ A): its product with the queries or
+        the attention weights is taken before the (frames, state) delta would be formed, which is what
+        recomputing the keys and values costs every step otherwise (the same numbers, reassociated)."""
+        base_k, base_v = base_kv
+        scale = self._scale(x)
+        q = self._heads(self.query(x)) * scale
+        b, h, n, dh = q.shape
+        frames = base_k.shape[2]
+        scores = q @ base_k.swapaxes(-1, -2)
+        if getattr(self.key, "additive", False):
+            low, up = self.key.low_rank_terms(xa)  # (batch, frames, r), (r, state)
+            q_up = q @ up.reshape(-1, h, dh).transpose(1, 2, 0)  # (batch, heads, n, r)
+            scores = scores + (q_up.reshape(b, h * n, -1) @ low.swapaxes(1, 2)).reshape(b, h, n, frames) * scale
+        w = cpu_softmax.softmax(scores).astype(q.dtype)
+        out = w @ base_v
+        if getattr(self.value, "additive", False):
+            low, up = self.value.low_rank_terms(xa)
+            mixed = (w.reshape(b, h * n, frames) @ low).reshape(b, h, n, -1)  # (batch, heads, n, r)
+            out = out + mixed @ up.reshape(-1, h, dh).transpose(1, 0, 2)
+        return self.out(out.transpose(0, 2, 1, 3).reshape(b, n, -1))
+
+    def frozen_keys_values(self) -> bool:
+        """Whether the key and value base projections get no gradient, so their outputs can be cached."""
+        for m in (self.key, self.value):
+            if isinstance(m, (nn.Linear, nn.QuantizedLinear)):
+                base = m
+            elif getattr(m, "additive", False):
+                base = m.linear
+            else:
+                return False  # DoRA rescales the whole projection
+            if tree_flatten(base.trainable_parameters()):
+                return False
+        return True
+
+    def base_keys_values(self, xa: mx.array) -> KVCache:
+        """The frozen base keys (scaled, as the inference cache keeps them) and values of audio states
+        `xa`, split into heads: what `attend_cached` reads."""
+        base = lambda m: getattr(m, "linear", m)  # noqa: E731
+        return (mx.contiguous(self._heads(base(self.key)(xa)) * self._scale(xa)),
+                mx.contiguous(self._heads(base(self.value)(xa))))
 
     def _heads(self, x: mx.array) -> mx.array:
         b, n, d = x.shape
@@ -101,30 +158,35 @@ class ResidualAttentionBlock(nn.Module):
     # Set by training with --grad-checkpoint: recompute this block's activations in the backward pass.
     grad_checkpoint = False
 
-    def __call__(self, x, xa=None, mask=None, kv_cache=None, fast_kernels=False):
-        if self.grad_checkpoint and kv_cache is None and not fast_kernels:
-            return self._checkpointed(x, xa, mask), (None, None), None
-        return self._forward(x, xa, mask, kv_cache, fast_kernels)
+    def __call__(self, x, xa=None, mask=None, kv_cache=None, fast_kernels=False, base_kv=None, scores=False):
+        """`base_kv`: the cross-attention's cached frozen base keys and values (training); `scores`: also
+        return the cross-attention scores (word timing), which the fused attention does not give."""
+        if self.grad_checkpoint and kv_cache is None and not (fast_kernels or scores):
+            return self._checkpointed(x, xa, mask, base_kv), (None, None), None
+        return self._forward(x, xa, mask, kv_cache, fast_kernels, base_kv, scores)
 
-    def _checkpointed(self, x, xa, mask):
-        extra = [a for a in (xa, mask) if a is not None]
+    def _checkpointed(self, x, xa, mask, base_kv):
+        given = {"xa": xa, "mask": mask, "base_kv": base_kv}
+        names = [k for k, v in given.items() if v is not None]
 
         def inner(params, x, *extra):
             self.update(params)
-            it = iter(extra)
-            return self._forward(x, next(it) if xa is not None else None, next(it) if mask is not None else None)[0]
+            return self._forward(x, **dict(zip(names, extra)))[0]
 
-        return mx.checkpoint(inner)(self.trainable_parameters(), x, *extra)
+        return mx.checkpoint(inner)(self.trainable_parameters(), x, *[given[k] for k in names])
 
-    def _forward(self, x, xa=None, mask=None, kv_cache=None, fast_kernels=False):
+    def _forward(self, x, xa=None, mask=None, kv_cache=None, fast_kernels=False, base_kv=None, scores=False):
         self_kv, cross_kv = kv_cache if kv_cache is not None else (None, None)
         encoder_fast = fast_kernels and self.cross_attn is None
         y, self_kv, _ = self.attn(self.attn_ln(x), mask=mask, kv_cache=self_kv, fast_kernels=fast_kernels,
                                   numpy_attention=encoder_fast)
         x = x + y
         cross_qk = None
-        if self.cross_attn is not None:
-            y, cross_kv, cross_qk = self.cross_attn(self.cross_attn_ln(x), xa, kv_cache=cross_kv, fast_kernels=fast_kernels)
+        if self.cross_attn is not None and base_kv is not None:
+            x = x + self.cross_attn.attend_cached(self.cross_attn_ln(x), xa, base_kv)
+        elif self.cross_attn is not None:
+            y, cross_kv, cross_qk = self.cross_attn(self.cross_attn_ln(x), xa, kv_cache=cross_kv,
+                                                    fast_kernels=fast_kernels, scores=scores)
             x = x + y
         gelu = cpu_kernels.gelu if fast_kernels else nn.gelu
         x = x + self.mlp2(gelu(self.mlp1(self.mlp_ln(x))))
@@ -165,10 +227,28 @@ class TextDecoder(nn.Module):
         self.ln = nn.LayerNorm(n_state)
         self._mask = nn.MultiHeadAttention.create_additive_causal_mask(n_ctx)
 
+    def hidden(self, tokens: mx.array, xa: mx.array, base_cross_kv: Optional[List[KVCache]] = None) -> mx.array:
+        """The training forward pass up to the final layer norm: (batch, n, n_state), no logits.
+        `base_cross_kv`: per block, the cross-attention's cached frozen keys and values."""
+        n = tokens.shape[-1]
+        x = (self.token_embedding(tokens) + self.positional_embedding[:n]).astype(xa.dtype)
+        mask = self._mask[:n, :n].astype(x.dtype) if n > 1 else None
+        for i, block in enumerate(self.blocks):
+            x, _, _ = block(x, xa, mask=mask, base_kv=None if base_cross_kv is None else base_cross_kv[i])
+        return self.ln(x)
+
+    def cross_kv_cacheable(self) -> bool:
+        return all(block.cross_attn.frozen_keys_values() for block in self.blocks)
+
+    def base_cross_kv(self, xa: mx.array) -> List[KVCache]:
+        return [block.cross_attn.base_keys_values(xa) for block in self.blocks]
+
     def __call__(
-        self, tokens: mx.array, xa: mx.array, kv_cache: Optional[List] = None, fast_kernels: bool = False
+        self, tokens: mx.array, xa: mx.array, kv_cache: Optional[List] = None, fast_kernels: bool = False,
+        scores: bool = False,
     ) -> Tuple[mx.array, List, List[mx.array]]:
-        """tokens: (batch, n) -> logits (batch, n, n_vocab), the updated cache, cross-attention scores.
+        """tokens: (batch, n) -> logits (batch, n, n_vocab), the updated cache, cross-attention scores
+        (with `scores` or the CPU kernels; else Nones).
 
         fast_kernels: inference-only CPU kernels (numpy softmax, a transposed copy of the output
         projection, which CPU BLAS reads ~2.5x faster); not differentiable."""
@@ -186,7 +266,7 @@ class TextDecoder(nn.Module):
         cross_qk = []
         new_cache = []
         for block, cache in zip(self.blocks, kv_cache):
-            x, cache, qk = block(x, xa, mask=mask, kv_cache=cache, fast_kernels=fast_kernels)
+            x, cache, qk = block(x, xa, mask=mask, kv_cache=cache, fast_kernels=fast_kernels, scores=scores)
             new_cache.append(cache)
             cross_qk.append(qk)
         x = self.ln(x)
@@ -262,7 +342,7 @@ class Whisper(nn.Module):
         """For word timing (inference/timing.py): float32 logits (tokens, vocab) of one token sequence
         (1, n) and the pre-softmax cross-attention scores of the given (layer, head) pairs (heads,
         tokens, audio positions); heads default to the model's alignment heads."""
-        logits, _, cross_qk = self.decoder(mx.array(np.asarray(tokens, dtype=np.int32)), audio_features)
+        logits, _, cross_qk = self.decoder(mx.array(np.asarray(tokens, dtype=np.int32)), audio_features, scores=True)
         pairs = self.alignment_heads.tolist() if heads is None else [list(h) for h in heads]
         qk = mx.stack([cross_qk[layer][0, head] for layer, head in pairs])
         return np.array(logits[0].astype(mx.float32)), np.array(qk.astype(mx.float32))
