@@ -22,7 +22,6 @@ from .splits import split_names, split_parts
 from ..errors import UserError
 from ..text.languages import language_code, language_note
 
-SPLITS = ("train", "valid", "test")
 MANIFEST_SUFFIXES = (".jsonl", ".csv")
 SHARED_MANIFESTS = ("manifest", "metadata")
 TEXT_COLUMNS = ("sentence", "text", "transcription", "transcript")  # a dataset's text column, when not named

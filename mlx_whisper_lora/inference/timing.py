@@ -255,7 +255,3 @@ def _rendered(word: str, render) -> str:
 
 def last_word_end(segments: List[dict]) -> Optional[float]:
     return next((w["end"] for s in reversed(segments) for w in reversed(s.get("words") or [])), None)
-
-
-def first_word_start(segments: List[dict]) -> Optional[float]:
-    return next((w["start"] for s in segments for w in s.get("words") or []), None)
