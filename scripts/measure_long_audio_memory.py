@@ -49,21 +49,29 @@ def speech_file(path: Path, seconds: float) -> Path:
     return path
 
 
-def transcribe_peak(path: Path, model: str, out: Path, extra: list) -> dict:
-    """Peak RSS (MB) and wall time of one `transcribe` process on `path`."""
+def child_peak(argv: list, first: str) -> tuple:
+    """(wall seconds, peak RSS in MB) of one child process running `argv`; it exits with the child's stderr when
+    the child fails. The peak comes from getrusage of the finished children, so the runs must grow in size:
+    `first` names the smaller run to do first, for the message when one does not."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     tic = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "mlx_whisper_lora.transcribe", str(path), "--model", model,
-                           "--language", "en", "--temperature", "0", "-o", str(out), "-f", "txt", "--verbose", "False", *extra],
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True)
     wall = time.perf_counter() - tic
     if proc.returncode != 0:
         sys.exit(proc.stderr[-3000:])
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if peak <= before:
-        sys.exit("the child's peak is hidden behind an earlier, larger one: run the short file first")
+        sys.exit(f"the child's peak is hidden behind an earlier, larger one: run {first} first")
+    return wall, peak / 1024
+
+
+def transcribe_peak(path: Path, model: str, out: Path, extra: list) -> dict:
+    """Peak RSS (MB) and wall time of one `transcribe` process on `path`."""
+    wall, peak_mb = child_peak(["-m", "mlx_whisper_lora.transcribe", str(path), "--model", model, "--language", "en",
+                                "--temperature", "0", "-o", str(out), "-f", "txt", "--verbose", "False", *extra],
+                               "the short file")
     words = len((out / (path.stem + ".txt")).read_text().split())
-    return {"peak_mb": peak / 1024, "wall_s": wall, "words": words}
+    return {"peak_mb": peak_mb, "wall_s": wall, "words": words}
 
 
 def main(argv=None):

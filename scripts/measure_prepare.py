@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +24,9 @@ import numpy as np
 import soundfile as sf
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from measure_long_audio_memory import child_peak  # noqa: E402
+
 SHARED = Path(os.environ.get("MLX_WHISPER_LORA_SHARED", ROOT.parent / "shared")) / "data"
 
 
@@ -55,19 +56,11 @@ def recording(path: Path, seconds: float) -> int:
 
 
 def prepare_peak(path: Path, model: str, out: Path) -> dict:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    tic = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "mlx_whisper_lora.prepare", str(path), "--output", str(out),
-                           "--model", model, "--language", "en", "--no-progress", "--valid-fraction", "0",
-                           "--test-fraction", "0"], capture_output=True, text=True)
-    wall = time.perf_counter() - tic
-    if proc.returncode != 0:
-        sys.exit(proc.stderr[-3000:])
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if peak <= before:
-        sys.exit("the child's peak is hidden behind an earlier, larger one: run the short recording first")
+    wall, peak_mb = child_peak(["-m", "mlx_whisper_lora.prepare", str(path), "--output", str(out), "--model", model,
+                                "--language", "en", "--no-progress", "--valid-fraction", "0", "--test-fraction", "0"],
+                               "the short recording")
     report = json.loads((out / "prepare_report.json").read_text())
-    return {"peak_mb": peak / 1024, "wall_s": wall, "report": report}
+    return {"peak_mb": peak_mb, "wall_s": wall, "report": report}
 
 
 def main(argv=None):
