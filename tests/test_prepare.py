@@ -251,3 +251,62 @@ def test_forced_alignment_times_a_known_text_window_after_window(tiny_en):
     copy = (len(clip) + len(gap)) / 16000
     for k in range(9):
         assert abs(timed[k * len(text)][1] - k * copy) < 0.6, (k, timed[k * len(text)])
+
+
+def test_forced_alignment_goes_on_after_a_stretch_it_cannot_follow(tiny_en):
+    """Sixteen demo clips in a row, the sixth one's speech replaced by noise while the text keeps its words:
+    the words pile up there, and the alignment resumes after it instead of leaving the rest of the recording
+    untimed (each later clip's first word near where that clip starts)."""
+    import json
+
+    from mlx_whisper_lora.assets_dir import ASSETS
+    from mlx_whisper_lora.data.audio import load_audio
+    from mlx_whisper_lora.inference.forced_alignment import forced_words
+
+    folder = ASSETS / "demo_data"
+    rows = [json.loads(line) for line in (folder / "train.jsonl").read_text().splitlines()][:16]
+    gap = np.zeros(8000, np.float32)
+    pieces, starts, t = [], [], 0.0
+    for k, row in enumerate(rows):
+        clip = load_audio(folder / row["audio"])
+        if k == 5:
+            clip = np.random.default_rng(0).normal(0, 0.05, len(clip)).astype(np.float32)
+        starts.append(t)
+        pieces += [clip, gap]
+        t += (len(clip) + len(gap)) / 16000
+    audio = np.concatenate(pieces)
+    texts = [row["text"].split() for row in rows]
+    timed = forced_words(lambda a, b: audio[a:b], len(audio), [w for text in texts for w in text], tiny_en, "en")
+    first = np.cumsum([0] + [len(text) for text in texts])
+    assert any(s is None for _, s, _ in timed[first[5]:first[8]])  # the stretch it could not follow
+    for k in range(8, 16):
+        assert all(s is not None for _, s, _ in timed[first[k]:first[k + 1]]), k
+        assert abs(timed[first[k]][1] - starts[k]) < 0.6, (k, timed[first[k]], starts[k])
+
+
+def test_pauses_found_by_voice_activity_open_between_forced_words(tiny_en):
+    """Forced alignment gives every frame to a word, so words touch and a window could not be cut at a pause;
+    silero-vad's silences open the half-second gaps between eight demo clips again (and the rest of each
+    clip's words stay in order)."""
+    import json
+
+    pytest.importorskip("silero_vad")
+    from mlx_whisper_lora.assets_dir import ASSETS
+    from mlx_whisper_lora.data.audio import load_audio
+    from mlx_whisper_lora.inference.forced_alignment import forced_words, open_pauses
+    from mlx_whisper_lora.inference.vad_chunks import silences
+
+    folder = ASSETS / "demo_data"
+    rows = [json.loads(line) for line in (folder / "train.jsonl").read_text().splitlines()][:8]
+    gap = np.zeros(8000, np.float32)
+    audio = np.concatenate([x for row in rows for x in (load_audio(folder / row["audio"]), gap)])
+    texts = [row["text"].split() for row in rows]
+    read = lambda a, b: audio[a:b]  # noqa: E731
+    timed = forced_words(read, len(audio), [w for text in texts for w in text], tiny_en, "en")
+    opened = open_pauses(timed, silences(read, len(audio), 0.2))
+    first = np.cumsum([0] + [len(text) for text in texts])
+    touching = sum(timed[k][1] - timed[k - 1][2] < 0.1 for k in first[1:-1])
+    assert touching >= 4  # what the warping path alone gives: most clip boundaries without a pause
+    for k in first[1:-1]:
+        assert opened[k][1] - opened[k - 1][2] >= 0.3, (k, opened[k - 1], opened[k])
+    assert all(s < e for _, s, e in opened) and all(a[2] <= b[1] for a, b in zip(opened, opened[1:]))

@@ -6,7 +6,8 @@ Each 30 s window from the current point is given the next words of the text (a f
 so far says it holds) as forced decoder input; openai-whisper's word-timing computation (the alignment heads'
 cross-attention, median-filtered, through dynamic time warping: timing.py) times them. The words that end well
 before the window's end are kept, the point moves to the end of the last one, and the rest go to the next
-window. Why by hand: it is stable-ts's `align` idea on this package's own timing code; forced aligners on PyPI
+window. Where the window's first words pile up (the model cannot follow that stretch), they are left untimed
+and the alignment goes on from the first words it follows again. Why by hand: it is stable-ts's `align` idea on this package's own timing code; forced aligners on PyPI
 need a model per language downloaded from the Hub.
 """
 
@@ -24,6 +25,8 @@ WINDOW_SECONDS = 30.0
 KEEP_BEFORE_END = 3.0  # words ending later than this before a window's end are timed again in the next window
 OVERSHOOT = 1.4  # words given to a window: this many times what the speech rate so far says it holds
 FIRST_RATE = 2.5  # words a second before any is timed (read speech: 2-3)
+PAUSE_REACH = 0.3  # seconds: a pause this far from a word boundary (or as far as it is long) still opens there
+RESUMED_WORDS = 3  # words in a row with a duration after a pile-up: the timing follows the speech again
 
 
 def forced_words(read: Callable[[int, int], np.ndarray], n_samples: int, words: Sequence[str], model,
@@ -50,8 +53,14 @@ def forced_words(read: Callable[[int, int], np.ndarray], n_samples: int, words: 
                 break
             out.append((word, seek + s, seek + e))
             kept += 1
-        if kept == 0:  # nothing fits before the window's end: the text and the audio part ways here
-            break
+        if kept == 0:  # the window's first words piled up: go on from where the timing resumes, if it does
+            resumed = _resumed_after_pile_up(timed) if good == 0 else None
+            if resumed is None or seek + timed[resumed][1] >= (duration if last else end - KEEP_BEFORE_END):
+                break  # the text and the audio part ways here
+            out += [(word, None, None) for word in chunk[:resumed]]
+            i += resumed
+            seek += timed[resumed][1]
+            continue
         i += kept
         spoken = out[-1][2] - seek
         rate = max(0.5, kept / max(spoken, 1.0))
@@ -69,6 +78,52 @@ def _before_pile_up(timed) -> int:
         if s1 is not None and s2 is not None and e1 - s1 < 1e-3 and e2 - s2 < 1e-3:
             return max(k - 1, 0)
     return len(timed)
+
+
+def open_pauses(timed: List[Tuple[str, Optional[float], Optional[float]]],
+                pauses: Sequence[Tuple[float, float]]) -> List[Tuple[str, Optional[float], Optional[float]]]:
+    """Forced words with the pauses a voice-activity detector found opened between them. The warping path
+    gives every frame to some word, so a pause is swallowed by the word before or after it and the words
+    touch: nothing could cut there. Each pause goes to the word boundary nearest it (within the pause's
+    length, or PAUSE_REACH): the word before ends where the pause starts and the word after starts where it
+    ends. A pause holding two boundaries (a word placed in silence) is left alone, as is any change that
+    would make a word vanish; silence before the first word and after the last is cut off them."""
+    out = list(timed)
+    known = [k for k, (_, s, _) in enumerate(out) if s is not None]
+    if not known:
+        return out
+    bounds = [k for k in range(1, len(out)) if out[k][1] is not None and out[k - 1][1] is not None]
+    at = np.array([out[k][1] for k in bounds])
+    for g0, g1 in pauses:
+        first, last = out[known[0]], out[known[-1]]
+        if g0 <= first[1] < g1 < first[2]:
+            out[known[0]] = (first[0], g1, first[2])
+        if first[1] < g0 < last[2] <= g1:
+            out[known[-1]] = (last[0], last[1], g0)
+        if not bounds or ((at > g0) & (at < g1)).sum() > 1:
+            continue
+        nearest = int(np.argmin(np.abs(at - np.clip(at, g0, g1))))
+        if abs(at[nearest] - min(max(at[nearest], g0), g1)) > max(g1 - g0, PAUSE_REACH):
+            continue
+        k = bounds[nearest]
+        (w0, s0, _), (w1, _, e1) = out[k - 1], out[k]
+        if s0 < g0 and g1 < e1:
+            out[k - 1], out[k] = (w0, s0, g0), (w1, g1, e1)
+    return out
+
+
+def _resumed_after_pile_up(timed) -> Optional[int]:
+    """The first word after the window's first pile-up from which RESUMED_WORDS words in a row have a duration
+    (the path follows the speech again), or None. The words before it are left untimed: their speech is kept out
+    of the windows, and the rest of the recording is not lost to one stretch the model cannot follow."""
+    piled = next((k for k in range(len(timed) - 1) if all(
+        s is not None and e - s < 1e-3 for _, s, e in timed[k:k + 2])), None)
+    if piled is None:
+        return None
+    for r in range(piled + 2, len(timed) - RESUMED_WORDS + 1):
+        if all(s is not None and e - s >= 1e-3 for _, s, e in timed[r:r + RESUMED_WORDS]):
+            return r
+    return None
 
 
 def window_words(model, tokenizer, audio: np.ndarray, words: Sequence[str], features=None):

@@ -59,15 +59,15 @@ def _vad_model():
     return _VAD
 
 
-def speech_regions(audio: np.ndarray, max_seconds: float = CHUNK_SECONDS) -> List[Tuple[int, int]]:
+def speech_regions(audio: np.ndarray, max_seconds: float = CHUNK_SECONDS, pad_ms: int = 200) -> List[Tuple[int, int]]:
     """(start, end) sample offsets of the speech silero-vad finds, each at most `max_seconds` - 1 long (a
-    longer stretch of speech is cut by the VAD at its quietest point)."""
+    longer stretch of speech is cut by the VAD at its quietest point), widened by `pad_ms` on each side."""
     import torch
 
     model, get_speech_timestamps = _vad_model()
     regions = get_speech_timestamps(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), model,
                                     sampling_rate=SAMPLE_RATE, max_speech_duration_s=max_seconds - 1.0,
-                                    min_silence_duration_ms=160, speech_pad_ms=200)
+                                    min_silence_duration_ms=160, speech_pad_ms=pad_ms)
     return [(int(r["start"]), min(int(r["end"]), len(audio))) for r in regions]
 
 
@@ -88,16 +88,16 @@ def speech_chunks(audio: np.ndarray, max_seconds: float = CHUNK_SECONDS) -> List
     return merged_chunks(speech_regions(audio, max_seconds), max_seconds)
 
 
-def streamed_speech_chunks(samples: SampleFile, max_seconds: float = CHUNK_SECONDS,
-                           block_seconds: float = VAD_BLOCK_SECONDS) -> List[Tuple[int, int]]:
-    """`speech_chunks` of a file's samples read a block at a time. Each block is read with
-    VAD_CONTEXT_SECONDS on either side, and keeps the regions that start inside it; a region that starts
+def streamed_speech_regions(read: Callable[[int, int], np.ndarray], n_samples: int, max_seconds: float = CHUNK_SECONDS,
+                            block_seconds: float = VAD_BLOCK_SECONDS, pad_ms: int = 200) -> List[Tuple[int, int]]:
+    """`speech_regions` of a recording read a block at a time (`read(a, b)`: samples a..b). Each block is read
+    with VAD_CONTEXT_SECONDS on either side, and keeps the regions that start inside it; a region that starts
     before the previous one ends (both blocks saw that speech) starts where it ends, so none overlap."""
     block, context = int(block_seconds * SAMPLE_RATE), int(VAD_CONTEXT_SECONDS * SAMPLE_RATE)
     regions: List[Tuple[int, int]] = []
-    for begin in range(0, samples.n_samples, block):
+    for begin in range(0, n_samples, block):
         first = max(0, begin - context)
-        for start, end in speech_regions(samples.read(first, begin + block + context), max_seconds):
+        for start, end in speech_regions(read(first, begin + block + context), max_seconds, pad_ms):
             start, end = start + first, end + first
             if not begin <= start < begin + block:
                 continue  # another block's
@@ -105,7 +105,26 @@ def streamed_speech_chunks(samples: SampleFile, max_seconds: float = CHUNK_SECON
                 start = regions[-1][1]
             if end > start:
                 regions.append((start, end))
-    return merged_chunks(regions, max_seconds)
+    return regions
+
+
+def streamed_speech_chunks(samples: SampleFile, max_seconds: float = CHUNK_SECONDS,
+                           block_seconds: float = VAD_BLOCK_SECONDS) -> List[Tuple[int, int]]:
+    """`speech_chunks` of a file's samples read a block at a time."""
+    return merged_chunks(streamed_speech_regions(samples.read, samples.n_samples, max_seconds, block_seconds),
+                         max_seconds)
+
+
+PAUSE_PAD_MS = 30  # speech widened by this on each side before the silence between counts as a pause
+
+
+def silences(read: Callable[[int, int], np.ndarray], n_samples: int, shortest: float) -> List[Tuple[float, float]]:
+    """(start, end) in seconds of each stretch of at least `shortest` seconds between the speech silero-vad
+    finds in a recording, read a block at a time (memory does not grow with its length)."""
+    regions = streamed_speech_regions(read, n_samples, pad_ms=PAUSE_PAD_MS)
+    edges = [0] + [x for r in regions for x in r] + [n_samples]
+    return [(a / SAMPLE_RATE, b / SAMPLE_RATE) for a, b in zip(edges[::2], edges[1::2])
+            if (b - a) / SAMPLE_RATE >= shortest]
 
 
 class ChunkAudio(Sequence):

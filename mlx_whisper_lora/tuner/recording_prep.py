@@ -121,6 +121,7 @@ def fit_cue_clock(cues: Sequence[Tuple[float, float, str]], words: Sequence[tupl
     return scale, offset, "; ".join(notes)
 
 
+PAUSE_FOR_CUTS = 0.2  # seconds: silences at least this long between forced words are opened as pauses
 FORCED_BELOW = 0.5  # a share of the text's words matched by the transcript below this: forced alignment instead
 
 
@@ -136,21 +137,40 @@ def probe_share(text: str, read, duration: float, model, language: Optional[str]
     if duration < 2 * PROBE_SECONDS:
         return None, None
     words = text.split()
-    heard, detected = recognised_words(read(0, int(PROBE_SECONDS * 16000)), model, language, False)
+    from ..inference.transcriber import transcribe
+
+    # greedy and without word times: the probe only counts matching words, and a language the model writes
+    # badly sends every window through the temperature fallback (most of the probe's time otherwise)
+    result = transcribe(read(0, int(PROBE_SECONDS * 16000)), model, language=language, verbose=None, progress=False,
+                        temperature=0.0)
+    heard = [(w, s["start"], s["end"]) for s in result["segments"] for w in s["text"].split()]
+    detected = result["language"]
     expected = max(1, int(len(words) * PROBE_SECONDS / duration))
     return align_words(" ".join(words[:expected]), heard).aligned_share, detected
 
 
 def forced_alignment(read, n_samples: int, text: str, model, language: Optional[str]) -> Alignment:
-    """The text's words timed by forced alignment (inference/forced_alignment.py); words after it stalls untimed."""
-    from ..inference.forced_alignment import forced_words
+    """The text's words timed by forced alignment (inference/forced_alignment.py), with the pauses silero-vad
+    finds opened between them (windows are cut at pauses); words where it could not follow untimed."""
+    import importlib.util
 
-    timed = forced_words(read, n_samples, text.split(), model, language)
+    from ..inference.forced_alignment import forced_words, open_pauses
+    from ..inference.vad_chunks import silences
+
+    if importlib.util.find_spec("silero_vad") is None:
+        raise UserError("aligning a language the model writes badly finds the pauses with PyPI silero-vad: "
+                        "pip install 'mlx-whisper-lora[vad]' (or pip install silero-vad), then run prepare again")
+    timed = open_pauses(forced_words(read, n_samples, text.split(), model, language),
+                        silences(read, n_samples, PAUSE_FOR_CUTS))
     alignment = Alignment([TimedWord(w, s, e) for w, s, e in timed])
-    untimed = [w for w, s, _ in timed if s is None]
-    if untimed:
-        alignment.dropped.append({"start": None, "end": None, "reason": "text with no matching speech",
-                                  "text": " ".join(untimed)[:200]})
+    run: List[str] = []
+    for w, s, _ in timed + [("", 0.0, 0.0)]:  # each untimed run of words reported on its own
+        if s is None:
+            run.append(w)
+        elif run:
+            alignment.dropped.append({"start": None, "end": None, "reason": "text with no matching speech",
+                                      "text": " ".join(run)[:200]})
+            run = []
     return alignment
 
 
