@@ -1,7 +1,7 @@
 """fp32 matrix-product speed through MLX with each BLAS choice, against numpy, in one run.
 
 Each MLX configuration runs in its own process (a BLAS must be loaded before mlx is imported).
-Usage: python scripts/benchmark_blas.py [--size 1024]
+Usage: python benchmarks/benchmark_blas.py [--size 1024]
 """
 
 from __future__ import annotations

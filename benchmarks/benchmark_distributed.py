@@ -2,8 +2,8 @@
 launchers users run (mlx.launch for the MLX back end, torchrun for the torch one), printed with the
 K-process/1-process ratio. Every run trains the same global batch, so the ideal ratio is K.
 
-    python scripts/benchmark_distributed.py                      # tiny.en, both back ends, 1 vs 2 processes
-    python scripts/benchmark_distributed.py --model base --processes 1 2 4 --engines torch --device cuda
+    python benchmarks/benchmark_distributed.py                      # tiny.en, both back ends, 1 vs 2 processes
+    python benchmarks/benchmark_distributed.py --model base --processes 1 2 4 --engines torch --device cuda
 
 Threads: each process gets cores/K threads (OMP_NUM_THREADS), so K processes share the machine
 instead of oversubscribing it.

@@ -1,7 +1,7 @@
 """The matrix products of Whisper tiny in each precision and library this CPU offers: why
 `transcribe --quantize int8` runs through PyTorch's int8 kernels and not MLX's (docs/benchmarks.md).
 
-Usage: python scripts/benchmark_int8.py
+Usage: python benchmarks/benchmark_int8.py
 Prints milliseconds per product for one decoding step's output projection (1 x 384 by 384 x 51,864) and one
 encoder MLP product (1500 x 384 by 384 x 1536): numpy float32, torch float32 / bfloat16 / dynamic int8
 (this package's Int8Linear), MLX float32 / 8-bit `quantized_matmul`.

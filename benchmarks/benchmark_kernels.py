@@ -1,7 +1,7 @@
 """MLX-CPU softmax and GELU against the inference kernels in mlx_whisper_lora.backend_mlx.cpu_kernels.
 
 Shapes are those of Whisper tiny's encoder on one 30 s window: attention 6x1500x1500, MLP 1500x1536.
-Usage: python scripts/benchmark_kernels.py
+Usage: python benchmarks/benchmark_kernels.py
 """
 
 import time

@@ -1,7 +1,7 @@
 """Each of the MLX engine's training-step optimizations alone: the loss and gradients of one batch through
 `backend_mlx.engine.loss_fn`, with each path switched by its own argument, timed in one process.
 
-    python scripts/benchmark_mlx_step.py [--model tiny.en | --dims small] [--batch-size 8] [--rank 32]
+    python benchmarks/benchmark_mlx_step.py [--model tiny.en | --dims small] [--batch-size 8] [--rank 32]
         [--tokens 28] [--steps 6]
 
 Frozen encoder (encoder states given, as the loop's cache serves them; adapters on the query and value

@@ -1,10 +1,10 @@
 """LoRA training speed of this package against transformers+PEFT, in one run, on the same inputs.
 
-    python scripts/benchmark_train.py [--model tiny.en] [--batch-size 8] [--rank 32] [--alpha 64]
+    python benchmarks/benchmark_train.py [--model tiny.en] [--batch-size 8] [--rank 32] [--alpha 64]
         [--steps 10] [--rounds 2] [--configs encdec,decoder] [--systems ours,peft]
         [--backend auto|mlx|torch] [--device cpu|cuda] [--dtype float32|bfloat16|float16]
         [--bits 8|4] [--dims small|medium|large-v2] [--json out.json]
-    python scripts/benchmark_train.py --systems ours,mlx-tune --backend mlx --mlx-tune-python VENV/bin/python
+    python benchmarks/benchmark_train.py --systems ours,mlx-tune --backend mlx --mlx-tune-python VENV/bin/python
 
 Both sides get the same model weights, rank, alpha, modules (query and value of every attention:
 `encdec`; of the decoder's only, the encoder frozen: `decoder`), the same batch of 30 s log-mel
@@ -13,7 +13,7 @@ in its own subprocess, and the systems take turns for `--rounds` rounds, so a sl
 machine hits all of them. Ours is timed through the real training loop (`lora --train`, its
 metrics.jsonl), so data handling and the encoder cache count; PEFT through the loop its users write;
 PyPI mlx-tune (the other MLX Whisper fine-tuner) through its own trainer, in its own environment
-(scripts/mlx_tune_worker.py), against ours with `--backend mlx`.
+(benchmarks/mlx_tune_worker.py), against ours with `--backend mlx`.
 
 Printed per system and configuration: median s/step over the timed steps (the first `--skip` are
 warm-up; for ours with a frozen encoder, the first epoch fills the encoder cache, and later epochs
@@ -148,7 +148,7 @@ def run_ours(spec: dict) -> dict:
 
 
 def mlx_tune_spec(spec: dict, data: Path) -> dict:
-    """What scripts/mlx_tune_worker.py needs besides the shared spec: the tokenizer's file and this
+    """What benchmarks/mlx_tune_worker.py needs besides the shared spec: the tokenizer's file and this
     package's token ids of the training texts (the worker checks its tokenizer against them)."""
     sys.path.insert(0, str(ROOT))
     from mlx_whisper_lora.assets_dir import ASSETS

@@ -6,7 +6,7 @@ same English clips from ../shared/data, greedy, with tiny.en weights. Prints the
 the ratio to the first system of the table (this package by default). Systems that are not installed are
 skipped.
 
-Usage: python scripts/benchmark_transcribe.py [--model tiny.en] [--systems ours,faster-whisper-int8,...]
+Usage: python benchmarks/benchmark_transcribe.py [--model tiny.en] [--systems ours,faster-whisper-int8,...]
 
 `ours-int8` runs `transcribe --quantize int8` (int8 matrix products through the torch back end);
 `ours-torch` and `ours-torch-bfloat16` run this package's PyTorch back end (float32, or bfloat16 autocast).
@@ -21,7 +21,7 @@ long-file peer on a GPU, where faster-whisper needs CUDA 12 libraries.
 
 On a CUDA machine: `--device cuda` runs the torch back end, faster-whisper and transformers there (the
 defaults become the float16 and float32 systems of each); `--data` points at a folder holding the clip
-sets (scripts/pack_transcribe_benchmark.py writes one small enough to carry, with a transformers folder
+sets (benchmarks/pack_transcribe_benchmark.py writes one small enough to carry, with a transformers folder
 of the weights for `--model` and `--hf-model`).
 """
 

@@ -5,7 +5,7 @@ by this package and by faster-whisper (float32) with the same CTranslate2 weight
 the share of utterances whose texts are identical after Whisper's English normalizer (the basic one
 for other languages), and both WERs (normalized) against the references.
 
-Usage: python scripts/compare_faster_whisper.py [--model tiny.en] [--sets a,b] [--limit N] [--detect]
+Usage: python benchmarks/compare_faster_whisper.py [--model tiny.en] [--sets a,b] [--limit N] [--detect]
 Needs faster-whisper, jiwer and openai-whisper (for its normalizers) installed.
 """
 

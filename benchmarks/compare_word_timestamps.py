@@ -6,7 +6,7 @@ PyTorch model holding exactly the same weights and alignment heads. Prints, per 
 utterances whose words are the same, words compared, the share of words whose start and end are
 both within 0.02 s of openai's, and the share of segment boundaries within 0.02 s.
 
-Usage: python scripts/compare_word_timestamps.py [--model tiny.en] [--backend mlx|torch|both]
+Usage: python benchmarks/compare_word_timestamps.py [--model tiny.en] [--backend mlx|torch|both]
                                                   [--sets a,b] [--limit N] [--json out.json]
 Needs openai-whisper (the reference) and torch installed.
 """

@@ -8,9 +8,9 @@ median length, words in repetition loops, the longest stretch of speech with no 
 the held-out chapters' utterances; and how often each model writes rare words of the recordings when they are
 named in --initial-prompt. Writes everything to WORK/NAME/long_form.json.
 
-    python scripts/evaluate_long_form.py --work /tmp/long_form --name defaults [-- LORA FLAGS...]
-    python scripts/evaluate_long_form.py --work /tmp/long_form --name packed -- --pack-fraction 0.5
-    python scripts/evaluate_long_form.py --work /tmp/long_form --name prepared --prepared  # train on prepare's cut
+    python benchmarks/evaluate_long_form.py --work /tmp/long_form --name defaults [-- LORA FLAGS...]
+    python benchmarks/evaluate_long_form.py --work /tmp/long_form --name packed -- --pack-fraction 0.5
+    python benchmarks/evaluate_long_form.py --work /tmp/long_form --name prepared --prepared  # train on prepare's cut
 
 The adapters are trained once per NAME (delete WORK/NAME to train again).
 """

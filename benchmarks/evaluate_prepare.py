@@ -6,7 +6,7 @@ Prints, against the Montreal Forced Aligner's word times (word_alignments.jsonl)
 that land in a window holding their text, and the share of window boundaries that fall in a pause (inside no
 word by more than --slack seconds); with --srt, the offset prepare found.
 
-    python scripts/evaluate_prepare.py [--model tiny.en] [--srt] [--shift 2.0] [--chapters N] [--work DIR]
+    python benchmarks/evaluate_prepare.py [--model tiny.en] [--srt] [--shift 2.0] [--chapters N] [--work DIR]
 """
 
 from __future__ import annotations

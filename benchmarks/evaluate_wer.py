@@ -1,6 +1,6 @@
 """WER of this package on a set in ../shared/data with given decoding options.
 
-Usage: python scripts/evaluate_wer.py librispeech_2spk [--model tiny.en] [--beam-size 5] [--limit N] [--quantize int8]
+Usage: python benchmarks/evaluate_wer.py librispeech_2spk [--model tiny.en] [--beam-size 5] [--limit N] [--quantize int8]
 Prints raw WER (references as written, case and punctuation kept) and normalized WER (Whisper's
 English normalizer for English, the basic one otherwise; taken from openai-whisper).
 """

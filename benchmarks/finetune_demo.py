@@ -1,6 +1,6 @@
 """Real fine-tune demo: tiny.en on two LibriSpeech speakers, scored before and after.
 
-    python scripts/finetune_demo.py [--data ../shared/data/librispeech_2spk] [--out runs/librispeech_demo]
+    python benchmarks/finetune_demo.py [--data ../shared/data/librispeech_2spk] [--out runs/librispeech_demo]
                                     [--iters 20] [extra lora flags...]
 
 Trains on chapters 4088-158077 and 4406-16882 (10% of them held out for validation) and tests on

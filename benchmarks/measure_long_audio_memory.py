@@ -1,9 +1,9 @@
 """Peak memory of `transcribe` on a two-minute and a two-hour 16 kHz file (the whole process, as a
 user runs it), printed with their ratio: memory must not grow with the length of the file.
 
-    python scripts/measure_long_audio_memory.py                 # tiny.en, 2 min vs 2 h
-    python scripts/measure_long_audio_memory.py --hours 0.5     # a shorter long file
-    python scripts/measure_long_audio_memory.py --vad           # transcribe --vad --batch-size 8
+    python benchmarks/measure_long_audio_memory.py                 # tiny.en, 2 min vs 2 h
+    python benchmarks/measure_long_audio_memory.py --hours 0.5     # a shorter long file
+    python benchmarks/measure_long_audio_memory.py --vad           # transcribe --vad --batch-size 8
 
 The files are LibriSpeech clips of ../shared/data laid end to end with a second of silence between
 them, repeated to length, written as 16-bit PCM WAV. Each transcription runs in its own process;

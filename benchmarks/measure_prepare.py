@@ -2,8 +2,8 @@
 whole process, as a user runs it): an hour must prepare in under 10 minutes here, and memory must not grow with
 the recording's length.
 
-    python scripts/measure_prepare.py                     # the default aligner for English (tiny.en)
-    python scripts/measure_prepare.py --model base        # the multilingual base as the aligner
+    python benchmarks/measure_prepare.py                     # the default aligner for English (tiny.en)
+    python benchmarks/measure_prepare.py --model base        # the multilingual base as the aligner
 
 The recordings are LibriSpeech clips of ../shared/data/librispeech_2spk in order, 0.4 s apart, repeated to
 length, as 16-bit PCM WAV, with their texts as one plain transcript. Each prepare runs in its own process; its

@@ -4,7 +4,7 @@ Each dataset is a `save_to_disk` folder whose rows repeat the bundled demo clips
 the way hub datasets hold audio). Every run trains the same number of steps (tiny.en, frozen
 encoder, torch back end) in a child process whose resident memory is sampled every 0.2 s.
 
-    python scripts/measure_streaming_memory.py [--rows 1000 10000] [--iters 40]
+    python benchmarks/measure_streaming_memory.py [--rows 1000 10000] [--iters 40]
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Everything scripts/benchmark_transcribe.py needs on a CUDA machine that has PyTorch and transformers but
+"""Everything benchmarks/benchmark_transcribe.py needs on a CUDA machine that has PyTorch and transformers but
 no package index and no ../shared/data, in one folder small enough to carry there (the device tool's 64 MiB).
 
 It holds: the benchmark's English clips and the LibriSpeech rows its long file is made of (`data/`, the
@@ -11,11 +11,11 @@ wheels (`wheels/`, installed into `site/` there: the inference core computes log
 MLX arrays; unpacked they would not fit), the rest unpacked (`site/`, silero-vad with only the model file
 it loads).
 
-Usage, here:   python scripts/pack_transcribe_benchmark.py [--out .device_carry/transcribe] [--long-seconds 300]
-then there (the folder carried; scripts/gpu_benchmarks.sh part 3 does this):
+Usage, here:   python benchmarks/pack_transcribe_benchmark.py [--out .device_carry/transcribe] [--long-seconds 300]
+then there (the folder carried; benchmarks/gpu_benchmarks.sh part 3 does this):
     python3 -m pip install -q --no-index --no-deps --target .device_carry/transcribe/site .device_carry/transcribe/wheels/*.whl
-    python3 scripts/pack_transcribe_benchmark.py --unpack .device_carry/transcribe
-    PYTHONPATH=.device_carry/transcribe/site python3 scripts/benchmark_transcribe.py --device cuda \\
+    python3 benchmarks/pack_transcribe_benchmark.py --unpack .device_carry/transcribe
+    PYTHONPATH=.device_carry/transcribe/site python3 benchmarks/benchmark_transcribe.py --device cuda \\
         --data .device_carry/transcribe/data --model .device_carry/transcribe/hf \\
         --hf-model .device_carry/transcribe/hf --long-seconds 300
 """

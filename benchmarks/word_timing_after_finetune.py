@@ -1,6 +1,6 @@
 """Do word times survive fine-tuning? Base model against the model fused from an adapter, on held-out audio.
 
-    python scripts/word_timing_after_finetune.py --adapter-path DIR [--model tiny.en] [--data FOLDER]
+    python benchmarks/word_timing_after_finetune.py --adapter-path DIR [--model tiny.en] [--data FOLDER]
                                                  [--split test] [--limit N] [--out DIR]
 
 Fuses the adapter (`python -m mlx_whisper_lora.fuse`), then transcribes every utterance of the split with

@@ -4,7 +4,7 @@ The Linux `mlx[cpu]` wheel links a reference BLAS (about 5 GFLOP/s here). MLX re
 `cblas_sgemm` through the process's global symbol scope, so loading an optimized BLAS with
 RTLD_GLOBAL *before* `mlx.core` is imported makes MLX use it. PyPI's `mkl` ships `libmkl_rt`,
 which exports the standard CBLAS names; we measured ~198 GFLOP/s for 1024^2 sgemm through MLX
-with it on a 2-core EPYC (6 as installed) (scripts/benchmark_blas.py). Set MLX_WHISPER_LORA_BLAS=off to disable,
+with it on a 2-core EPYC (6 as installed) (benchmarks/benchmark_blas.py). Set MLX_WHISPER_LORA_BLAS=off to disable,
 or to a library path to load that one instead.
 """
 

@@ -100,7 +100,7 @@ def test_times_survive_fine_tuning(shared_data, tmp_path):
     """A decoder LoRA adapter trained on two LibriSpeech speakers (with timestamp targets on part of the
     data): on held-out utterances of the same speakers, words the base and adapted models agree on start
     and end within 0.2 s of each other (>= 85%), and segment boundaries stay close."""
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent / "scripts"))
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent / "benchmarks"))
     from finetune_demo import write_manifests
     from word_timing_after_finetune import paired_words, summarize
 

@@ -28,7 +28,7 @@ def _agreement(ours, theirs, runtime=""):
 @pytest.fixture(scope="module")
 def trained(shared_data, tmp_path_factory):
     """(adapter folder, held-out audio arrays, this package's transcripts of them)."""
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent / "scripts"))
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent / "benchmarks"))
     from finetune_demo import write_manifests
 
     from mlx_whisper_lora import lora

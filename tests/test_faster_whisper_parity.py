@@ -1,6 +1,6 @@
 """Greedy long-form transcripts agree with faster-whisper run on the same CTranslate2 weights.
 
-The full comparison over every English set is scripts/compare_faster_whisper.py; this test covers
+The full comparison over every English set is benchmarks/compare_faster_whisper.py; this test covers
 the short sets so that it runs in the default suite.
 """
 

@@ -38,6 +38,9 @@ def test_wheel_holds_every_tracked_module_and_asset(wheel):
     assert not missing, f"the wheel lacks {missing[:5]}"
     assert any(p.startswith("mlx_whisper_lora/backend_torch/") for p in expected)
     assert "mlx_whisper_lora/assets/demo.flac" in names
+    # the lab notebook stays out: no benchmark, measurement script or test goes to users
+    strays = [n for n in names if n.startswith(("benchmarks/", "scripts/", "tests/")) or "/benchmark" in n]
+    assert not strays, strays
 
 
 def test_building_the_wheel_prints_no_setuptools_warnings(tmp_path):

@@ -23,7 +23,7 @@ CLIPS = ["whisper_mlx_classics/audio/jfk.flac", "whisper_mlx_classics/audio/ls_t
 
 
 def _openai_model(checkpoint):
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent / "scripts"))
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent / "benchmarks"))
     from compare_word_timestamps import openai_model
 
     return openai_model(checkpoint.source)
@@ -86,7 +86,7 @@ def test_tokenizer_word_splitting_equals_openai():
 
 @pytest.mark.parametrize("backend", ["mlx", "torch"])
 def test_word_times_match_openai(backend, shared_data, tiny_en, reference, request):
-    """The acceptance measure on three clips (scripts/compare_word_timestamps.py runs every English set)."""
+    """The acceptance measure on three clips (benchmarks/compare_word_timestamps.py runs every English set)."""
     from compare_word_timestamps import compare
 
     model = tiny_en if backend == "mlx" else request.getfixturevalue("torch_tiny_en")

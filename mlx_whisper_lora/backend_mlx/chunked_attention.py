@@ -10,7 +10,7 @@ queries and keeps only the output and each row's log-sum-exp; the backward pass 
 softmax from them (the flash-attention recurrence), the blocks chained so one block's products are done
 before the next one's start. The price is one more exp over the scores: cheap on a GPU, but MLX's CPU back
 end computes exp one element at a time, so on the CPU this trades time for memory
-(scripts/benchmark_mlx_step.py; docs/benchmarks.md). Equal to softmax(q k^T) v and its gradients to float
+(benchmarks/benchmark_mlx_step.py; docs/benchmarks.md). Equal to softmax(q k^T) v and its gradients to float
 rounding (tests/test_mlx_training_paths.py)."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 On Linux x86 the MLX CPU back end evaluates exp and erf one element at a time, and runs the
 encoder's many small per-head matrix products slowly. numpy's vectorised exp and its BLAS do
-better (scripts/benchmark_kernels.py measures each). These versions agree with the exact ops to
+better (benchmarks/benchmark_kernels.py measures each). These versions agree with the exact ops to
 ~1e-6; `Whisper.embed_audio` and the decoding loop use them on the CPU device. Training does not:
 they leave MLX's graph, so they have no gradients.
 """

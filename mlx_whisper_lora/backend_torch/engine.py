@@ -209,7 +209,7 @@ class TorchBackend:
         weights (model.attention_keeping_weights): bf16 on a CPU with bf16 dot products, and only while
         the kept weights take at most a quarter of the machine's memory. Measured on the 2-core EPYC
         (tiny.en, batch 8, encoder+decoder LoRA): 1.73 s a step against 2.44 through the flash kernel,
-        peak RSS 2.7 GB against 1.6 (scripts/benchmark_train.py --dtype bfloat16; docs/benchmarks.md)."""
+        peak RSS 2.7 GB against 1.6 (benchmarks/benchmark_train.py --dtype bfloat16; docs/benchmarks.md)."""
         if self.device != "cpu" or self.autocast_dtype != torch.bfloat16 or not _cpu_has_bf16_products():
             return False
         dims = self.model.dims

@@ -5,7 +5,7 @@ Weights are quantized per output row (symmetric, 8 bits); activations are quanti
 their own range. The convolutions, layer norms and the embedding lookup stay float32. The output
 projection (the token embedding, tied) is int8 too: at one token per step it is the decoder's
 largest read, 80 MB in float32 for a 51,864-token vocabulary. Measured on the 2-core EPYC
-(scripts/benchmark_int8.py): logits 0.17 ms against 1.45 ms (numpy float32) and 12.7 ms (MLX's 8-bit
+(benchmarks/benchmark_int8.py): logits 0.17 ms against 1.45 ms (numpy float32) and 12.7 ms (MLX's 8-bit
 `quantized_matmul`, whose CPU kernels are slower than its float32 ones), so this lives in the torch
 back end. Adapters are merged into the weights before quantizing.
 
