@@ -128,7 +128,7 @@ def evaluate(model, recordings: dict, prompts=None) -> dict:
     reference and this model's transcript giving them (the base model's pass chooses them)."""
     from mlx_whisper_lora.inference.transcriber import transcribe, transcribe_many
     from mlx_whisper_lora.text.metrics import score
-    from mlx_whisper_lora.tuner.long_form import pooled, score_recording
+    from mlx_whisper_lora.scoring.long_form import pooled, score_recording
 
     out = {"recordings": {}, "prompts": {}}
     for name, rec in recordings.items():

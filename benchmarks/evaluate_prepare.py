@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import mlx_whisper_lora  # noqa: E402,F401  (fast BLAS before mlx)
-from mlx_whisper_lora.data.text_alignment import key  # noqa: E402
+from mlx_whisper_lora.preparing.text_alignment import key  # noqa: E402
 
 GAP = 0.4
 

@@ -5,7 +5,7 @@
 
 Options come from the command line, then a YAML file given with -c (keys as the long flags with
 underscores), then the defaults shown in --help. With no --data the bundled demo set is used.
-The run itself is `tuner/run.py`; both back ends train through the one loop in `tuner/loop.py`.
+The run itself is `recipes/run.py`; both back ends train through the one loop in `tuner/loop.py`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def main(argv=None):
     parser = build_parser("python -m mlx_whisper_lora.lora", __doc__.split("\n\n")[0])
     cli = vars(parser.parse_args(argv))
     config = merge_options(cli, cli.pop("config", None))
-    from .tuner.run import run  # after parsing: --help and flag errors answer without loading MLX or torch
+    from .recipes.run import run  # after parsing: --help and flag errors answer without loading MLX or torch
 
     result = run(config, log)
     if result.get("train", {}).get("status") == "interrupted":

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .errors import UserError, cli_entry
-from .tuner.recordings import (AUDIO_SUFFIXES, TRANSCRIPT_SUFFIXES, Recording, default_aligner,  # noqa: F401
+from .preparing.recordings import (AUDIO_SUFFIXES, TRANSCRIPT_SUFFIXES, Recording, default_aligner,  # noqa: F401
                                done_before, find_recordings, remember, split_recordings)
 
 REPORT_FILE = "prepare_report.json"
@@ -31,7 +31,7 @@ def prepare(inputs: Sequence[str], output: Path, model_name: Optional[str] = Non
             log: Callable[[str], None] = print) -> dict:
     """Prepare every recording INPUT names into `output`; returns the report (also written as prepare_report.json).
     A recording that cannot be prepared is reported in one line and left out; the others are still prepared."""
-    from .tuner.recording_prep import prepare_recording
+    from .preparing.recording import prepare_recording
     from .load import load_for_inference
 
     recordings = find_recordings(inputs, log)

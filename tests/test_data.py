@@ -9,8 +9,9 @@ import pytest
 import soundfile as sf
 
 from mlx_whisper_lora.errors import UserError
+from mlx_whisper_lora.data.sampler import epoch_batches
 from mlx_whisper_lora.data.manifests import (
-    DataError, check_utterances, epoch_batches, load_folder_split, load_hf_split, read_manifest,
+    DataError, check_utterances, load_folder_split, load_hf_split, read_manifest,
 )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlx_whisper_lora.formats.ggml_quantize import dequantize, quantize
+from mlx_whisper_lora.export.ggml_quantize import dequantize, quantize
 
 
 @pytest.mark.parametrize("name", ["q8_0", "q5_0", "q4_0"])

@@ -1,4 +1,4 @@
-"""Long-form scores (tuner/long_form.py) and the long-form test of `lora --test` (tuner/long_form_test.py)."""
+"""Long-form scores (scoring/long_form.py) and the long-form test of `lora --test` (scoring/long_form_test.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from mlx_whisper_lora.assets_dir import ASSETS, DEMO_ADAPTER
-from mlx_whisper_lora.tuner.long_form import (longest_silent_speech, looped_words, pooled, regressions,
+from mlx_whisper_lora.scoring.long_form import (longest_silent_speech, looped_words, pooled, regressions,
                                               score_recording)
 
 

@@ -1,5 +1,5 @@
 """`--no-speech-fraction`: generated noise and silence clips with empty transcripts join training
-(tuner/no_speech.py), labelled to end the transcript at once."""
+(scoring/no_speech.py), labelled to end the transcript at once."""
 
 import numpy as np
 import pytest
@@ -10,7 +10,7 @@ from mlx_whisper_lora.data.manifests import Utterance, check_utterances
 from mlx_whisper_lora.errors import UserError
 from mlx_whisper_lora.lora import main
 from mlx_whisper_lora.text.tokenizer import get_tokenizer
-from mlx_whisper_lora.tuner.no_speech import no_speech_clips, no_speech_training_clips
+from mlx_whisper_lora.scoring.no_speech import no_speech_clips, no_speech_training_clips
 from mlx_whisper_lora.tuner.run_config import RunConfig
 
 
@@ -67,7 +67,7 @@ def test_training_mixes_the_clips_in_at_the_fraction(tmp_path, capsys):
 
 def test_a_stream_draws_replay_and_no_speech_rows_into_its_batches(tiny_en):
     from mlx_whisper_lora.tuner.data_prep import streamed_train_batches
-    from mlx_whisper_lora.tuner.run import streamed_mixes
+    from mlx_whisper_lora.recipes.run import streamed_mixes
 
     config = RunConfig(train=True, streaming=True, batch_size=8, replay_data="builtin", replay_fraction=0.25,
                        no_speech_fraction=0.125).check()

@@ -118,7 +118,7 @@ def test_lora_reads_groups_from_the_manifest_and_packs_the_training_split(tmp_pa
 def test_sentences_inside_a_clip_are_timed_by_forced_alignment_and_each_becomes_a_segment():
     """The demo clip says two sentences: its text, aligned to its audio, becomes two timed segments, the first
     ending before the second starts, inside the clip, and its timestamp label times each."""
-    from mlx_whisper_lora.tuner.clip_segments import timed_parts
+    from mlx_whisper_lora.preparing.clip_segments import timed_parts
 
     text = ("Whisper can be adapted to your own voice with low rank adapters. "
             "This short clip was spoken by a speech synthesizer.")

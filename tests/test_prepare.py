@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from mlx_whisper_lora.data.text_alignment import align_words, segments_from
+from mlx_whisper_lora.preparing.text_alignment import align_words, segments_from
 from mlx_whisper_lora.data.windows import Segment, cut_windows
 from mlx_whisper_lora.errors import UserError
 
@@ -90,7 +90,7 @@ def _rows(out):
 
 
 def _check_windows(rows, words, total_words):
-    from mlx_whisper_lora.data.text_alignment import key
+    from mlx_whisper_lora.preparing.text_alignment import key
 
     kept = " ".join(r["text"] for r in sorted(rows, key=lambda r: r["start"])).split()
     assert len(kept) >= 0.95 * total_words
@@ -310,3 +310,18 @@ def test_pauses_found_by_voice_activity_open_between_forced_words(tiny_en):
     for k in first[1:-1]:
         assert opened[k][1] - opened[k - 1][2] >= 0.3, (k, opened[k - 1], opened[k])
     assert all(s < e for _, s, e in opened) and all(a[2] <= b[1] for a, b in zip(opened, opened[1:]))
+
+
+def test_matched_share_counts_only_words_written_as_the_text_does():
+    """A transcript that is gibberish but for a few short common words still gets most of the text 'aligned'
+    (runs of misheard words between agreeing ones take the runs' times), which is what sent Yoruba recordings
+    to slow recognition; the matched share, which decides between recognition and forced alignment, does not."""
+    from mlx_whisper_lora.preparing.text_alignment import align_words
+
+    text = "ọrọ ìyànjù odò to ba gbagbe ni orisun rẹ gbigbe lo ma ngbe ti ẹyin ọmọ odùduwà ni ayé ibi ti wọn"
+    heard = "Tawwa Apele Niki Shie to Ibeji Kulipa ni Uko Da Si Uko Amut ti Adupelo Ului Ilu ni Budlog Junatan ti Tobo"
+    recognised = [(w, 0.4 * i, 0.4 * i + 0.3) for i, w in enumerate(heard.split())]
+    gibberish = align_words(text, recognised)
+    assert gibberish.aligned_share > 0.7 and gibberish.matched_share < 0.3
+    same = align_words(text, [(w, 0.4 * i, 0.4 * i + 0.3) for i, w in enumerate(text.split())])
+    assert same.matched_share == 1.0

@@ -9,7 +9,7 @@ import pytest
 
 from mlx_whisper_lora.errors import UserError
 from mlx_whisper_lora.lora import main
-from mlx_whisper_lora.tuner.score_keeping import comparison_lines, disagreement, forgetting_warning, keep_run
+from mlx_whisper_lora.scoring.score_keeping import comparison_lines, disagreement, forgetting_warning, keep_run
 
 
 def _report(wer, nwer, cer=10.0, ncer=8.0):
@@ -126,7 +126,7 @@ def test_general_data_that_is_not_there_is_one_line(tmp_path, capsys):
 def test_replay_mixes_general_utterances_at_the_fraction_in_their_language():
     from mlx_whisper_lora.data.manifests import Utterance
     from mlx_whisper_lora.tuner.run_config import RunConfig
-    from mlx_whisper_lora.tuner.testing import with_replay
+    from mlx_whisper_lora.scoring.testing import with_replay
 
     train = [Utterance(audio=f"{i}.wav", text="ẹ kú àárọ̀", language="yo", id=f"t{i}") for i in range(30)]
     messages = []
@@ -136,7 +136,7 @@ def test_replay_mixes_general_utterances_at_the_fraction_in_their_language():
     assert len({u.id for u in replayed}) == 6  # the builtin set has 6 utterances: all used, some twice
     assert "replay: 10 utterances" in messages[0]
     assert with_replay(train, RunConfig(train=True), messages.append) is train
-    from mlx_whisper_lora.tuner.replay_choice import settle_replay
+    from mlx_whisper_lora.recipes.replay_choice import settle_replay
 
     with pytest.raises(Exception, match="--replay-data"):
         settle_replay(RunConfig(train=True, replay_fraction=0.2).check(), False, messages.append)
@@ -146,7 +146,7 @@ def test_replay_is_settled_by_default_for_a_new_language_and_as_told_otherwise(c
     """A multilingual model learning a language other than --general-language replays half of its rows
     as the base model reads them in English, distilled (the forgetting guard); general-domain data a third
     by default; everything else as told."""
-    from mlx_whisper_lora.tuner.replay_choice import DEFAULT_FRACTION, SELF_DEFAULT_FRACTION, settle_replay
+    from mlx_whisper_lora.recipes.replay_choice import DEFAULT_FRACTION, SELF_DEFAULT_FRACTION, settle_replay
     from mlx_whisper_lora.tuner.run_config import RunConfig
 
     def settled(multilingual=True, **options):
@@ -188,7 +188,7 @@ def test_replay_is_settled_by_default_for_a_new_language_and_as_told_otherwise(c
 def test_no_speech_clips_are_fixed_and_without_speech():
     import numpy as np
 
-    from mlx_whisper_lora.tuner.no_speech import no_speech_clips
+    from mlx_whisper_lora.scoring.no_speech import no_speech_clips
 
     first, again = no_speech_clips(), no_speech_clips()
     assert [u.id for u in first] == [u.id for u in again] and len(first) == 8

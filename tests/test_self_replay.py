@@ -1,5 +1,5 @@
 """`--replay-data self`: a share of the training audio, transcribed by the base model in the general
-language, joins training in that language (tuner/self_replay.py)."""
+language, joins training in that language (recipes/self_replay.py)."""
 
 import json
 import math
@@ -54,7 +54,7 @@ def test_replay_transcription_stops_each_batch_at_its_tokens_per_second(tiny_en_
     from mlx_whisper_lora.data.examples import ExampleSet
     from mlx_whisper_lora.data.manifests import read_manifest
     from mlx_whisper_lora.text.tokenizer import get_tokenizer
-    from mlx_whisper_lora.tuner.evaluation import sample_len, transcribe_examples
+    from mlx_whisper_lora.scoring.evaluation import sample_len, transcribe_examples
 
     model = tmodel.Whisper(tiny_en_checkpoint.dims)
     tmodel.load_mlx_weights(model, tiny_en_checkpoint.weights)
@@ -74,7 +74,7 @@ def test_replay_transcription_stops_each_batch_at_its_tokens_per_second(tiny_en_
 def test_the_base_models_pass_reads_at_most_half_the_training_utterances():
     """The guard's half of each batch is read from at most half the training utterances (and 512), the
     replayed rows repeating beyond, so its default costs the base model's pass what a third of the rows did."""
-    from mlx_whisper_lora.tuner.self_replay import replay_counts
+    from mlx_whisper_lora.recipes.self_replay import replay_counts
 
     assert replay_counts(520, 0.5) == (520, 260)      # Yoruba: half the rows, 260 readings repeated twice
     assert replay_counts(520, 0.33) == (256, 256)     # a third: every replayed row read once

@@ -262,7 +262,7 @@ def test_the_run_ends_with_the_best_validation_and_the_base_model_is_a_candidate
     step's adapters stay beside them."""
     from mlx_whisper_lora.formats.adapter_files import saved_step
     from mlx_whisper_lora.formats.safetensors_io import read_safetensors
-    from mlx_whisper_lora.tuner.evaluation import validation_wer
+    from mlx_whisper_lora.scoring.evaluation import validation_wer
 
     model = fresh_tiny_en
     wrong = "PURPLE ELEPHANTS DANCE QUIETLY UNDER THE BRIDGE EVERY TUESDAY MORNING"

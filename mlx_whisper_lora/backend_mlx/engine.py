@@ -102,12 +102,14 @@ class MLXBackend:
 
     name = "mlx"
 
-    def __init__(self, model):
+    def __init__(self, model, world=None, group=None):
+        """`world`: the processes of a data-parallel run (tuner/distributed.py's World; None for one), `group`:
+        their mx.distributed group (join_group), whose gradients each update sums."""
         self.model = model
+        self.world, self.group = world, group
         self.optimizer: Optional[optim.Optimizer] = None
         self.grads = None
         self.replay_distill = False  # set by start_training from --replay-distill
-        self.group = None  # the mx.distributed group of a data-parallel run (join_group)
         dims = model.dims
         self.states_shape = (dims.n_audio_ctx, dims.n_audio_state)
 
@@ -153,14 +155,14 @@ class MLXBackend:
     def states_numpy(self, states) -> np.ndarray:
         return np.array(states[0])
 
-    def model_inputs(self, examples, indices, states) -> tuple:
+    def model_inputs(self, examples, indices, states, augment=None) -> tuple:
         """(audio, is_states, cross_kv): cached encoder states, frozen-encoder states, or log-mels; the
         cross-attention base keys and values per layer (stacked) when the encoder is frozen."""
         if states is not None:
             items = [s if isinstance(s, tuple) else (mx.array(s), None) for s in states]
             audio = mx.stack([s for s, _ in items])
             return audio, True, self.cross_kv(audio, [kv for _, kv in items])
-        mels = mx.array(examples.mels(indices))
+        mels = mx.array(examples.mels(indices, augment))
         if self.encoder_trained:
             return mels, False, None
         audio = mx.stop_gradient(self.model.embed_audio(mels))
@@ -204,8 +206,8 @@ class MLXBackend:
     def set_training(self, training: bool) -> None:
         self.model.train(training)
 
-    def accumulate_gradients(self, examples, indices, states, labels, scale: float) -> tuple:
-        audio, is_states, kv = self.model_inputs(examples, indices, states)
+    def accumulate_gradients(self, examples, indices, states, labels, scale: float, augment=None) -> tuple:
+        audio, is_states, kv = self.model_inputs(examples, indices, states, augment)
         inputs, targets, mask = (mx.array(a) for a in labels)
         rows = [j for j, replayed in enumerate(examples.replayed(indices)) if replayed] if self.replay_distill else []
         if rows:
@@ -296,7 +298,7 @@ class MLXBackend:
         return texts
 
 
-def load_base(config, log: Callable) -> MLXBackend:
+def load_base(config, log: Callable, world=None, group=None) -> MLXBackend:
     """The base model of a run (`config`: tuner.run_config.RunConfig), quantized when --bits asks."""
     from .load import load_model, quantize_model
 
@@ -308,4 +310,4 @@ def load_base(config, log: Callable) -> MLXBackend:
             raise UserError(f"--bits {config.bits}: {config.model} is already quantized; drop --bits")
         quantize_model(model, bits=int(config.bits))
         log(f"base quantized to {config.bits} bits (MLX affine, group size 64); adapters train in floating point")
-    return MLXBackend(model)
+    return MLXBackend(model, world, group)

@@ -14,7 +14,7 @@ from .. import __version__
 from ..errors import UserError
 from ..files import atomic_write_text
 from ..formats.adapter_config import AdapterConfig
-from ..formats.model_card import PLOTS, model_card, style_note
+from ..export.model_card import PLOTS, model_card, style_note
 
 EXPORT_FORMATS = ("mlx", "hf", "peft", "ct2", "ggml")
 DEFAULT_DTYPES = {"mlx": "float16", "hf": "float32", "peft": "float32", "ct2": "float16", "ggml": "float16"}
@@ -38,7 +38,7 @@ def check_export_options(fmt: str, dtype: Optional[str], quantize: Optional[str]
         options = ", ".join(QUANTIZE[fmt]) or "none"
         raise UserError(f"--quantize {quantize} is not available for --export-format {fmt} (available: {options})")
     if fmt == "ct2":
-        from ..formats.ctranslate2_export import check_converter_available
+        from ..export.ctranslate2 import check_converter_available
 
         check_converter_available()
     return dtype
@@ -96,7 +96,7 @@ def export_model(model, config: AdapterConfig, adapter_path: Path, save_path, fm
 
 
 def _export_ct2(model, save_path: Path, dtype: str, quantize: Optional[str]) -> Path:
-    from ..formats.ctranslate2_export import convert_hf_folder
+    from ..export.ctranslate2 import convert_hf_folder
     from .load import save_hf
 
     quantization = dtype if not quantize else ("int8" if dtype == "float32" else f"int8_{dtype}")
@@ -107,7 +107,7 @@ def _export_ct2(model, save_path: Path, dtype: str, quantize: Optional[str]) -> 
 
 def _export_ggml(model, save_path: Path, dtype: str, quantize: Optional[str] = None) -> Path:
     from ..data.audio import mel_filters
-    from ..formats.ggml_export import write_ggml
+    from ..export.ggml import write_ggml
     from ..text.tokenizer import read_ranks
     from .load import float_weights
 

@@ -131,8 +131,8 @@ def float_weights(model: Whisper) -> dict:
 
 
 def save_hf(model: Whisper, path: Union[str, Path], dtype: str = "float32") -> Path:
-    """The model as a transformers folder (formats/hf_export.py); a quantized model is refused."""
-    from ..formats.hf_export import save_hf_folder
+    """The model as a transformers folder (export/hf.py); a quantized model is refused."""
+    from ..export.hf import save_hf_folder
 
     if getattr(model, "quantization", None):
         raise ValueError("dequantize the model before exporting it to transformers")

@@ -15,6 +15,7 @@ from mlx.utils import tree_flatten
 
 from ..formats import dims
 from ..formats.dims import ModelDimensions
+from ..formats.model_metadata import ModelMetadata, default_alignment_heads
 from . import chunked_attention, cpu_kernels, cpu_softmax
 
 KVCache = Tuple[mx.array, mx.array]
@@ -290,30 +291,18 @@ class TextDecoder(nn.Module):
         return cached[1]
 
 
-class Whisper(nn.Module):
+class Whisper(ModelMetadata, nn.Module):
     def __init__(self, dims: ModelDimensions, dtype: mx.Dtype = mx.float32):
         super().__init__()
-        self.dims = dims
-        # Where the weights came from and how transcripts are rendered: set by the loaders and by
-        # adapters (formats/adapter_files.add_saved_adapters), read by decoding and the exporters.
-        self.source: Optional[str] = None  # path or hub id, for messages and adapter configs
-        self.folder = None  # the checkpoint's folder, where a tokenizer vocabulary may be found
-        self.case_style: Optional[str] = None  # "upper"/"lower": transcripts rendered in that case (case_style.py)
-        self.punctuation = "keep"  # "none": transcripts rendered without punctuation
+        self.init_metadata(dims)
         self.encoder = AudioEncoder(
             dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer
         )
         self.decoder = TextDecoder(
             dims.n_vocab, dims.n_text_ctx, dims.n_text_state, dims.n_text_head, dims.n_text_layer
         )
-        # Cross-attention heads that follow the alignment between text and audio (word timing).
-        # Default as openai-whisper: every head of the second half of the decoder.
-        heads = [
-            (layer, head)
-            for layer in range(dims.n_text_layer // 2, dims.n_text_layer)
-            for head in range(dims.n_text_head)
-        ]
-        self.alignment_heads = mx.array(heads, dtype=mx.int32)
+        # cross-attention heads that follow the audio in time (word timing)
+        self.alignment_heads = mx.array(default_alignment_heads(dims), dtype=mx.int32)
         self.set_dtype(dtype)
 
     def set_alignment_heads(self, heads) -> None:
@@ -350,11 +339,3 @@ class Whisper(nn.Module):
     def __call__(self, mel: mx.array, tokens: mx.array) -> mx.array:
         """Logits with exact, differentiable ops (the training forward pass)."""
         return self.decoder(tokens, self.encoder(mel.astype(self.dtype)))[0]
-
-    @property
-    def is_multilingual(self) -> bool:
-        return self.dims.is_multilingual
-
-    @property
-    def num_languages(self) -> int:
-        return self.dims.num_languages

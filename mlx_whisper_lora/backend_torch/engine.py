@@ -87,15 +87,17 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, model, device: str = "cpu", dtype: str = "float32", log: Callable = print):
-        self.model, self.device = model, device
+    def __init__(self, model, device: str = "cpu", dtype: str = "float32", log: Callable = print, world=None):
+        """`world`: the processes of a data-parallel run under torchrun (tuner/distributed.py's World; None
+        for one), whose gradients each update sums."""
+        self.model, self.device, self.world = model, device, world
         self.autocast_dtype = AUTOCAST.get(dtype)
         if device != "cuda" and self.autocast_dtype == torch.float16:
             log("float16 autocast is for CUDA; training in float32 on the CPU (bfloat16 works there)")
             self.autocast_dtype = None
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.replay_distill = False  # set by start_training from --replay-distill
-        self.data_parallel = False  # gradients summed over torchrun's processes before each update
+        self.data_parallel = bool(world is not None and world.parallel)  # gradients summed before each update
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
         dims = model.dims
         self.states_shape = (dims.n_audio_ctx, dims.n_audio_state)
@@ -151,13 +153,13 @@ class TorchBackend:
     def states_numpy(self, states) -> np.ndarray:
         return states[0].float().cpu().numpy()
 
-    def model_inputs(self, examples, indices, states) -> tuple:
+    def model_inputs(self, examples, indices, states, augment=None) -> tuple:
         """(audio, is_states, cross_kv or None) on the device."""
         if states is not None:
             items = [s if isinstance(s, tuple) else (self._tensor(s), None) for s in states]
             audio = torch.stack([s for s, _ in items])
             return audio, True, self.cross_kv(audio, [kv for _, kv in items])
-        mels = self._tensor(examples.mels(indices))
+        mels = self._tensor(examples.mels(indices, augment))
         if self.encoder_trained:
             return mels, False, None
         with torch.no_grad():
@@ -220,8 +222,8 @@ class TorchBackend:
     def set_training(self, training: bool) -> None:
         self.model.train(training)
 
-    def accumulate_gradients(self, examples, indices, states, labels, scale: float) -> tuple:
-        audio, is_states, kv = self.model_inputs(examples, indices, states)
+    def accumulate_gradients(self, examples, indices, states, labels, scale: float, augment=None) -> tuple:
+        audio, is_states, kv = self.model_inputs(examples, indices, states, augment)
         taught = None
         if self.replay_distill:
             taught = torch.tensor(examples.replayed(indices), device=self.device)
@@ -335,7 +337,7 @@ def pick_device(requested: Optional[str]) -> str:
     return requested or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_base(config, log: Callable) -> TorchBackend:
+def load_base(config, log: Callable, world=None) -> TorchBackend:
     """The base model of a run (`config`: tuner.run_config.RunConfig), quantized when --bits asks."""
     from .model import load_model
 
@@ -349,4 +351,4 @@ def load_base(config, log: Callable) -> TorchBackend:
         count = quantize_base(model, int(config.bits), AUTOCAST.get(config.dtype, torch.float32))
         log(f"base quantized to {config.bits} bits through bitsandbytes ({count} linear layers); "
             "adapters train in floating point")
-    return TorchBackend(model, device, config.dtype, log)
+    return TorchBackend(model, device, config.dtype, log, world)

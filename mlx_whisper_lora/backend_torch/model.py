@@ -17,6 +17,7 @@ from torch import nn
 from ..errors import QuantizedBase
 from ..formats import dims as model_dims
 from ..formats.dims import ModelDimensions
+from ..formats.model_metadata import ModelMetadata, default_alignment_heads
 
 
 def sinusoids(length: int, channels: int) -> torch.Tensor:
@@ -300,22 +301,14 @@ class TextDecoder(nn.Module):
             del pair  # before the next layer's: a suspended generator would keep it alive
 
 
-class Whisper(nn.Module):
+class Whisper(ModelMetadata, nn.Module):
     def __init__(self, dims: ModelDimensions):
         super().__init__()
-        self.dims = dims
-        # Where the weights came from and how transcripts are rendered: set by the loaders and by
-        # adapters (formats/adapter_files.add_saved_adapters), read by decoding and the exporters.
-        self.source: Optional[str] = None  # path or hub id, for messages and adapter configs
-        self.folder = None  # the checkpoint's folder, where a tokenizer vocabulary may be found
-        self.case_style: Optional[str] = None  # "upper"/"lower": transcripts rendered in that case (case_style.py)
-        self.punctuation = "keep"  # "none": transcripts rendered without punctuation
+        self.init_metadata(dims)
         self.encoder = AudioEncoder(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer)
         self.decoder = TextDecoder(dims.n_vocab, dims.n_text_ctx, dims.n_text_state, dims.n_text_head, dims.n_text_layer)
-        # Cross-attention heads that follow the audio in time (word timing); openai-whisper's default,
-        # every head of the decoder's second half, until the checkpoint names its own.
-        self.alignment_heads: List[Tuple[int, int]] = [
-            (layer, head) for layer in range(dims.n_text_layer // 2, dims.n_text_layer) for head in range(dims.n_text_head)]
+        # cross-attention heads that follow the audio in time (word timing)
+        self.alignment_heads: List[Tuple[int, int]] = default_alignment_heads(dims)
 
     def forward(self, mel: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         return self.decoder(tokens, self.encoder(mel))
@@ -325,14 +318,6 @@ class Whisper(nn.Module):
 
     def embed_audio(self, mel: torch.Tensor) -> torch.Tensor:
         return self.encoder(mel)
-
-    @property
-    def is_multilingual(self) -> bool:
-        return self.dims.is_multilingual
-
-    @property
-    def num_languages(self) -> int:
-        return self.dims.num_languages
 
 
 _CONVS = ("encoder.conv1.weight", "encoder.conv2.weight")

@@ -31,7 +31,6 @@ class ExampleSet:
         self._mels: Dict[int, np.ndarray] = {}
         self._mel_bytes = 0
         self._readable: Set[int] = set()  # audio read once already (its log-mel may since be forgotten)
-        self.augment = None  # an Augmenter while the training loop draws batches (data/augment.py)
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -79,21 +78,22 @@ class ExampleSet:
             self._mel_bytes += mel.nbytes
         return mel
 
-    def mels(self, indices: Sequence[int]) -> np.ndarray:
-        if self.augment is None:
+    def mels(self, indices: Sequence[int], augment=None) -> np.ndarray:
+        """The utterances' log-mels; changed by `augment` (data/augment.py's Augmenter) when given."""
+        if augment is None:
             return np.stack([self.mel(i) for i in indices])
-        return np.stack([self.augmented_mel(i) for i in indices])
+        return np.stack([self.augmented_mel(i, augment) for i in indices])
 
-    def augmented_mel(self, index: int) -> np.ndarray:
-        """The log-mel of an utterance changed by `self.augment` (waveform first, then SpecAugment)."""
-        if self.augment.changes_audio:
-            audio = self.augment.waveform(self.utterances[index].load())
+    def augmented_mel(self, index: int, augment) -> np.ndarray:
+        """The log-mel of an utterance changed by `augment` (waveform first, then SpecAugment)."""
+        if augment.changes_audio:
+            audio = augment.waveform(self.utterances[index].load())
             mel = np.array(log_mel_spectrogram(pad_or_trim(audio, N_SAMPLES), self.n_mels)[:N_FRAMES])
             speech = len(audio) // 160
         else:
             mel = self.mel(index)
             speech = int((self.utterances[index].duration or 30.0) * 100)
-        return self.augment.mel(mel, speech)
+        return augment.mel(mel, speech)
 
     def forget_mels(self, indices: Sequence[int]) -> None:
         for i in indices:

@@ -46,7 +46,7 @@ class Utterance:
     previous_text: Optional[str] = None  # what was said before the clip in its recording (the prompt)
     group: Optional[str] = None  # the recording, session or speaker it belongs to (packing joins clips of one group)
     start: Optional[float] = None  # seconds into its recording (a window `prepare` cut)
-    sentences: Optional[list] = None  # (start, end, text) inside a pre-cut clip, timed by tuner/clip_segments.py
+    sentences: Optional[list] = None  # (start, end, text) inside a pre-cut clip, timed by preparing/clip_segments.py
 
     def load(self) -> np.ndarray:
         """Mono float32 samples at 16 kHz."""
@@ -415,19 +415,3 @@ def check_utterances(utterances: List[Utterance], split: str, max_duration: floa
         kept.append(utt)
     report.kept = len(kept)
     return kept, report
-
-
-# ---------------------------------------------------------------- batching
-def epoch_batches(lengths: List[int], batch_size: int, seed: int, epoch: int, bucket: bool = True) -> List[List[int]]:
-    """Batches of indices for one epoch, the same for the same (seed, epoch): shuffled, then grouped
-    by label length in windows of 16 batches so batches need little padding, then batch order shuffled."""
-    n = len(lengths)
-    rng = np.random.default_rng([int(seed), int(epoch)])
-    order = rng.permutation(n)
-    if bucket:
-        window = batch_size * 16
-        chunks = [order[i:i + window] for i in range(0, n, window)]
-        order = np.concatenate([c[np.argsort([lengths[j] for j in c], kind="stable")] for c in chunks]) if chunks else order
-    batches = [order[i:i + batch_size].tolist() for i in range(0, n, batch_size)]
-    rng.shuffle(batches)
-    return batches

@@ -6,7 +6,7 @@ text said before the window as a prompt. A model trained only on single clips (`
 to close every window at its end: fine-tuned, it writes 30 s segments on long files. Packing rebuilds that
 layout from the clips people have (Common Voice, FLEURS, a folder of sentences): consecutive clips of one
 group (recording, session or speaker; in the split's order) are joined into windows of up to 30 s, each clip a
-segment with its times (or its sentences, where tuner/clip_segments.py timed them), and the group's text before a
+segment with its times (or its sentences, where preparing/clip_segments.py timed them), and the group's text before a
 clip or window becomes its previous text.
 
 Why by hand: it is Whisper's own data layout, which no library builds.

@@ -408,10 +408,27 @@ def _prepare(model, mel, settings: _Settings, clip_timestamps="0", first_feature
 _DECODING_FIELDS = {f.name for f in fields(DecodingOptions)}
 
 
-def _setup(model, temperature, compression_ratio_threshold, logprob_threshold, no_speech_threshold,
-           initial_prompt, carry_initial_prompt, condition_on_previous_text, verbose, words: WordOptions,
-           decode_options: dict) -> _Settings:
-    """Check the call's options (openai-whisper's and mlx-whisper's names) and bundle them."""
+def transcription_settings(
+    model: Whisper,
+    *,
+    verbose: Optional[bool] = None,
+    temperature: Union[float, Sequence[float]] = DEFAULT_TEMPERATURES,
+    compression_ratio_threshold: Optional[float] = 2.4,
+    logprob_threshold: Optional[float] = -1.0,
+    no_speech_threshold: Optional[float] = 0.6,
+    condition_on_previous_text: bool = True,
+    initial_prompt: Optional[str] = None,
+    carry_initial_prompt: bool = False,
+    word_timestamps: bool = False,
+    prepend_punctuations: str = timing.PREPEND_PUNCTUATIONS,
+    append_punctuations: str = timing.APPEND_PUNCTUATIONS,
+    hallucination_silence_threshold: Optional[float] = None,
+    **decode_options,
+) -> _Settings:
+    """Check a transcription call's options and bundle them: the keyword arguments of `transcribe` and
+    `transcribe_many`, with openai-whisper's (and mlx-whisper's) names and defaults; the rest are
+    DecodingOptions fields (language, task, beam_size, best_of, patience, ...) and faster-whisper's hotwords."""
+    words = WordOptions(word_timestamps, prepend_punctuations, append_punctuations, hallucination_silence_threshold)
     if model is None or isinstance(model, (str, Path)):
         raise TypeError("inference.transcriber takes a loaded model; mlx_whisper_lora.transcribe.transcribe "
                         "also takes a name or path")
@@ -451,32 +468,20 @@ def transcribe(
     audio: Union[str, Path, np.ndarray, mx.array],
     model: Whisper,
     *,
-    verbose: Optional[bool] = None,
-    temperature: Union[float, Sequence[float]] = DEFAULT_TEMPERATURES,
-    compression_ratio_threshold: Optional[float] = 2.4,
-    logprob_threshold: Optional[float] = -1.0,
-    no_speech_threshold: Optional[float] = 0.6,
-    condition_on_previous_text: bool = True,
-    initial_prompt: Optional[str] = None,
-    carry_initial_prompt: bool = False,
-    word_timestamps: bool = False,
-    prepend_punctuations: str = timing.PREPEND_PUNCTUATIONS,
-    append_punctuations: str = timing.APPEND_PUNCTUATIONS,
     clip_timestamps: Union[str, Sequence[float]] = "0",
-    hallucination_silence_threshold: Optional[float] = None,
     progress: Optional[bool] = None,
-    **decode_options,
+    **options,
 ) -> dict:
     """Transcribe (or translate) audio of any length; returns {"text", "segments", "language"}, and
     per segment "words" [{"word", "start", "end", "probability"}] with word_timestamps=True.
 
-    The keyword arguments are openai-whisper's (and mlx-whisper's), with its defaults; extra ones are
-    DecodingOptions fields (language, task, beam_size, best_of, patience, ...). `model` is a loaded
-    Whisper (`mlx_whisper_lora.transcribe.transcribe` also takes a name).
+    The keyword arguments are openai-whisper's (and mlx-whisper's), with its defaults: `clip_timestamps`
+    here, the rest (verbose, temperature, word_timestamps, initial_prompt, ..., and DecodingOptions fields
+    such as language, task, beam_size) as `transcription_settings` lists them, shared with `transcribe_many`.
+    `model` is a loaded Whisper (`mlx_whisper_lora.transcribe.transcribe` also takes a name).
     """
-    words = WordOptions(word_timestamps, prepend_punctuations, append_punctuations, hallucination_silence_threshold)
-    settings = _setup(model, temperature, compression_ratio_threshold, logprob_threshold, no_speech_threshold,
-                      initial_prompt, carry_initial_prompt, condition_on_previous_text, verbose, words, decode_options)
+    settings = transcription_settings(model, **options)
+    verbose = settings.verbose
     state, feats = _prepare(model, _padded_mel(model, audio), settings, clip_timestamps)
     total = state.mel.shape[0] - N_FRAMES
     show = progress if progress is not None else (verbose is not False and total > N_FRAMES)
@@ -507,24 +512,13 @@ def transcribe_many(
     model: Whisper,
     *,
     batch_size: int = 8,
-    verbose: Optional[bool] = None,
-    temperature: Union[float, Sequence[float]] = DEFAULT_TEMPERATURES,
-    compression_ratio_threshold: Optional[float] = 2.4,
-    logprob_threshold: Optional[float] = -1.0,
-    no_speech_threshold: Optional[float] = 0.6,
-    condition_on_previous_text: bool = True,
-    initial_prompt: Optional[str] = None,
-    carry_initial_prompt: bool = False,
-    word_timestamps: bool = False,
-    prepend_punctuations: str = timing.PREPEND_PUNCTUATIONS,
-    append_punctuations: str = timing.APPEND_PUNCTUATIONS,
-    hallucination_silence_threshold: Optional[float] = None,
     progress: Optional[bool] = None,
     select_rows: Optional[Callable[[List[int]], None]] = None,
     unit: str = "file",
-    **decode_options,
+    **options,
 ) -> List[dict]:
-    """Transcribe several files, decoding their first windows `batch_size` at a time.
+    """Transcribe several files, decoding their first windows `batch_size` at a time (`options`: as for
+    `transcribe`, less clip_timestamps).
 
     Gives the same results as `transcribe` on each file: the first window of every file is
     decoded in a batch at the first temperature (one encoder and decoder pass for the batch); the later
@@ -535,9 +529,8 @@ def transcribe_many(
     each file's own adapter (serving/adapter_bank.py).
     """
     select = select_rows or (lambda indices: None)
-    words = WordOptions(word_timestamps, prepend_punctuations, append_punctuations, hallucination_silence_threshold)
-    settings = _setup(model, temperature, compression_ratio_threshold, logprob_threshold, no_speech_threshold,
-                      initial_prompt, carry_initial_prompt, condition_on_previous_text, verbose, words, decode_options)
+    settings = transcription_settings(model, **options)
+    verbose = settings.verbose
     rules = settings.rules
     results: List[Optional[dict]] = [None] * len(audios)
     bar = None

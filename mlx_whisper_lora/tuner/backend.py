@@ -59,8 +59,10 @@ class TrainingBackend(Protocol):
     def set_training(self, training: bool) -> None: ...
 
     def accumulate_gradients(self, examples, indices: List[int], states: Optional[list],
-                             labels: Tuple[np.ndarray, np.ndarray, np.ndarray], scale: float) -> Tuple[float, float]:
-        """Forward and backward of one micro-batch: the gradient of its mean token loss times `scale`
+                             labels: Tuple[np.ndarray, np.ndarray, np.ndarray], scale: float,
+                             augment=None) -> Tuple[float, float]:
+        """Forward and backward of one micro-batch (its audio changed by `augment`, an Augmenter, when given
+        and no encoder states are): the gradient of its mean token loss times `scale`
         (the loop's share of this micro-batch in the step: 1/accumulation in one process, and its
         tokens over all processes' tokens in a data-parallel run) is added to the gradients;
         returns (sum of token losses, number of target tokens)."""

@@ -79,7 +79,7 @@ def prepare_split(model, utterances, name: str, config: RunConfig, log: Callable
     for line in report.lines():
         log(line)
     if longer:
-        from .long_clips import FOLDER, split_long_clips
+        from ..preparing.long_clips import FOLDER, split_long_clips
 
         kept += split_long_clips(longer, model.source or "tiny.en", Path(config.adapter_path) / FOLDER,
                                  min(float(config.max_duration), 30.0), language, log, bool(config.progress))
@@ -91,8 +91,8 @@ def prepare_split(model, utterances, name: str, config: RunConfig, log: Callable
                         "add a language field or pass --language")
     if name == "train" and timestamps:
         if config.sentence_times and float(config.timestamp_fraction) > 0:
-            from .recordings import default_aligner
-            from .clip_segments import timed_parts
+            from ..preparing.recordings import default_aligner
+            from ..preparing.clip_segments import timed_parts
 
             english = all((u.language or language) == "en" for u in kept)
             kept = timed_parts(kept, default_aligner("en" if english else None), log, bool(config.progress))

@@ -65,6 +65,7 @@ class World:
     sum_arrays: Optional[Callable[[np.ndarray], np.ndarray]] = field(default=None, repr=False)
     adapter_dir: str = "ADAPTER_PATH"  # named in the messages of a stopped run
     leftovers: List[str] = field(default_factory=list)  # files to remove when the launcher stops this process
+    leave: Optional[Callable[[], None]] = field(default=None, repr=False)  # the engine's goodbye (torch: destroy the group)
 
     @property
     def is_main(self) -> bool:
@@ -115,6 +116,11 @@ class World:
             offset += int(n)
         return merged
 
+    def close(self) -> None:
+        """Leave the process group at the end of a run (a no-op for one process and for MLX's groups)."""
+        if self.leave is not None:
+            self.leave()
+
     def describe(self) -> str:
         return f"{self.size} processes ({self.engine}), this one rank {self.rank}"
 
@@ -123,7 +129,8 @@ SINGLE = World()
 
 
 def world_of(backend) -> World:
-    """The processes a back end trains with (set by tuner/run.py's open_backend; one by default)."""
+    """The processes a back end trains with (given to it at construction by recipes/run.py's open_backend; one
+    by default)."""
     return getattr(backend, "world", None) or SINGLE
 
 
@@ -144,11 +151,11 @@ def join_world(backend_name: str, device: Optional[str] = None) -> Tuple[World, 
         group, sum_arrays = join_group()
         world, handle = World(group.rank(), group.size(), started_by, sum_arrays), group
     else:
-        from ..backend_torch.data_parallel import join_group
+        from ..backend_torch.data_parallel import join_group, leave_group
         from ..backend_torch.engine import pick_device
 
         rank, size, engine, sum_arrays = join_group(pick_device(device))
-        world, handle = World(rank, size, engine, sum_arrays), None
+        world, handle = World(rank, size, engine, sum_arrays, leave=leave_group), None
     stop_on_terminate(world)
     return world, handle
 

@@ -118,7 +118,7 @@ class CachedStates:
 
     def adopt(self, other: "CachedStates") -> int:
         """Take the states `other` holds for the same audio instead of encoding it again (the base
-        model's passes over the training audio before training: tuner/self_replay.py); returns how
+        model's passes over the training audio before training: recipes/self_replay.py); returns how
         many utterances. Kept states are shared, not copied; `other` may be closed afterwards."""
         theirs: Dict[object, int] = {}
         for j, k in enumerate(other.source):

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..data.examples import ExampleSet
 from ..data.labels import collate
-from ..data.manifests import epoch_batches
+from ..data.sampler import epoch_batches
 from ..errors import UserError
 from ..formats.adapter_files import ADAPTER_FILE, optimizer_file_for, saved_step, write_adapter_tensors
 from ..formats.safetensors_io import read_metadata, read_safetensors, write_safetensors
@@ -343,13 +343,9 @@ def train(backend, train_set: Union[ExampleSet, StreamedBatches], valid_set: Opt
                         continue
                     labels = collate([examples.labels[i] for i in mine], pad_token=0)
                     step_ids += [examples.utterances[i].id for i in mine]
-                    examples.augment = augmenter
-                    try:
-                        batch_loss, tokens = backend.accumulate_gradients(
-                            examples, mine, batch_states(train_states, mine), labels,
-                            mine_tokens / (batch_tokens * args.grad_accumulation_steps))
-                    finally:
-                        examples.augment = None
+                    batch_loss, tokens = backend.accumulate_gradients(
+                        examples, mine, batch_states(train_states, mine), labels,
+                        mine_tokens / (batch_tokens * args.grad_accumulation_steps), augmenter)
                     loss_sum += batch_loss
                     tok_sum += tokens
                     audio_seconds += examples.seconds(mine)

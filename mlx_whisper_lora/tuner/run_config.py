@@ -24,7 +24,7 @@ def option(default, help: str, group: str = "training", flags: tuple = (), choic
     return field(default=default, metadata=meta)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
     # what to do
     train: bool = option(False, "train adapters", "what to do")
@@ -196,7 +196,7 @@ class RunConfig:
                     raise ValueError
             except (TypeError, ValueError):
                 raise UserError(f"{name}: expected {'a whole number' if kind is int else 'a number'}, got {value!r}") from None
-            setattr(self, f.name, converted)
+            object.__setattr__(self, f.name, converted)  # frozen: converted once, at construction
 
     def check(self) -> "RunConfig":
         """Refuse values no run can use, naming the flag."""

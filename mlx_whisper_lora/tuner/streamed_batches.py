@@ -11,7 +11,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..data.examples import ExampleSet
-from ..data.manifests import DataError, Utterance, epoch_batches
+from ..data.manifests import DataError, Utterance
+from ..data.sampler import epoch_batches
 
 
 class IndexedBatches:

@@ -12,9 +12,9 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 
 from ..files import atomic_write_bytes, atomic_write_text
-from . import weight_names
-from .dims import ModelDimensions, sinusoids
-from .safetensors_io import write_safetensors
+from ..formats import weight_names
+from ..formats.dims import ModelDimensions, sinusoids
+from ..formats.safetensors_io import write_safetensors
 
 
 def hf_config(dims: ModelDimensions) -> dict:
@@ -118,7 +118,7 @@ def write_tokenizer_files(path: Path, dims: ModelDimensions, tokenizer_folder: O
     if source is not None and source.exists():
         atomic_write_bytes(path / "tokenizer.json", source.read_bytes())
     else:
-        from .hf_tokenizer import tokenizer_json
+        from ..formats.hf_tokenizer import tokenizer_json
 
         atomic_write_text(path / "tokenizer.json", tokenizer_json(dims))
     eot = "<|endoftext|>"

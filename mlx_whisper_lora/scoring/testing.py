@@ -20,12 +20,12 @@ from ..files import atomic_write_text
 from ..formats.adapter_config import AdapterConfig
 from ..formats.adapter_files import ADAPTER_FILE, CONFIG_FILE, saved_step
 from ..text.normalizers import normalizer_name
-from .data_prep import prepare_split, read_splits
-from .distributed import world_of
+from ..tuner.data_prep import prepare_split, read_splits
+from ..tuner.distributed import world_of
 from .evaluation import log_report, test_report
 from .no_speech import hallucination_line, hallucination_report
-from .reporting import TAGS, TEST_PLOT, Reporter, parse_report_to, plot_test_scores
-from .run_config import RunConfig
+from ..tuner.reporting import TAGS, TEST_PLOT, Reporter, parse_report_to, plot_test_scores
+from ..tuner.run_config import RunConfig
 from .score_keeping import (cache_base_report, cached_base_report, comparison_lines, disagreement, forgetting_warning,
                             keep_run, summary, test_set_key)
 

@@ -29,8 +29,8 @@ class LongRecording:
 
 def from_inputs(inputs: Sequence[str], log: Callable) -> List[LongRecording]:
     """--test-long: recordings with their transcripts, as `prepare` finds them (subtitle cues give speech times)."""
-    from .recordings import find_recordings
-    from .recording_prep import read_cues, read_text
+    from ..preparing.recordings import find_recordings
+    from ..preparing.recording import read_cues, read_text
 
     out = []
     for r in find_recordings(inputs, log):

@@ -89,7 +89,7 @@ def _fingerprint(recording: Recording, model_name: str, language: Optional[str])
 def done_before(recording: Recording, output: Path, model_name: str, language: Optional[str]):
     """The result of an earlier run for this recording when nothing it depends on changed (an interrupted
     prepare goes on where it stopped), else None."""
-    from .recording_prep import PreparedRecording
+    from .recording import PreparedRecording
 
     path = output / "audio" / recording.name / DONE_FILE
     try:

@@ -21,17 +21,17 @@ import math
 import random
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, List, Optional, Tuple
 
 from ..data.examples import REPLAY_ID_PREFIX
 from ..files import atomic_write_text
 from ..inference.decoding import compression_ratio
-from .data_prep import prepare_split
-from .distributed import world_of
-from .encoder_cache import CachedStates
-from .evaluation import transcribe_examples
-from .no_speech import no_speech_training_clips, training_languages
-from .run_config import RunConfig
+from ..tuner.data_prep import prepare_split
+from ..tuner.distributed import world_of
+from ..tuner.encoder_cache import CachedStates
+from ..scoring.evaluation import transcribe_examples
+from ..scoring.no_speech import no_speech_training_clips, training_languages
+from ..tuner.run_config import RunConfig
 
 SELF = "self"
 LOOP_RATIO = 2.4  # Whisper's own test for a repetition loop (gzip compression ratio of the text)
@@ -66,18 +66,11 @@ def self_replay_utterances(backend, utterances: list, config: RunConfig, log: Ca
     language = config.general_language
     drawn = [replace(utterances[i], id=f"{REPLAY_ID_PREFIX}self:{utterances[i].id}", language=language)
              for i in sorted(random.Random(int(config.seed)).sample(range(len(utterances)), distinct))]
-    examples, _ = prepare_split(backend.model, drawn, "replay", replace(config, language=language), lambda m: None,
-                                timestamps=False, style="keep")
-    log(f"replay: transcribing {len(examples)} of the training utterances with the base model in {language} "
-        f"(--replay-data self)")
-    indices, texts = transcribe_examples(backend, examples, config.task, int(config.batch_size), config.progress,
-                                         states=kept_states(backend, examples, config, warm),
-                                         tokens_per_second=LOOP_TOKENS_PER_SECOND, base_model=True,
-                                         stop_loops_at=LOOP_RATIO)
+    read = base_readings(backend, drawn, replace(config, language=language), warm, lambda n: log(
+        f"replay: transcribing {n} of the training utterances with the base model in {language} (--replay-data self)"))
     # the base model reading speech it does not know falls into loops ("I'm a baby. I'm a baby. ..."):
-    # 21 of 130 Yoruba utterances; replaying those would teach loops, so they are left out
-    kept = [replace(examples.utterances[i], text=text) for i, text in zip(indices, texts)
-            if text.strip() and compression_ratio(text) <= LOOP_RATIO]
+    # replaying those would teach loops, so they are left out
+    kept = [replace(u, text=text) for u, text in read if text.strip() and compression_ratio(text) <= LOOP_RATIO]
     log(f"replay: {len(kept)} of them (those not empty or a repetition loop), with the base model's {language} "
         f"transcripts, mixed into the {len(utterances)} training utterances"
         + (" (its distribution the target: --replay-distill)" if config.replay_distill else ""))
@@ -102,6 +95,20 @@ def adds_noise_rows(config: RunConfig) -> bool:
     """Whether self-replay brings noise rows: with distillation (on unless turned off), and not when
     --no-speech-fraction asks for empty transcripts on the same family of clips (it takes their place)."""
     return config.replay_distill is not False and not float(config.no_speech_fraction)
+
+
+def base_readings(backend, rows: list, config: RunConfig, warm: Optional[list],
+                  announce: Callable[[int], None]) -> List[Tuple[object, str]]:
+    """(utterance, the base model's greedy transcript) for each readable row: the rows labelled, `announce`d
+    with their number, then transcribed in batches with loops cut short (their encoder states kept in `warm`
+    for training to take)."""
+    examples, _ = prepare_split(backend.model, rows, "replay", config, lambda m: None, timestamps=False, style="keep")
+    announce(len(examples))
+    indices, texts = transcribe_examples(backend, examples, config.task, int(config.batch_size), config.progress,
+                                         states=kept_states(backend, examples, config, warm),
+                                         tokens_per_second=LOOP_TOKENS_PER_SECOND, base_model=True,
+                                         stop_loops_at=LOOP_RATIO)
+    return [(examples.utterances[i], text) for i, text in zip(indices, texts)]
 
 
 def kept_states(backend, examples, config: RunConfig, warm: Optional[list]) -> Optional[CachedStates]:
@@ -131,14 +138,9 @@ def noise_replay_utterances(backend, utterances: list, config: RunConfig, log: C
     clips = [replace(u, id=f"{REPLAY_ID_PREFIX}{u.id}")
              for u in no_speech_training_clips(min(count, MAX_NOISE), languages, int(config.seed),
                                                longest=float(config.max_duration))]
-    examples, _ = prepare_split(backend.model, clips, "replay", config, lambda m: None, timestamps=False, style="keep")
     plural = "" if len(clips) == 1 else "s"
-    log(f"replay: reading {len(clips)} generated silence and noise clip{plural} with the base model in "
-        f"{', '.join(languages) or 'the detected language'}, to keep its doubt where nobody speaks")
-    indices, texts = transcribe_examples(backend, examples, config.task, int(config.batch_size), config.progress,
-                                         states=kept_states(backend, examples, config, warm),
-                                         tokens_per_second=LOOP_TOKENS_PER_SECOND, base_model=True,
-                                         stop_loops_at=LOOP_RATIO)
-    read = [replace(examples.utterances[i], text=text if compression_ratio(text) <= LOOP_RATIO else "")
-            for i, text in zip(indices, texts)]
+    read = [replace(u, text=text if compression_ratio(text) <= LOOP_RATIO else "")
+            for u, text in base_readings(backend, clips, config, warm, lambda n: log(
+                f"replay: reading {len(clips)} generated silence and noise clip{plural} with the base model in "
+                f"{', '.join(languages) or 'the detected language'}, to keep its doubt where nobody speaks"))]
     return [read[i % len(read)] for i in range(count)] if read else []

@@ -28,7 +28,7 @@ def split_long_clips(clips: List[Utterance], aligner: str, folder: Path, limit: 
 
     from ..load import load_for_inference
     from .recordings import Recording
-    from .recording_prep import prepare_recording
+    from .recording import prepare_recording
 
     folder.mkdir(parents=True, exist_ok=True)
     model = load_for_inference(aligner, None)

@@ -4,7 +4,7 @@ writes rather than the clips' own.
 A corpus clip is often a paragraph (LibriSpeech's run to 35 s): trained as one timed segment, a model learns
 to write segments that long. Each clip's text is force-aligned to its audio (inference/forced_alignment.py,
 with the small model `prepare` uses) and cut where `prepare` cuts a recording: at sentence ends, at pauses of
-half a second, and at any pause past 12 s (data/text_alignment.py). A clip whose words cannot all be timed
+half a second, and at any pause past 12 s (preparing/text_alignment.py). A clip whose words cannot all be timed
 keeps its single segment.
 """
 
@@ -16,7 +16,7 @@ from typing import Callable, List, Optional
 
 from ..data.manifests import Utterance
 from ..data.packing import packable
-from ..data.text_alignment import Alignment, TimedWord, segments_from
+from .text_alignment import Alignment, TimedWord, segments_from
 from ..data.windows import snap
 
 

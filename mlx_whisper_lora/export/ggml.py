@@ -17,7 +17,7 @@ from typing import BinaryIO, Dict, Optional, Union
 import numpy as np
 
 from ..files import atomic_write
-from .dims import ModelDimensions, sinusoids
+from ..formats.dims import ModelDimensions, sinusoids
 from .ggml_quantize import GGML_QUANTIZATIONS, header_ftype, quantize, tensor_type
 
 MAGIC = 0x67676D6C  # "ggml"
@@ -76,7 +76,7 @@ def write_ggml(path: Union[str, Path], weights: Dict[str, np.ndarray], dims: Mod
                ranks: Dict[bytes, int], dtype: str = "float16", quantization: Optional[str] = None) -> Path:
     """Write `path` atomically; weights in MLX names, `filters` the (n_mels, 201) mel filter bank,
     `ranks` the BPE vocabulary (tokens by rank); `quantization`: q8_0, q5_0 or q4_0 matrices
-    (formats/ggml_quantize.py), the rest float16 and float32 as in a float16 file."""
+    (export/ggml_quantize.py), the rest float16 and float32 as in a float16 file."""
     if dtype not in GGML_TYPES:
         raise ValueError(f"whisper.cpp export in {dtype!r}: use float16 or float32")
     if quantization is not None and (quantization not in GGML_QUANTIZATIONS or dtype != "float16"):

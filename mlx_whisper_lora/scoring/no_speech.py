@@ -27,7 +27,7 @@ from ..data.audio import SAMPLE_RATE
 from ..data.examples import ExampleSet
 from ..data.manifests import Utterance
 from ..text.normalizers import BasicTextNormalizer
-from .data_prep import tokenizer_for
+from ..tuner.data_prep import tokenizer_for
 from .evaluation import transcribe_examples
 
 LEVELS_DB = (-60, -40, -25)  # noise RMS, dB relative to full scale

@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Callable
 
 from ..errors import UserError
-from .run_config import RunConfig
+from ..tuner.run_config import RunConfig
 from .self_replay import SELF, adds_noise_rows
 
 NONE = "none"

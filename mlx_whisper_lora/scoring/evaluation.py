@@ -15,9 +15,9 @@ from typing import Dict, List, Optional
 from ..data.examples import ExampleSet
 from ..text.case_style import render as render_case
 from ..text.metrics import score
-from .distributed import world_of
-from .encoder_cache import CachedStates
-from .loop import evaluate_loss
+from ..tuner.distributed import world_of
+from ..tuner.encoder_cache import CachedStates
+from ..tuner.loop import evaluate_loss
 
 
 def sample_len(examples: ExampleSet, indices: List[int], tokens_per_second: Optional[float]) -> Optional[int]:

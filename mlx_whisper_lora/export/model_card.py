@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from .adapter_config import AdapterConfig
+from ..formats.adapter_config import AdapterConfig
 
 # The PNG plots training and --test leave beside the adapters (tuner/reporting.py), copied into exports.
 PLOTS = {"training_curves.png": "training and validation loss", "test_scores.png": "test WER and CER"}

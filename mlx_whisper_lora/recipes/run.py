@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 from ..errors import QuantizedBase, UserError
 from ..files import atomic_write_text, check_writable
@@ -15,19 +15,19 @@ from ..formats.adapter_config import AdapterConfig
 from ..formats.adapter_files import (BASE_STYLE_FILE, CONFIG_FILE, check_dims, read_adapter_config,
                                      read_adapter_tensors, save_adapter_config)
 from ..text import case_style
-from .alignment import HeadReselection
-from .backend_choice import choose_backend
-from .data_prep import prepare_split, read_splits, stream_sample, streamed_train_batches, tokenizer_for
-from .distributed import backend_for_launcher, join_world, launcher, quiet, world_of
-from .evaluation import transcribe_examples, validation_wer
-from .loop import METRICS_FILE, caches_training_states, save_checkpoint, train
+from ..tuner.backend_choice import choose_backend
+from ..tuner.data_prep import prepare_split, read_splits, stream_sample, streamed_train_batches, tokenizer_for
+from ..tuner.distributed import backend_for_launcher, join_world, launcher, quiet, world_of
+from ..tuner.loop import METRICS_FILE, caches_training_states, save_checkpoint, train
+from ..tuner.reporting import CURVES_PLOT, Reporter, parse_report_to, plot_training_curves
+from ..tuner.run_config import RunConfig
+from ..tuner.streamed_batches import MixedRows
+from ..scoring.evaluation import transcribe_examples, validation_wer
+from ..scoring.no_speech import DISTINCT_TRAINING_CLIPS, no_speech_training_clips, training_languages
+from ..scoring.testing import replay_pool, run_test, score_base, with_replay
 from .replay_choice import settle_replay
-from .reporting import CURVES_PLOT, Reporter, parse_report_to, plot_training_curves
-from .run_config import RunConfig
-from .no_speech import DISTINCT_TRAINING_CLIPS, no_speech_training_clips, training_languages
 from .self_replay import SELF, self_replay_utterances
-from .streamed_batches import MixedRows
-from .testing import replay_pool, run_test, score_base, with_replay
+from .timing_heads import HeadReselection
 
 
 
@@ -41,10 +41,10 @@ def existing_adapter_config(config: RunConfig) -> Optional[AdapterConfig]:
     return None
 
 
-def open_backend(config: RunConfig, log: Callable):
-    """The back end `--backend` asks for (auto: see backend_choice.py; under torchrun or mlx.launch the
-    launcher's), with the base model loaded and, in a data-parallel run, the processes joined
-    (`backend.world`). `config.model` is filled in from the adapters' config when not given."""
+def open_backend(config: RunConfig, log: Callable) -> Tuple[object, RunConfig]:
+    """(the back end `--backend` asks for (auto: see backend_choice.py; under torchrun or mlx.launch the
+    launcher's), with the base model loaded and, in a data-parallel run, the processes joined (given to it as
+    `world`); `config` with the model (from the adapters' config when not given) and the back end that runs)."""
     implied = backend_for_launcher(config.backend)
     requested = implied or config.backend
     name, why = choose_backend(requested, config.device)
@@ -58,27 +58,22 @@ def open_backend(config: RunConfig, log: Callable):
         log(f"data-parallel: {world.describe()}; --batch-size {config.batch_size} is the global batch")
     existing = existing_adapter_config(config)
     if config.model is None and existing is not None and existing.base_model:
-        config.model = existing.base_model
+        config = replace(config, model=existing.base_model)
         log(f"model: {config.model} (from {CONFIG_FILE})")
-    config.backend = name  # adapter_config.json records the back end that ran
+    config = replace(config, backend=name)  # adapter_config.json records the back end that ran
     if name == "torch":
         from ..backend_torch.engine import load_base  # a UserError when torch is missing
 
         try:
-            backend = load_base(config, log)
-            backend.data_parallel = world.parallel
-            backend.world = world
-            return backend
+            return load_base(config, log, world), config
         except QuantizedBase:
             if requested != "auto" or world.parallel:
                 raise
             log("back end: mlx (the base model is MLX-quantized; the torch back end loads floating-point weights)")
-            config.backend = "mlx"
+            config = replace(config, backend="mlx")
     from ..backend_mlx.engine import load_base
 
-    backend = load_base(config, log)
-    backend.group, backend.world = group, world
-    return backend
+    return load_base(config, log, world, group), config
 
 
 def choose_text_style(adapter_config: AdapterConfig, config: RunConfig, texts: List[str], log: Callable) -> None:
@@ -290,11 +285,18 @@ def run(config: RunConfig, log: Callable) -> dict:
     config.check()
     if config.train:  # before hours of work whose results would have nowhere to go
         check_writable(config.adapter_path, "pass another --adapter-path")
-    backend = open_backend(config, log)
+    backend, config = open_backend(config, log)
+    result = run_with(backend, config, log)
+    world_of(backend).close()  # a torchrun process group is destroyed, not left to the interpreter's exit
+    return result
+
+
+def run_with(backend, config: RunConfig, log: Callable) -> dict:
+    """`run` on an opened back end."""
     world = world_of(backend)
     world.adapter_dir = str(config.adapter_path)
     if not world.is_main:  # the main process speaks for the run
-        log, config.progress = quiet, False
+        log, config = quiet, replace(config, progress=False)
     refuse_unfit_adapters(backend, config)
     if config.train:
         config = settle_replay(config, backend.model.is_multilingual, log)

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
-from .windows import Segment
+from ..data.windows import Segment
 
 SENTENCE_END = re.compile(r"[.!?。！？…]['\"”’)\]]*$")
 PAUSE_SECONDS = 0.5  # a pause this long between two words ends a segment where the text has no sentence end
@@ -44,10 +44,18 @@ class Alignment:
 
     words: List[TimedWord]
     dropped: List[dict] = field(default_factory=list)  # {"start", "end", "reason", "text"}
+    matched: int = 0  # words the recogniser wrote exactly as the text does (the rest of the timed ones are spread)
 
     @property
     def aligned_share(self) -> float:
         return sum(w.timed for w in self.words) / max(len(self.words), 1)
+
+    @property
+    def matched_share(self) -> float:
+        """The share of the text's words the recogniser wrote as the text does: whether text and speech agree.
+        (The aligned share also counts runs of misheard words between agreeing ones, which gibberish in a
+        language the model writes badly fills with its short words matching here and there.)"""
+        return self.matched / max(len(self.words), 1)
 
 
 def key(word: str) -> str:
@@ -68,6 +76,7 @@ def align_words(reference: str, recognised: Sequence[Tuple[str, float, float]]) 
     matcher = difflib.SequenceMatcher(None, ref_keys, hyp_keys, autojunk=False)
     for op, i1, i2, j1, j2 in matcher.get_opcodes():
         if op == "equal":
+            alignment.matched += i2 - i1
             for k in range(i2 - i1):
                 words[i1 + k].start, words[i1 + k].end = hyp[j1 + k][1], hyp[j1 + k][2]
         elif op == "replace" and _similar_length(i2 - i1, j2 - j1):
