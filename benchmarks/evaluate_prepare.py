@@ -4,9 +4,11 @@ joined in order (0.4 s apart) into one recording, with the chapter's text as one
 
 Prints, against the Montreal Forced Aligner's word times (word_alignments.jsonl): the share of reference words
 that land in a window holding their text, and the share of window boundaries that fall in a pause (inside no
-word by more than --slack seconds); with --srt, the offset prepare found.
+word by more than --slack seconds); with --srt, the offset prepare found. With --forced, the plain text goes
+through forced alignment (the path of a language the model writes badly) instead of recognition, to measure
+that path where the truth is known.
 
-    python benchmarks/evaluate_prepare.py [--model tiny.en] [--srt] [--shift 2.0] [--chapters N] [--work DIR]
+    python benchmarks/evaluate_prepare.py [--model tiny.en] [--srt] [--shift 2.0] [--forced] [--chapters N] [--work DIR]
 """
 
 from __future__ import annotations
@@ -96,12 +98,17 @@ def main(argv=None):
     p.add_argument("--shift", type=float, default=2.0)
     p.add_argument("--chapters", type=int, default=4)
     p.add_argument("--slack", type=float, default=0.15)
+    p.add_argument("--forced", action="store_true", help="align the plain text by forced alignment")
     args = p.parse_args(argv)
     from mlx_whisper_lora.prepare import prepare
+    from mlx_whisper_lora.preparing import recording
+
+    if args.forced:
+        recording.PROBE_BELOW = 1.01  # every probed recording (over 4 minutes) counts as one the model writes badly
 
     recordings = args.work / "recordings"
     truth = build_recordings(args.data, recordings, args.srt, args.shift, args.chapters)
-    out = args.work / ("prepared_srt" if args.srt else "prepared_txt")
+    out = args.work / ("prepared_srt" if args.srt else "prepared_forced" if args.forced else "prepared_txt")
     started = time.time()
     report = prepare([str(recordings)], out, args.model, "en", 0.0, 0.0, progress=False,
                      log=lambda m: print(m, file=sys.stderr))

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+#   OUT=/tmp/gpu bash benchmarks/gpu_benchmarks.sh
 # The GPU section of docs/benchmarks.md in one run on a CUDA machine (python3 with torch, transformers,
 # peft; bitsandbytes and mlx with its CUDA back end importable, e.g. through PYTHONPATH). Each part has
 # its own time limit, so one that fails leaves the others' figures; logs and JSON go to $OUT.

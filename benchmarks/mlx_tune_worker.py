@@ -1,4 +1,6 @@
-"""PyPI mlx-tune's Whisper LoRA training, timed, for `benchmarks/benchmark_train.py --systems ours,mlx-tune`.
+"""PyPI mlx-tune's Whisper LoRA training, timed, for `benchmarks/benchmark_train.py --systems ours,mlx-tune`,
+which runs it with the interpreter given as `--mlx-tune-python` (mlx-tune's own environment):
+`VENV/bin/python benchmarks/mlx_tune_worker.py SPEC_JSON`.
 
 Runs in an interpreter that has mlx-tune (0.6.0 measured) and, on Linux, `mlx[cpu]` and `mkl` installed,
 never in this package's environment (its transformers and mlx versions differ). It is offline: the model

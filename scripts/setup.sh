@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv (once) and install the package with its test dependencies. Safe to run again.
+#   bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

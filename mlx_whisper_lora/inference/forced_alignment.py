@@ -7,8 +7,10 @@ so far says it holds) as forced decoder input; openai-whisper's word-timing comp
 cross-attention, median-filtered, through dynamic time warping: timing.py) times them. The words that end well
 before the window's end are kept, the point moves to the end of the last one, and the rest go to the next
 window. Where the window's first words pile up (the model cannot follow that stretch), they are left untimed
-and the alignment goes on from the first words it follows again. Why by hand: it is stable-ts's `align` idea on this package's own timing code; forced aligners on PyPI
-need a model per language downloaded from the Hub.
+and the alignment goes on from the first words it follows again. The path gives every frame to some word, so
+pauses are opened afterwards where a voice-activity detector hears silence (`open_pauses`). Why by hand: it is
+stable-ts's `align` idea on this package's own timing code; forced aligners on PyPI need a model per language
+downloaded from the Hub.
 """
 
 from __future__ import annotations

@@ -30,7 +30,6 @@ from .self_replay import SELF, self_replay_utterances
 from .timing_heads import HeadReselection
 
 
-
 # ---------------------------------------------------------------- back end
 def existing_adapter_config(config: RunConfig) -> Optional[AdapterConfig]:
     """The adapter_config.json of the run being resumed or tested, if there is one."""
