@@ -2,7 +2,8 @@
 PyTorch: backend_torch/engine.py). Everything else (data, labels, batches, schedule, reports,
 files, resume, Ctrl-C, the encoder-state cache) is the same code for both.
 
-Arrays cross this boundary as numpy: labels from `data.labels.collate`, log-mels from
+The interface is five small parts by concern (the model and its adapters, encoder states, the training step,
+tensors for the files, decoding), which `TrainingBackend` joins. Arrays cross this boundary as numpy: labels from `data.labels.collate`, log-mels from
 `ExampleSet.mels`, adapter and optimizer tensors for the file writers. Encoder states stay in the
 back end's own arrays while cached in memory; states spilled to disk come back as numpy rows, which
 the back end converts.
@@ -15,14 +16,9 @@ from typing import Dict, List, Optional, Protocol, Sequence, Tuple, runtime_chec
 import numpy as np
 
 
-@runtime_checkable
-class TrainingBackend(Protocol):
-    name: str  # "mlx" or "torch"
-    model: object  # the back end's Whisper: dims, is_multilingual, num_languages, source, folder, case_style, punctuation
-    encoder_trained: bool  # adapters (or full fine-tuning) in the encoder: no state cache
-    states_shape: Tuple[int, int]  # (audio frames, width) of one utterance's encoder states
+class ModelAdapters(Protocol):
+    """The model and its adapters (recipes/run.py)."""
 
-    # ---- the model (run.py)
     def apply_adapters(self, config) -> None:
         """Freeze the model and add adapters as `config` (formats/adapter_config.AdapterConfig) says."""
 
@@ -36,7 +32,9 @@ class TrainingBackend(Protocol):
     def count_parameters(self) -> Tuple[int, int]:
         """(trainable, total)."""
 
-    # ---- encoder states (frozen encoder)
+class EncoderStates(Protocol):
+    """Encoder states of a frozen encoder, and what they cost (tuner/encoder_cache.py)."""
+
     def encode(self, examples, indices: Sequence[int], for_training: bool = True) -> list:
         """Per-utterance encoder states, no gradient; `for_training`: extras that only training steps
         use may be kept with them (the torch back end's cross-attention K/V)."""
@@ -52,7 +50,9 @@ class TrainingBackend(Protocol):
     def states_numpy(self, states) -> np.ndarray:
         """The states alone as float32 numpy (written to the cache's file when memory is full)."""
 
-    # ---- steps
+class TrainingStep(Protocol):
+    """One optimizer step of the shared loop (tuner/loop.py), and the loss without one (validation)."""
+
     def start_training(self, args) -> None:
         """Make the optimizer (its rate is set by the loop before every update), seed, checkpointing."""
 
@@ -77,7 +77,9 @@ class TrainingBackend(Protocol):
 
     def peak_memory_gb(self) -> float: ...
 
-    # ---- tensors for the files
+class FileTensors(Protocol):
+    """The tensors the file writers take and give back (formats/adapter_files.py, checkpoints, resume)."""
+
     def adapter_tensors(self) -> Dict[str, np.ndarray]:
         """The trainable weights in the shared names and layout (formats/adapter_files.py)."""
 
@@ -89,7 +91,9 @@ class TrainingBackend(Protocol):
         """An optimizer_state.pt of an earlier version: the safetensors file converted from it, or None
         (logged why) when this back end cannot use it."""
 
-    # ---- decoding (test reports, base-style targets, alignment heads)
+class Decoding(Protocol):
+    """Decoding for test reports, base-style targets, self-replay and alignment heads."""
+
     def decoding_model(self):
         """The model behind the interface `inference/` decodes and aligns through (embed_audio,
         logits, decoder, alignment_scores, alignment_heads), in evaluation mode."""
@@ -103,3 +107,14 @@ class TrainingBackend(Protocol):
         """Greedy transcripts without timestamps, language and task forced, at most `sample_len` tokens
         each (default: half the text context); a row stops once its text compresses past
         `stop_loops_at` (inference.decoding.looping_rows)."""
+
+
+@runtime_checkable
+class TrainingBackend(ModelAdapters, EncoderStates, TrainingStep, FileTensors, Decoding, Protocol):
+    """Everything a back end offers the loop, scoring and recipes: the five parts above and these attributes."""
+
+    name: str  # "mlx" or "torch"
+    model: object  # the back end's Whisper: dims, is_multilingual, num_languages, source, folder, case_style, punctuation
+    encoder_trained: bool  # adapters (or full fine-tuning) in the encoder: no state cache
+    states_shape: Tuple[int, int]  # (audio frames, width) of one utterance's encoder states
+    world: object  # the processes of a data-parallel run (tuner/distributed.py's World), None for one
