@@ -28,6 +28,9 @@ MOVED = {f"{__name__}.{old}": f"{__name__}.{new}" for old, new in {
     "formats.ctranslate2_export": "export.ctranslate2", "formats.ggml_export": "export.ggml",
     "formats.ggml_quantize": "export.ggml_quantize", "formats.hf_export": "export.hf",
     "formats.model_card": "export.model_card",
+    "serving.adapter_bank": "adapter_bank.bank", "serving.bank_layer_mlx": "adapter_bank.layer_mlx",
+    "serving.bank_layer_torch": "adapter_bank.layer_torch", "serving.layer_terms": "adapter_bank.layer_terms",
+    "serving.side_by_side": "adapter_bank.side_by_side",
 }.items()}
 
 

@@ -5,7 +5,7 @@
 
 One base model is loaded once; every adapter is applied to it per request (`model` = the adapter's
 name, or the base's), so one process serves many voices, languages or customers. Requests that
-arrive together are decoded as one batch, adapters mixed (serving/adapter_bank.py). The demo page
+arrive together are decoded as one batch, adapters mixed (adapter_bank/bank.py). The demo page
 is at http://HOST:PORT/. With no --adapter, the bundled demo adapter is served as "demo".
 """
 
@@ -59,7 +59,7 @@ def model_name(model: Optional[str], adapters: Dict) -> str:
 def start_worker(model: str, adapters: Dict, backend: str = "mlx", dtype: str = "float32", device=None,
                  max_batch: int = 8, max_pending: int = 64, quantize: Optional[str] = None):
     """A started worker holding `model` and `adapters` ({name: path}); load errors are raised here."""
-    from .serving.adapter_bank import AdapterBank
+    from .adapter_bank.bank import AdapterBank
     from .serving.worker import Worker
     from .load import load_for_inference
 
@@ -93,7 +93,7 @@ def check_port(host: str, port: int) -> None:
 
 @cli_entry
 def main(argv=None):
-    from .serving.adapter_bank import adapter_paths
+    from .adapter_bank.bank import adapter_paths
     from .assets_dir import DEMO_ADAPTER
 
     args = build_parser().parse_args(argv)

@@ -149,7 +149,7 @@ def main(argv=None):
             raise UserError(f"audio file not found: {path}")
     check_writable(args.output_dir, "pass another --output-dir")  # before the transcription, not after
     if args.compare_base:
-        from .serving.side_by_side import bank_with
+        from .adapter_bank.side_by_side import bank_with
 
         base_name = args.model or read_adapter_config(args.adapter_path).base_model
         bank = bank_with(load_for_inference(base_name, None, args.dtype, args.backend, args.device), args.adapter_path,
@@ -177,7 +177,7 @@ def main(argv=None):
         **({"hotwords": args.hotwords} if (args.hotwords or "").strip() else {}),
     )
     if args.compare_base:
-        from .serving.side_by_side import compare_with_base
+        from .adapter_bank.side_by_side import compare_with_base
 
         results = compare_with_base(bank, audio_paths, clip_timestamps=args.clip_timestamps, **common)
     elif args.vad:

@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     for name in (ADAPTER_FILE, CONFIG_FILE):
         shutil.copyfile(trained / name, args.out / name)
     print(f"wrote {args.out}")
-    from mlx_whisper_lora.serving.side_by_side import compare_demo
+    from mlx_whisper_lora.adapter_bank.side_by_side import compare_demo
 
     compare_demo(adapter_path=args.out)
     return 0

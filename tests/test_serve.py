@@ -20,7 +20,7 @@ from mlx_whisper_lora.assets_dir import ASSETS
 from mlx_whisper_lora.backend_mlx.adapters import apply_adapters, load_adapters, save_adapters
 from mlx_whisper_lora.backend_mlx.load import load_model
 from mlx_whisper_lora.formats.adapter_config import AdapterConfig
-from mlx_whisper_lora.serving.adapter_bank import BASE, AdapterBank
+from mlx_whisper_lora.adapter_bank.bank import BASE, AdapterBank
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")

@@ -526,7 +526,7 @@ def transcribe_many(
     conditioning on previous text), else decoded one at a time, as are fallbacks.
     `select_rows(indices)`, when given, is called before each model computation with the indices
     (into `audios`) of the files it covers, in batch order: the server's adapter bank uses it to apply
-    each file's own adapter (serving/adapter_bank.py).
+    each file's own adapter (adapter_bank/bank.py).
     """
     select = select_rows or (lambda indices: None)
     settings = transcription_settings(model, **options)

@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from ..assets_dir import DEMO_CLIP
 from ..data.audio import SAMPLE_RATE
 from ..errors import UserError
-from .adapter_bank import BASE
+from ..adapter_bank.bank import BASE
 from .worker import CallOptions, ServerBusy, Worker, fallback_temperatures
 
 STATIC = Path(__file__).resolve().parent / "static"

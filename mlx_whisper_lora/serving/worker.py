@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..errors import UserError
-from .adapter_bank import BASE, AdapterBank
+from ..adapter_bank.bank import BASE, AdapterBank
 
 
 class ServerBusy(UserError):

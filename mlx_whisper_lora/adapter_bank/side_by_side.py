@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from ..assets_dir import DEMO_ADAPTER, DEMO_CLIP
-from .adapter_bank import BASE, AdapterBank
+from .bank import BASE, AdapterBank
 
 ADAPTED = "adapted"
 

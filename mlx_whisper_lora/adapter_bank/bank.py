@@ -112,11 +112,11 @@ class AdapterBank:
             parent = parent[int(part)] if part.isdigit() else getattr(parent, part)
         base = getattr(parent, attr)
         if self.backend == "torch":
-            from .bank_layer_torch import TorchBankLinear
+            from .layer_torch import TorchBankLinear
 
             layer = TorchBankLinear(base, key, self.selection)
         else:
-            from .bank_layer_mlx import MLXBankLinear
+            from .layer_mlx import MLXBankLinear
 
             layer = MLXBankLinear(base, key, self.selection)
         setattr(parent, attr, layer)
