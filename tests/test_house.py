@@ -36,5 +36,6 @@ def test_user_pages_carry_no_dates_team_paths_or_issue_numbers(page):
 def test_every_script_and_benchmark_is_named_by_a_document_and_says_how_it_runs(path):
     name = Path(path).name
     assert any(name in (ROOT / doc).read_text() for doc in DOCS), f"{path}: no document names it (delete it?)"
-    head = (ROOT / path).read_text()[:3000]
-    assert name in head, f"{path}: its docstring does not show the command that runs it"
+    if path.endswith((".py", ".sh")):
+        head = (ROOT / path).read_text()[:3000]
+        assert name in head, f"{path}: its docstring does not show the command that runs it"
