@@ -64,13 +64,19 @@ def read_cues(path: Path) -> List[Tuple[float, float, str]]:
     return cues
 
 
-def recognised_words(audio, model, language: Optional[str], progress: bool) -> Tuple[List[tuple], str]:
+def recognised_words(audio, model, language: Optional[str], progress: bool,
+                     timed: bool = True) -> Tuple[List[tuple], str]:
     """(word, start, end) of everything the model hears in the recording (a path, or samples), and the language
-    it used."""
+    it used. `timed=False`: greedy, without the temperature fallback or word timestamps (each word takes its
+    segment's times), for a probe that only counts matching words: a language the model writes badly sends
+    every window through the fallback, most of the probe's time otherwise."""
     from ..inference.transcriber import transcribe
 
-    result = transcribe(str(audio) if isinstance(audio, Path) else audio, model, word_timestamps=True, language=language, verbose=None,
-                        progress=progress)
+    options = {"word_timestamps": True} if timed else {"temperature": 0.0}
+    result = transcribe(str(audio) if isinstance(audio, Path) else audio, model, language=language, verbose=None,
+                        progress=progress, **options)
+    if not timed:
+        return [(w, s["start"], s["end"]) for s in result["segments"] for w in s["text"].split()], result["language"]
     words = [(w["word"].strip(), float(w["start"]), float(w["end"]))
              for s in result["segments"] for w in s.get("words", []) if w["word"].strip()]
     return words, result["language"]
@@ -138,14 +144,7 @@ def probe_share(text: str, read, duration: float, model, language: Optional[str]
     if duration < 2 * PROBE_SECONDS:
         return None, None
     words = text.split()
-    from ..inference.transcriber import transcribe
-
-    # greedy and without word times: the probe only counts matching words, and a language the model writes
-    # badly sends every window through the temperature fallback (most of the probe's time otherwise)
-    result = transcribe(read(0, int(PROBE_SECONDS * 16000)), model, language=language, verbose=None, progress=False,
-                        temperature=0.0)
-    heard = [(w, s["start"], s["end"]) for s in result["segments"] for w in s["text"].split()]
-    detected = result["language"]
+    heard, detected = recognised_words(read(0, int(PROBE_SECONDS * 16000)), model, language, False, timed=False)
     expected = max(1, int(len(words) * PROBE_SECONDS / duration))
     return align_words(" ".join(words[:expected]), heard).matched_share, detected
 
