@@ -31,6 +31,9 @@ MOVED = {f"{__name__}.{old}": f"{__name__}.{new}" for old, new in {
     "serving.adapter_bank": "adapter_bank.bank", "serving.bank_layer_mlx": "adapter_bank.layer_mlx",
     "serving.bank_layer_torch": "adapter_bank.layer_torch", "serving.layer_terms": "adapter_bank.layer_terms",
     "serving.side_by_side": "adapter_bank.side_by_side",
+    "backend_mlx.frozen_head_loss": "backend_mlx.training.frozen_head_loss",
+    "backend_mlx.cpu_softmax": "backend_mlx.training.cpu_softmax",
+    "backend_mlx.chunked_attention": "backend_mlx.training.chunked_attention",
 }.items()}
 
 

@@ -13,7 +13,7 @@ from mlx.utils import tree_flatten
 
 from mlx_whisper_lora.backend_mlx.adapters import apply_adapters
 from mlx_whisper_lora.backend_mlx.engine import loss_fn, set_grad_checkpoint, target_positions
-from mlx_whisper_lora.backend_mlx.frozen_head_loss import BLOCK_ROWS, frozen_head_cross_entropy
+from mlx_whisper_lora.backend_mlx.training.frozen_head_loss import BLOCK_ROWS, frozen_head_cross_entropy
 from mlx_whisper_lora.backend_mlx.model import ModelDimensions, Whisper
 from mlx_whisper_lora.formats.adapter_config import AdapterConfig
 
@@ -125,7 +125,7 @@ def test_fused_attention_equals_the_explicit_scores():
 
 
 def test_blockwise_attention_equals_softmax_attention_and_its_gradients(monkeypatch):
-    from mlx_whisper_lora.backend_mlx import chunked_attention
+    from mlx_whisper_lora.backend_mlx.training import chunked_attention
 
     monkeypatch.setattr(chunked_attention, "BLOCK", 48)  # 130 queries: three blocks, the last ragged
     rng = np.random.default_rng(5)
@@ -148,7 +148,7 @@ def test_blockwise_attention_equals_softmax_attention_and_its_gradients(monkeypa
 
 
 def test_encoder_training_through_blockwise_attention_equals_the_plain_loss(monkeypatch):
-    from mlx_whisper_lora.backend_mlx import chunked_attention
+    from mlx_whisper_lora.backend_mlx.training import chunked_attention
 
     monkeypatch.setattr(chunked_attention, "BLOCK", 16)  # 40 frames: three blocks
     mels = mx.array(np.random.default_rng(2).normal(0, 1, (2, 2 * DIMS.n_audio_ctx, 80)).astype(np.float32))

@@ -18,8 +18,9 @@ from ..formats.adapter_config import AdapterConfig
 from ..inference.decoding import DecodingOptions, decode
 from ..text.tokenizer import get_tokenizer
 from . import adapters
+from .training.compiled_step import CompiledStep, compiled_by_default
 from .data_parallel import sum_gradients
-from .frozen_head_loss import frozen_head_cross_entropy
+from .training.frozen_head_loss import frozen_head_cross_entropy
 
 
 def masked_cross_entropy(logits: mx.array, targets: mx.array, mask: mx.array, smoothing: float = 0.0) -> tuple:
@@ -30,13 +31,15 @@ def masked_cross_entropy(logits: mx.array, targets: mx.array, mask: mx.array, sm
 
 def loss_fn(model, audio: mx.array, inputs: mx.array, targets: mx.array, mask: mx.array, states: bool,
             smoothing: float = 0.0, taught: Optional[mx.array] = None, teacher: Optional[mx.array] = None,
-            cross_kv: Optional[list] = None, positions: Optional[mx.array] = None):
+            cross_kv: Optional[list] = None, positions: Optional[mx.array] = None,
+            weights: Optional[mx.array] = None):
     """Mean token loss and the number of tokens. `states`: audio holds encoder outputs already;
     `smoothing`: label smoothing (training only); `taught`: indices of rows whose loss is the
     cross-entropy against `teacher`, the base model's next-token probabilities for those rows
     (--replay-distill), instead of their target tokens; `cross_kv`: the cross-attention's cached base
     keys and values; `positions`: the flat indices of the target tokens (mask > 0), where alone the
-    logits are formed (through the frozen-projection loss when the projection does not train)."""
+    logits are formed (through the frozen-projection loss when the projection does not train); `weights`:
+    each position's weight, 0 for the padding of a compiled step's bucketed batch (compiled_step.py)."""
     xa = audio if states else model.encoder(audio.astype(model.dtype))
     hidden = model.decoder.hidden(inputs, xa, cross_kv)
     if taught is None and positions is not None:
@@ -44,12 +47,16 @@ def loss_fn(model, audio: mx.array, inputs: mx.array, targets: mx.array, mask: m
         wanted = targets.reshape(-1)[positions]
         embedding = model.decoder.token_embedding
         if "scales" not in embedding and not tree_flatten(embedding.trainable_parameters()):
-            total = frozen_head_cross_entropy(picked, embedding.weight, wanted, smoothing, small_graph=states)
+            total = frozen_head_cross_entropy(picked, embedding.weight, wanted, smoothing, small_graph=states,
+                                              row_weights=weights)
         else:
-            total = nn.losses.cross_entropy(embedding.as_linear(picked).astype(mx.float32), wanted,
-                                            reduction="sum", label_smoothing=smoothing)
-        count = mx.array(positions.size, dtype=mx.float32)
-        return total / max(positions.size, 1), count
+            losses = nn.losses.cross_entropy(embedding.as_linear(picked).astype(mx.float32), wanted,
+                                             reduction="none", label_smoothing=smoothing)
+            total = (losses if weights is None else losses * weights).sum()
+        if weights is None:
+            return total / max(positions.size, 1), mx.array(positions.size, dtype=mx.float32)
+        count = weights.sum()
+        return total / mx.maximum(count, 1.0), count
     logits = model.decoder.token_embedding.as_linear(hidden)
     if taught is None:
         total, count = masked_cross_entropy(logits, targets, mask, smoothing)
@@ -110,6 +117,7 @@ class MLXBackend:
         self.optimizer: Optional[optim.Optimizer] = None
         self.grads = None
         self.replay_distill = False  # set by start_training from --replay-distill
+        self.compiled: Optional[CompiledStep] = None  # set by start_training (compiled_step.py)
         dims = model.dims
         self.states_shape = (dims.n_audio_ctx, dims.n_audio_state)
 
@@ -201,6 +209,12 @@ class MLXBackend:
                                                                 positions=pos))
         self._distilled_loss_and_grad = nn.value_and_grad(
             self.model, lambda m, a, i, t, k, rows, p, kv: loss_fn(m, a, i, t, k, states, smoothing, rows, p, kv))
+        self.compiled = None
+        if compiled_by_default():
+            self.compiled = CompiledStep(
+                self.model, self.optimizer, lambda m, a, i, t, kv, pos, w: loss_fn(
+                    m, a, i, t, None, states, smoothing, cross_kv=kv, positions=pos, weights=w),
+                self.model.dims.n_text_ctx)
         self.replay_distill = bool(args.replay_distill)
 
     def set_training(self, training: bool) -> None:
@@ -215,6 +229,8 @@ class MLXBackend:
             teacher = base_distribution(self.model, audio[rows], inputs[rows], is_states)
             (loss, ntok), grads = self._distilled_loss_and_grad(self.model, audio, inputs, targets, mask, rows, teacher,
                                                                 kv)
+        elif self.compiled is not None:
+            (loss, ntok), grads = self.compiled.loss_and_grad(audio, labels, kv)
         else:
             (loss, ntok), grads = self._loss_and_grad(self.model, audio, inputs, targets, mask, kv,
                                                       target_positions(labels[2]))
@@ -229,10 +245,13 @@ class MLXBackend:
         if self.group is not None and self.group.size() > 1:
             grads = sum_gradients(grads, self.model.trainable_parameters(), self.group)
             mx.eval(grads)  # a lost process fails here, before the weights take the update
-        if max_grad_norm and max_grad_norm > 0:
-            grads, _ = optim.clip_grad_norm(grads, max_grad_norm)
-        self.optimizer.learning_rate = mx.array(learning_rate, dtype=mx.float32)
-        self.optimizer.update(self.model, grads)
+        if self.compiled is not None:
+            self.compiled.update(grads, learning_rate, max_grad_norm)
+        else:
+            if max_grad_norm and max_grad_norm > 0:
+                grads, _ = optim.clip_grad_norm(grads, max_grad_norm)
+            self.optimizer.learning_rate = mx.array(learning_rate, dtype=mx.float32)
+            self.optimizer.update(self.model, grads)
         mx.eval(self.model.parameters(), self.optimizer.state)
 
     def batch_loss(self, examples, indices, states, labels) -> tuple:

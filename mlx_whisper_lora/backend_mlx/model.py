@@ -16,7 +16,8 @@ from mlx.utils import tree_flatten
 from ..formats import dims
 from ..formats.dims import ModelDimensions
 from ..formats.model_metadata import ModelMetadata, default_alignment_heads
-from . import chunked_attention, cpu_kernels, cpu_softmax
+from . import cpu_kernels
+from .training import chunked_attention, cpu_softmax
 
 KVCache = Tuple[mx.array, mx.array]
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from .cpu_kernels import softmax_last_axis
+from ..cpu_kernels import softmax_last_axis
+from .host_kernels import numpy_allowed
 
 
 @mx.custom_function
@@ -26,7 +27,8 @@ def _numpy_softmax_vjp(x, cotangent, p):
 
 
 def softmax(x: mx.array) -> mx.array:
-    """Softmax over the last axis in float32, returned in x's dtype: numpy's on the CPU, MLX's elsewhere."""
-    if mx.default_device() == mx.cpu:
+    """Softmax over the last axis in float32, returned in x's dtype: numpy's on the CPU (host_kernels.py),
+    MLX's elsewhere."""
+    if numpy_allowed():
         return _numpy_softmax(x)
     return mx.softmax(x.astype(mx.float32), axis=-1).astype(x.dtype)
