@@ -18,7 +18,9 @@ from ..text import case_style
 from ..tuner.backend_choice import choose_backend
 from ..tuner.data_prep import prepare_split, read_splits, stream_sample, streamed_train_batches, tokenizer_for
 from ..tuner.distributed import backend_for_launcher, join_world, launcher, quiet, world_of
+from ..tuner.encoder_cache import same_audio
 from ..tuner.loop import METRICS_FILE, caches_training_states, save_checkpoint, train
+from ..tuner.memory_plan import settle
 from ..tuner.reporting import CURVES_PLOT, Reporter, parse_report_to, plot_training_curves
 from ..tuner.run_config import RunConfig
 from ..tuner.streamed_batches import MixedRows
@@ -107,7 +109,7 @@ def base_style_utterances(backend, utterances: list, config: RunConfig, style: s
     model = backend.model
     examples, _ = prepare_split(model, utterances, "train", config, lambda m: None, timestamps=False, style=style)
     log(f"base-style targets: transcribing the {len(examples)} training utterances once with the base model")
-    indices, hyps = transcribe_examples(backend, examples, config.task, int(config.batch_size), config.progress,
+    indices, hyps = transcribe_examples(backend, examples, config.task, config.decoding_batch(), config.progress,
                                         base_model=True)
     tokenizer = tokenizer_for(model, config.task)
     rows, out = [], []
@@ -210,10 +212,11 @@ def train_from_splits(backend, config: RunConfig, adapter_config: AdapterConfig,
     if config.streaming:
         sample = stream_sample(config)  # the text style is settled on the stream's first rows
         choose_text_style(adapter_config, config, [u.text for u in sample], log)
-        train_set, train_report = streamed_train_batches(backend.model, config, adapter_config.case_style,
-                                                         world.rank, world.size, streamed_mixes(config, sample, log)), None
         first_rows, _ = prepare_split(backend.model, sample[:64], "train", config, lambda m: None, timestamps=True,
                                       style=adapter_config.case_style)
+        config, plan = plan_memory(backend, config, first_rows, splits, log)
+        train_set, train_report = streamed_train_batches(backend.model, config, adapter_config.case_style,
+                                                         world.rank, world.size, streamed_mixes(config, sample, log)), None
     else:
         choose_text_style(adapter_config, config, [u.text for u in splits["train"]], log)
         if config.replay_data == SELF:
@@ -222,6 +225,7 @@ def train_from_splits(backend, config: RunConfig, adapter_config: AdapterConfig,
             train_utterances = with_replay(splits["train"], config, log)
         train_set, train_report = prepare_train_split(backend, train_utterances, config, adapter_config, log)
         first_rows = train_set
+        config, plan = plan_memory(backend, config, train_set, splits, log)
     if resume:  # only now: the base model's passes over the data above run with the adapters still zero
         backend.load_adapter_weights(read_adapter_tensors(resume), resume)
     valid_set = None
@@ -250,8 +254,19 @@ def train_from_splits(backend, config: RunConfig, adapter_config: AdapterConfig,
         if heads.choose(backend, adapter_config) and adapter_config.alignment_heads:
             save_adapter_config(adapter_config, config.adapter_path)
     summary["data"] = train_report.to_json() if train_report else {"split": "train", "streamed": True}
+    summary["memory_plan"] = plan.to_json()
     summary["adapter_config"] = adapter_config
     return summary
+
+
+def plan_memory(backend, config: RunConfig, train_set, splits: dict, log: Callable) -> Tuple[RunConfig, object]:
+    """The memory plan before training (tuner/memory_plan.py): the run's estimated peak against the device's
+    memory, from the longest training label and the utterances whose encoder states are cached; `config` with
+    --batch-size auto settled. Refuses, naming what would fit, a run that cannot fit."""
+    cached = len(set(same_audio(train_set.utterances))) if caches_training_states(
+        backend, config.training_args(), bool(config.streaming)) else 0
+    valid = len(splits.get("valid") or []) if cached or (not backend.encoder_trained and config.encoder_cache) else 0
+    return settle(backend, config, max(train_set.lengths, default=1), cached, valid, log)
 
 
 def refuse_unfit_adapters(backend, config: RunConfig) -> None:
@@ -299,7 +314,7 @@ def run_with(backend, config: RunConfig, log: Callable) -> dict:
     refuse_unfit_adapters(backend, config)
     if config.train:
         config = settle_replay(config, backend.model.is_multilingual, log)
-    if config.streaming and world.parallel and int(config.batch_size) % world.size:
+    if config.streaming and world.parallel and config.batch_size != "auto" and int(config.batch_size) % world.size:
         raise UserError(f"--batch-size {config.batch_size} is the global batch: with --streaming it must be a multiple "
                         f"of the {world.size} processes (each reads batch-size/{world.size} rows a step)")
     result = {}

@@ -104,7 +104,7 @@ def base_readings(backend, rows: list, config: RunConfig, warm: Optional[list],
     for training to take)."""
     examples, _ = prepare_split(backend.model, rows, "replay", config, lambda m: None, timestamps=False, style="keep")
     announce(len(examples))
-    indices, texts = transcribe_examples(backend, examples, config.task, int(config.batch_size), config.progress,
+    indices, texts = transcribe_examples(backend, examples, config.task, config.decoding_batch(), config.progress,
                                          states=kept_states(backend, examples, config, warm),
                                          tokens_per_second=LOOP_TOKENS_PER_SECOND, base_model=True,
                                          stop_loops_at=LOOP_RATIO)
@@ -116,7 +116,7 @@ def kept_states(backend, examples, config: RunConfig, warm: Optional[list]) -> O
     if warm is None:
         return None
     states = CachedStates(examples, backend, int(float(config.cache_memory_gb) * (1 << 30)),
-                          Path(config.adapter_path), int(config.batch_size))
+                          Path(config.adapter_path), config.decoding_batch())
     warm.append(states)
     return states
 

@@ -107,7 +107,7 @@ def score(backend, config: RunConfig, utterances: list, name: str, log: Callable
 
 
 def score_examples(backend, config: RunConfig, examples, style: Optional[str], punctuation: Optional[str]) -> dict:
-    return test_report(backend, examples, config.task, int(config.batch_size), int(config.test_batches),
+    return test_report(backend, examples, config.task, config.decoding_batch(), int(config.test_batches),
                        config.progress, style, punctuation, float(config.cache_memory_gb), bool(config.encoder_cache))
 
 
@@ -198,7 +198,7 @@ def base_hallucination_report(backend, config: RunConfig, log: Callable) -> dict
                        dict(decoding_settings(config), report=2))
     report = cached_base_report(key)
     if not world_of(backend).all_agree(report is not None):
-        report = hallucination_report(backend, test_language(config), config.task, int(config.batch_size))
+        report = hallucination_report(backend, test_language(config), config.task, config.decoding_batch())
         if world_of(backend).is_main:
             cache_base_report(key, report)
     else:
@@ -253,7 +253,7 @@ def run_test(backend, config: RunConfig, log: Callable, adapter_config: Optional
         warnings.append(report["long_form"]["warning"])
     if base.get("no_speech") and adapter_config is not None:
         report["no_speech"] = hallucination_report(backend, test_language(config), config.task,
-                                                   int(config.batch_size))
+                                                   config.decoding_batch())
         report["no_speech"]["base"] = base["no_speech"]
         log(hallucination_line(base["no_speech"], report["no_speech"]))
     report["warnings"] = [w for w in warnings if w]

@@ -10,10 +10,26 @@ from __future__ import annotations
 import argparse
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Union
 
 from ..errors import UserError
 from .training_args import TrainingArgs
+
+AUTO = "auto"  # --batch-size auto: the memory plan (tuner/memory_plan.py) picks the batch
+DEFAULT_BATCH = 8  # --batch-size's default, and the decoding batch of --batch-size auto
+
+
+def whole_or_auto(value) -> Union[int, str]:
+    """--batch-size: a whole number, or auto."""
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    try:
+        number = int(float(value))
+        if isinstance(value, bool) or number != float(value):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a whole number or auto, got {value!r}") from None
+    return number
 
 
 def option(default, help: str, group: str = "training", flags: tuple = (), choices=None, kind=None, **extra):
@@ -136,13 +152,19 @@ class RunConfig:
                                   choices=("auto", "keep"))
     # training
     iters: int = option(200, "optimizer steps")
-    batch_size: int = option(8, "utterances per step (and per decoding batch)")
+    batch_size: Union[int, str] = option(DEFAULT_BATCH, "utterances per step (and per decoding batch); auto: the "
+                                                        "largest batch the memory plan fits, with the accumulation "
+                                                        "that keeps the global batch (8 x --grad-accumulation-steps)",
+                                         parse=whole_or_auto)
     learning_rate: float = option(5e-4, "peak learning rate (on a new language 1e-3 learned it slightly better and "
                                         "forgot more English; docs/benchmarks.md)")
     lr_schedule: str = option("cosine", "learning-rate schedule after warmup", choices=("constant", "cosine", "linear"))
     warmup: Optional[int] = option(None, "linear warmup steps (default: a tenth of --iters, at most 50)")
     grad_accumulation_steps: int = option(1, "micro-batches per optimizer step")
     grad_checkpoint: bool = option(False, "recompute activations: less memory, slower")
+    max_memory_gb: Optional[float] = option(None, "memory training may use, in GB (default: the device's: available "
+                                                  "system memory on a CPU, free GPU memory, MLX's recommended working "
+                                                  "set); the memory plan refuses a run whose estimated peak is over it")
     max_grad_norm: float = option(1.0, "clip the gradient norm (0: no clipping)")
     optimizer: str = option("adamw", "optimizer", choices=("adamw", "adam", "sgd"))
     weight_decay: float = option(0.0, "weight decay (adamw, sgd)")
@@ -184,6 +206,12 @@ class RunConfig:
         the field's type here, and a value that is not one is refused naming the option."""
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.metadata.get("parse") and value is not None:
+                try:
+                    object.__setattr__(self, f.name, f.metadata["parse"](value))
+                except argparse.ArgumentTypeError as e:
+                    raise UserError(f"{f.name} (--{f.name.replace('_', '-')}): {e}") from None
+                continue
             kind = {"int": int, "float": float, "bool": bool}.get(str(f.type).replace("Optional[", "").rstrip("]"))
             if value is None or kind is None or isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
                 continue
@@ -208,7 +236,7 @@ class RunConfig:
                 raise UserError(f"{f.name} (--{f.name.replace('_', '-')}) {value!r}: use one of "
                                 f"{', '.join(map(str, choices))}")
         for name in ("iters", "batch_size", "grad_accumulation_steps", "steps_per_report", "steps_per_eval"):
-            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
+            if getattr(self, name) not in (None, AUTO) and int(getattr(self, name)) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         from .reporting import parse_report_to
 
@@ -252,9 +280,16 @@ class RunConfig:
         check_kinds([k for k in (self.augment or ()) if k != "none"])
         if not 0.0 <= float(self.label_smoothing) < 1.0:
             raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.max_memory_gb is not None and float(self.max_memory_gb) <= 0:
+            raise UserError(f"--max-memory-gb must be positive, got {self.max_memory_gb}")
         if float(self.learning_rate) <= 0:
             raise UserError(f"--learning-rate must be positive, got {self.learning_rate}")
         return self
+
+    def decoding_batch(self) -> int:
+        """The batch of decoding passes (scoring, base-model transcripts): --batch-size, or its default while
+        auto is not yet settled (decoding keeps no gradients; the memory plan settles auto for training)."""
+        return DEFAULT_BATCH if self.batch_size == AUTO else int(self.batch_size)
 
     def warmup_steps(self) -> int:
         return int(self.warmup) if self.warmup is not None else min(50, int(self.iters) // 10)
@@ -299,7 +334,7 @@ def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
                 group.add_argument(*meta["negation"], dest=f.name, action="store_false", default=argparse.SUPPRESS,
                                    help=f"the opposite of {flags[0]}")
             continue
-        kind = {"int": int, "float": float}.get(str(f.type).replace("Optional[", "").rstrip("]"), None)
+        kind = meta.get("parse") or {"int": int, "float": float}.get(str(f.type).replace("Optional[", "").rstrip("]"))
         group.add_argument(*flags, dest=f.name, type=kind, default=argparse.SUPPRESS, help=shown,
                            choices=meta["choices"], **({"nargs": meta["nargs"]} if "nargs" in meta else {}))
     return p
