@@ -2,7 +2,7 @@
 
     python benchmarks/benchmark_train.py [--model tiny.en] [--batch-size 8] [--rank 32] [--alpha 64]
         [--steps 10] [--rounds 2] [--configs encdec,decoder] [--systems ours,peft]
-        [--backend auto|mlx|torch] [--device cpu|cuda] [--dtype float32|bfloat16|float16]
+        [--backend auto|mlx|torch|mlx,torch] [--modules query,value|all] [--mlx-compiled auto|1|0] [--device cpu|cuda] [--dtype float32|bfloat16|float16]
         [--bits 8|4] [--dims small|medium|large-v2] [--json out.json]
     python benchmarks/benchmark_train.py --systems ours,mlx-tune --backend mlx --mlx-tune-python VENV/bin/python
 
@@ -17,7 +17,8 @@ PyPI mlx-tune (the other MLX Whisper fine-tuner) through its own trainer, in its
 
 Printed per system and configuration: median s/step over the timed steps (the first `--skip` are
 warm-up; for ours with a frozen encoder, the first epoch fills the encoder cache, and later epochs
-are what is timed), audio-seconds per second, peak RSS (peak GPU memory on CUDA), the loss of the
+are what is timed), audio-seconds per second, peak RSS (peak GPU memory on CUDA; for the MLX engine also
+MLX's own peak counter, mx.get_peak_memory), the loss of the
 first step (identical starting weights, so these must agree), the nominal arithmetic of the step
 divided by its time, against this machine's measured sgemm peak, and the ratio to PEFT.
 
@@ -122,7 +123,8 @@ def run_ours(spec: dict) -> dict:
     work = Path(spec["work"]) / f"ours_{spec['config']}_{os.getpid()}"
     argv = ["--train", "--model", spec["model_path"], "--data", spec["data"], "--adapter-path", str(work),
             "--iters", str(spec["steps"]), "--batch-size", str(spec["batch_size"]), "--rank", str(spec["rank"]),
-            "--alpha", str(spec["alpha"]), "--lora-modules", "query", "value", "--learning-rate", "1e-4",
+            "--alpha", str(spec["alpha"]), "--lora-modules", *spec.get("modules", "query,value").split(","),
+            "--learning-rate", "1e-4",
             "--lr-schedule", "constant", "--warmup", "0",
             "--steps-per-report", "1", "--steps-per-eval", "1000000", "--save-every", "0", "--no-progress",
             "--timestamp-fraction", "0", "--pack-fraction", "0", "--valid-fraction", "0", "--no-best-checkpoint",
@@ -136,6 +138,11 @@ def run_ours(spec: dict) -> dict:
     if spec.get("grad_checkpoint"):
         argv += ["--grad-checkpoint"]
     lora.main(argv)
+    mlx_peak = None
+    if "mlx.core" in sys.modules:
+        import mlx.core as mx
+
+        mlx_peak = mx.get_peak_memory() / 1e9  # MLX's own counter: what its arrays held at most
     entries = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
     steps = [e for e in entries if "iterations_per_second" in e]
     from mlx_whisper_lora.tuner.backend_choice import choose_backend, mlx_accelerated
@@ -144,7 +151,8 @@ def run_ours(spec: dict) -> dict:
     on_gpu = spec["device"] == "cuda" or (backend == "mlx" and mlx_accelerated() == "cuda")
     return {"step_seconds": [1.0 / e["iterations_per_second"] for e in steps],
             "first_loss": steps[0]["train_loss"], "tokens": steps[0]["tokens"], "backend": backend,
-            "gpu_peak_gb": steps[-1].get("peak_memory_gb") if on_gpu else None}
+            "gpu_peak_gb": steps[-1].get("peak_memory_gb") if on_gpu else None,
+            "mlx_peak_gb": mlx_peak if backend == "mlx" else None}
 
 
 def mlx_tune_spec(spec: dict, data: Path) -> dict:
@@ -274,7 +282,12 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--configs", default="encdec,decoder")
     p.add_argument("--systems", default="ours,peft")
-    p.add_argument("--backend", default="auto", help="our back end: auto, mlx or torch")
+    p.add_argument("--backend", default="auto", help="our back end: auto, mlx or torch, or several "
+                   "(mlx,torch): each runs in its turn, round after round")
+    p.add_argument("--modules", default="query,value", help="ours: --lora-modules, comma-separated (all: every "
+                   "linear layer); PEFT keeps query and value")
+    p.add_argument("--mlx-compiled", choices=["auto", "1", "0"], default="auto",
+                   help="the MLX engine's compiled step (MLX_WHISPER_LORA_COMPILED_STEP): auto is compiled on a GPU")
     p.add_argument("--device", default=None, choices=[None, "cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--bits", type=int, default=0, choices=[0, 4, 8])
@@ -294,7 +307,7 @@ def main(argv=None):
 
     if "mlx-tune" in args.systems.split(",") and not args.mlx_tune_python:
         sys.exit("--systems mlx-tune needs --mlx-tune-python: an interpreter with mlx-tune installed (see --help)")
-    if args.bits and "ours" in args.systems.split(",") and args.backend == "mlx":
+    if args.bits and "ours" in args.systems.split(",") and "mlx" in args.backend.split(","):
         sys.exit("--bits compares bitsandbytes bases: use --backend torch (or auto) for ours")
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_train_"))
     prepared = work / f"prepared_{args.model}_{args.dims}.json"
@@ -308,18 +321,23 @@ def main(argv=None):
     make_inputs(data, args.batch_size)
     peak = sgemm_peak_gflops()
     configs = args.configs.split(",")
-    systems = args.systems.split(",")
+    backends = args.backend.split(",")
+    # ours once per back end named: "ours" alone, or "ours/mlx", "ours/torch"
+    systems = [f"ours/{b}" if s == "ours" and len(backends) > 1 else s
+               for s in args.systems.split(",") for b in (backends if s == "ours" else [None])]
     print(f"machine: {os.cpu_count()} CPUs, numpy sgemm peak {peak:.0f} GFLOP/s; model {args.model}"
           f"{f' ({args.dims} dims, random weights)' if args.dims in RANDOM_DIMS else ''}; batch {args.batch_size}, "
           f"r={args.rank}, alpha={args.alpha:g}, {args.dtype}{f', {args.bits}-bit base' if args.bits else ''}"
-          f"{', gradient checkpointing' if args.grad_checkpoint else ''}", flush=True)
+          f"{', gradient checkpointing' if args.grad_checkpoint else ''}; ours: --lora-modules {args.modules}; "
+          f"{time.strftime('%Y-%m-%d %H:%M')}, load average {os.getloadavg()[0]:.2f}", flush=True)
     results: dict = {}
     for round_ in range(args.rounds):
         for config in configs:
             for system in systems:
-                spec = dict(system=system, config=config, steps=args.steps, batch_size=args.batch_size, rank=args.rank,
-                            alpha=args.alpha, backend=args.backend, device=args.device, dtype=args.dtype, bits=args.bits,
-                            grad_checkpoint=args.grad_checkpoint,
+                spec = dict(system=system.split("/")[0], config=config, steps=args.steps, batch_size=args.batch_size,
+                            rank=args.rank, alpha=args.alpha,
+                            backend=system.split("/")[1] if "/" in system else args.backend, device=args.device,
+                            dtype=args.dtype, bits=args.bits, grad_checkpoint=args.grad_checkpoint, modules=args.modules,
                             data=str(data), work=str(work), n_mels=models["dims"]["n_mels"], **models)
                 tic = time.perf_counter()
                 if system == "mlx-tune":
@@ -327,26 +345,32 @@ def main(argv=None):
                                json.dumps(mlx_tune_spec(spec, data))]
                 else:
                     command = [sys.executable, __file__, "--worker", json.dumps(spec)]
-                proc = subprocess.run(command, capture_output=True, text=True)
+                proc = subprocess.run(command, capture_output=True, text=True,
+                                      env=os.environ | {"MLX_WHISPER_LORA_COMPILED_STEP": args.mlx_compiled})
                 line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
                 if proc.returncode != 0 or line is None:
                     print(f"{system}/{config} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
                     continue
                 r = json.loads(line[len("RESULT "):])
-                slot = results.setdefault((system, config), {"times": [], "rss": [], "gpu": [], "loss": r["first_loss"],
-                                                              "tokens": r["tokens"], "backend": r["backend"]})
+                slot = results.setdefault((system, config), {"times": [], "rss": [], "gpu": [], "mlx": [],
+                                                              "loss": r["first_loss"], "tokens": r["tokens"],
+                                                              "backend": r["backend"]})
                 slot["times"] += r["step_seconds"][args.skip:]
                 slot["rss"].append(r["peak_rss_gb"])
                 if r.get("gpu_peak_gb") is not None:
                     slot["gpu"].append(r["gpu_peak_gb"])
+                if r.get("mlx_peak_gb") is not None:
+                    slot["mlx"].append(r["mlx_peak_gb"])
                 print(f"round {round_ + 1} {system:5s} {config:7s}: {statistics.median(r['step_seconds'][args.skip:]):7.3f} s/step "
                       f"({time.perf_counter() - tic:.0f} s with start-up)", flush=True)
 
     audio = sum(json.loads(x)["duration"] for x in (data / "train.jsonl").read_text().splitlines())
     table = []
     print()
-    print("| config | system | s/step | audio s/s | peak RSS GB | peak GPU GB | first-step loss | nominal GFLOP/s (% of sgemm peak) | vs PEFT |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+    print("| config | system | s/step | audio s/s | peak RSS GB | peak GPU GB | MLX peak GB | first-step loss | "
+          "nominal GFLOP/s (% of sgemm peak) | vs PEFT |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for config in configs:
         tokens = next((results[(s, config)]["tokens"] for s in systems if (s, config) in results), 0)
         label_len = tokens / args.batch_size + 1
@@ -366,10 +390,13 @@ def main(argv=None):
                 ratio += f"; {t / peer_time:.2f}x mlx-tune's time"
             name = f"ours ({r['backend']})" if system == "ours" else r["backend"]
             gpu = f"{max(r['gpu']):.2f}" if r["gpu"] else "-"
-            print(f"| {config} | {name} | {t:.3f} | {audio / t:.1f} | {max(r['rss']):.2f} | {gpu} | {r['loss']:.4f} | "
+            mlx_peak = f"{max(r['mlx']):.2f}" if r["mlx"] else "-"
+            print(f"| {config} | {name} | {t:.3f} | {audio / t:.1f} | {max(r['rss']):.2f} | {gpu} | {mlx_peak} | "
+                  f"{r['loss']:.4f} | "
                   f"{gflops:.0f} ({100 * gflops / peak:.0f}%) | {ratio} |")
             table.append({"config": config, "system": name, "s_per_step": t, "audio_s_per_s": audio / t,
                           "peak_rss_gb": max(r["rss"]), "peak_gpu_gb": max(r["gpu"]) if r["gpu"] else None,
+                          "mlx_peak_gb": max(r["mlx"]) if r["mlx"] else None,
                           "first_loss": r["loss"], "nominal_gflops": gflops, "vs_peft": t / base_time if base_time else None,
                           "vs_mlx_tune": t / peer_time if peer_time else None,
                           "steps_timed": len(r["times"])})
