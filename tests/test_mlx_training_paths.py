@@ -193,3 +193,91 @@ def test_alignment_scores_with_gradient_checkpointing_set():
     states, inputs, _, _ = _batch()
     _, qk = model.alignment_scores(np.array(inputs[:1]), states[:1])
     assert qk.shape == (len(model.alignment_heads.tolist()), inputs.shape[1], DIMS.n_audio_ctx)
+
+
+class _Examples:
+    """What MLXBackend.accumulate_gradients reads of a training set: log-mels and which rows are replayed."""
+
+    def __init__(self, mels):
+        self._mels = mels
+
+    def mels(self, indices, augment=None):
+        return self._mels[list(indices)]
+
+    def replayed(self, indices):
+        return [False] * len(indices)
+
+
+def test_a_training_encoder_step_in_passes_of_rows_equals_one_pass():
+    """ENCODER_ROWS_PER_PASS: the batch in passes (here 2, 2 and 1 rows), each pass's gradients weighted by its
+    share of the tokens, is the step over the whole batch."""
+    from types import SimpleNamespace
+
+    from mlx_whisper_lora.backend_mlx.engine import ENCODER_ROWS_PER_PASS, MLXBackend
+
+    rng = np.random.default_rng(4)
+    mels = rng.normal(0, 1, (5, 2 * DIMS.n_audio_ctx, 80)).astype(np.float32)
+    tokens = rng.integers(0, 50000, (5, 12)).astype(np.int32)
+    mask = np.zeros((5, 11), dtype=np.float32)
+    for row, (a, b) in enumerate([(2, 11), (3, 7), (2, 9), (4, 10), (2, 5)]):
+        mask[row, a:b] = 1
+    labels = (tokens[:, :-1], tokens[:, 1:], mask)
+    args = SimpleNamespace(seed=0, grad_checkpoint=False, optimizer="adamw", weight_decay=0.0, label_smoothing=0.0,
+                           replay_distill=False)
+    results = []
+    for rows in (None, 2):
+        backend = MLXBackend(_model(["query", "value"], freeze_encoder=False))
+        backend.start_training(args)
+        assert backend.rows_per_pass == ENCODER_ROWS_PER_PASS
+        backend.rows_per_pass = rows
+        loss, n = backend.accumulate_gradients(_Examples(mels), list(range(5)), None, labels, 0.5)
+        results.append((loss, n, dict(tree_flatten(backend.grads))))
+    (loss, n, grads), (split_loss, split_n, split_grads) = results
+    assert split_n == n == mask.sum()
+    assert split_loss == pytest.approx(loss, rel=1e-5)
+    assert any(k.startswith("encoder.") for k in grads) and set(grads) == set(split_grads)
+    for name, g in grads.items():  # float32 sums in another grouping: a few units of the largest gradient
+        scale = float(mx.abs(g).max())
+        assert float(mx.abs(split_grads[name] - g).max()) <= 1e-5 * scale + 1e-9, name
+
+
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16])
+def test_a_half_precision_step_keeps_float32_adapters_and_the_float32_loss(dtype):
+    """--dtype bfloat16|float16 on MLX: the base cast once, the adapters (and their optimizer state) float32
+    master weights, the step computed in the half type: its loss within that type's rounding of float32's."""
+    from types import SimpleNamespace
+
+    from mlx_whisper_lora.backend_mlx.engine import MLXBackend
+
+    def model_in(dt):
+        mx.random.seed(3)
+        model = Whisper(DIMS)
+        model.set_dtype(dt)  # as load_model(dtype=...) leaves the base, before the adapters are applied
+        apply_adapters(model, AdapterConfig(rank=4, alpha=8, modules=["query", "value"], freeze_encoder=True))
+        rng = np.random.default_rng(1)
+        for name, value in tree_flatten(model.trainable_parameters()):
+            model.update(_tree(name, mx.array(rng.normal(0, 0.05, value.shape).astype(np.float32))))
+        return model
+
+    states, inputs, targets, mask = _batch()
+    labels = (np.array(inputs), np.array(targets), mask)
+    args = SimpleNamespace(seed=0, grad_checkpoint=False, optimizer="adamw", weight_decay=0.0, label_smoothing=0.0,
+                           replay_distill=False)
+    losses = {}
+    for dt in (mx.float32, dtype):
+        backend = MLXBackend(model_in(dt))
+        backend.start_training(args)
+        loss, n = backend.accumulate_gradients(_Examples(None), [0, 1, 2], list(np.array(states)), labels, 1.0)
+        losses[dt] = loss / n
+        assert all(g.dtype == mx.float32 for _, g in tree_flatten(backend.grads))
+        backend.update(1e-3, 1.0)
+        trained = dict(tree_flatten(backend.model.trainable_parameters()))
+        assert trained and all(v.dtype == mx.float32 for v in trained.values())
+        assert all(v.dtype == mx.float32 for _, v in tree_flatten(backend.optimizer.state) if v.ndim)
+        assert backend.model.decoder.blocks[0].mlp1.weight.dtype == dt
+    # a float32 loss of ~11 through 2 layers of 64 and a 51,864-way softmax: each product rounds to the type's
+    # unit (bf16 2^-8, fp16 2^-11) relatively; a few such steps stack, 8 units bound them (measured: 0.03-0.04
+    # units, a random model's loss near log(vocab) moves little)
+    unit = 2.0 ** -8 if dtype == mx.bfloat16 else 2.0 ** -11
+    assert losses[dtype] != losses[mx.float32]  # computed in the half type, not in float32
+    assert losses[dtype] == pytest.approx(losses[mx.float32], rel=8 * unit)

@@ -23,6 +23,13 @@ from .data_parallel import sum_gradients
 from .training.frozen_head_loss import frozen_head_cross_entropy
 
 
+# A training encoder's step goes through the batch this many rows at a time (accumulate_gradients): its
+# activations (each layer's attention probabilities above all) are held for one pass, not for the batch.
+# tiny.en at batch 8 on the CPU, one process, interleaved (load 7): 35.6 s and 4.51 GB by MLX's counter in one
+# pass, 34.5 s and 2.34 GB in passes of 4, 34.7 s and 1.25 GB in passes of 2 (docs/benchmarks.md).
+ENCODER_ROWS_PER_PASS = 2
+
+
 def masked_cross_entropy(logits: mx.array, targets: mx.array, mask: mx.array, smoothing: float = 0.0) -> tuple:
     """(sum of token losses, number of counted tokens); divide for the mean."""
     losses = nn.losses.cross_entropy(logits.astype(mx.float32), targets, reduction="none", label_smoothing=smoothing)
@@ -40,7 +47,7 @@ def loss_fn(model, audio: mx.array, inputs: mx.array, targets: mx.array, mask: m
     keys and values; `positions`: the flat indices of the target tokens (mask > 0), where alone the
     logits are formed (through the frozen-projection loss when the projection does not train); `weights`:
     each position's weight, 0 for the padding of a compiled step's bucketed batch (compiled_step.py)."""
-    xa = audio if states else model.encoder(audio.astype(model.dtype))
+    xa = audio.astype(model.dtype) if states else model.encoder(audio.astype(model.dtype))
     hidden = model.decoder.hidden(inputs, xa, cross_kv)
     if taught is None and positions is not None:
         picked = hidden.reshape(-1, hidden.shape[-1])[positions]
@@ -76,7 +83,7 @@ def target_positions(mask: np.ndarray) -> mx.array:
 def base_distribution(model, audio: mx.array, inputs: mx.array, states: bool) -> mx.array:
     """The base model's next-token probabilities (adapters switched off): the teacher of --replay-distill."""
     with adapters.adapters_switched_off(model):
-        xa = audio if states else model.encoder(audio.astype(model.dtype))
+        xa = audio.astype(model.dtype) if states else model.encoder(audio.astype(model.dtype))
         logits = model.decoder.token_embedding.as_linear(model.decoder.hidden(inputs, xa))
     return mx.stop_gradient(mx.softmax(logits.astype(mx.float32), axis=-1))
 
@@ -118,6 +125,7 @@ class MLXBackend:
         self.grads = None
         self.replay_distill = False  # set by start_training from --replay-distill
         self.compiled: Optional[CompiledStep] = None  # set by start_training (compiled_step.py)
+        self.rows_per_pass: Optional[int] = None  # set by start_training: ENCODER_ROWS_PER_PASS, or None
         dims = model.dims
         self.states_shape = (dims.n_audio_ctx, dims.n_audio_state)
 
@@ -201,6 +209,7 @@ class MLXBackend:
         # recomputed exp is slow, when --grad-checkpoint asks for memory over time
         on_cpu = mx.default_device() == mx.cpu
         set_blockwise_attention(self.model, self.encoder_trained and (not on_cpu or bool(args.grad_checkpoint)))
+        self.rows_per_pass = ENCODER_ROWS_PER_PASS if self.encoder_trained else None
         self.optimizer = make_optimizer(args.optimizer, args.weight_decay)
         self.optimizer.init(self.model.trainable_parameters())
         states, smoothing = not self.encoder_trained, float(args.label_smoothing)
@@ -221,6 +230,24 @@ class MLXBackend:
         self.model.train(training)
 
     def accumulate_gradients(self, examples, indices, states, labels, scale: float, augment=None) -> tuple:
+        """Adds the batch's gradients (times `scale`) to those held for the update; (summed loss, tokens). With
+        `rows_per_pass`, the batch goes through in passes of that many rows, each pass's gradients weighted by
+        its share of the batch's tokens: the same step, with one pass's activations alive at a time."""
+        passes = self.rows_per_pass or len(indices)
+        if passes >= len(indices):
+            return self._accumulate(examples, indices, states, labels, scale, augment)
+        labels = tuple(np.asarray(a) for a in labels)
+        total = max(float(labels[2].sum()), 1.0)
+        loss_sum = tokens = 0.0
+        for start in range(0, len(indices), passes):
+            part = slice(start, start + passes)
+            share = float(labels[2][part].sum()) / total
+            loss, n = self._accumulate(examples, list(indices[part]), None if states is None else list(states[part]),
+                                       tuple(a[part] for a in labels), scale * share, augment)
+            loss_sum, tokens = loss_sum + loss, tokens + n
+        return loss_sum, tokens
+
+    def _accumulate(self, examples, indices, states, labels, scale: float, augment=None) -> tuple:
         audio, is_states, kv = self.model_inputs(examples, indices, states, augment)
         inputs, targets, mask = (mx.array(a) for a in labels)
         rows = [j for j, replayed in enumerate(examples.replayed(indices)) if replayed] if self.replay_distill else []
@@ -323,7 +350,12 @@ def load_base(config, log: Callable, world=None, group=None) -> MLXBackend:
 
     log(f"mlx back end on {'gpu' if mx.default_device() == mx.gpu else 'cpu'}")
     mx.random.seed(int(config.seed))
-    model = load_model(config.model, dtype=config.dtype)
+    model = load_model(config.model, dtype=config.dtype)  # the base cast once; adapters are made in float32
+    if config.dtype != "float32" and mx.default_device() == mx.cpu:
+        # allowed (the GPU's arithmetic, checkable here), but MLX's CPU multiplies half precision without BLAS:
+        # a (224 x 384) @ (384 x 1536) product took 99 ms in bfloat16 against 12 ms in float32 (docs/training.md)
+        log(f"--dtype {config.dtype} on the CPU: MLX multiplies it several times slower than float32 here; "
+            "it saves memory, not time")
     if config.bits:
         if any(isinstance(m, nn.QuantizedLinear) for _, m in model.named_modules()):
             raise UserError(f"--bits {config.bits}: {config.model} is already quantized; drop --bits")
