@@ -41,7 +41,7 @@ def preload() -> Optional[str]:
     choice = os.environ.get(ENV_VAR, "auto").strip()
     if choice.lower() in ("off", "0", "none", "reference"):
         return None
-    if "mlx.core" in sys.modules:  # too late: MLX already bound its BLAS symbols
+    if sys.modules.get("mlx.core") is not None:  # too late: MLX already bound its BLAS symbols
         if _candidates():
             warnings.warn(
                 "mlx was imported before mlx_whisper_lora, so MLX keeps its slow reference BLAS "

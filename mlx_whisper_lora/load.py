@@ -4,11 +4,20 @@ Whisper (backend_mlx/load.py; the checkpoint readers are formats/checkpoint.py),
 
 from typing import Optional
 
-from .backend_mlx.load import load_model, quantize_model, save_model
 from .errors import UserError
 from .formats.adapter_files import read_adapter_config
 
-__all__ = ["load_model", "save_model", "quantize_model", "load_for_inference"]
+__all__ = ["load_model", "save_model", "quantize_model", "load_for_inference"]  # noqa: F822 (module __getattr__)
+
+
+def __getattr__(name):
+    """load_model, save_model and quantize_model come from MLX's side when asked for, so that importing
+    this module (the torch engine does) needs no MLX."""
+    if name in ("load_model", "save_model", "quantize_model"):
+        from .backend_mlx import load
+
+        return getattr(load, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_for_inference(model_name: Optional[str], adapter_path: Optional[str], dtype: str = "float32",
@@ -32,7 +41,10 @@ def load_for_inference(model_name: Optional[str], adapter_path: Optional[str], d
         import importlib.util
 
         if importlib.util.find_spec("torch") is None:
-            raise UserError("--backend torch needs PyTorch: pip install 'mlx-whisper-lora[torch]', or use --backend mlx")
+            raise UserError("no engine to run on: the PyTorch engine needs PyTorch (pip install 'mlx-whisper-lora[torch]'), "
+                            "the MLX engine needs MLX (pip install 'mlx-whisper-lora[mlx]', the default on macOS)"
+                            if importlib.util.find_spec("mlx") is None else
+                            "--backend torch needs PyTorch: pip install 'mlx-whisper-lora[torch]', or use --backend mlx")
         from .backend_torch.decoding import TorchDecodingModel
         from .backend_torch.engine import pick_device
         from .backend_torch.lora import load_adapters as load_torch_adapters
@@ -48,6 +60,7 @@ def load_for_inference(model_name: Optional[str], adapter_path: Optional[str], d
         return TorchDecodingModel(model, dtype)
     if device:
         raise UserError("--device applies to --backend torch; MLX picks its own device")
+    require_mlx()
     from .backend_mlx.load import load_model
 
     model = load_model(base, dtype=dtype)
@@ -57,3 +70,20 @@ def load_for_inference(model_name: Optional[str], adapter_path: Optional[str], d
         load_adapters(model, adapter_path, adapter_scale)
     return model
 
+
+
+def require_mlx() -> None:
+    """A UserError naming the way out when MLX is not installed (a Windows or Linux GPU box with the torch engine)."""
+    import importlib.util
+
+    if importlib.util.find_spec("mlx") is None:
+        raise UserError("MLX is not installed here: use --backend torch (pip install 'mlx-whisper-lora[torch]'), "
+                        "or install MLX (pip install 'mlx-whisper-lora[mlx]')")
+
+
+def default_inference_backend(quantize: Optional[str] = None) -> str:
+    """The engine `transcribe` and `serve` use without --backend: MLX where it is installed, PyTorch for
+    --quantize int8 (its kernels) and where MLX is not (Windows, a Linux GPU box with the torch extra)."""
+    import importlib.util
+
+    return "torch" if quantize or importlib.util.find_spec("mlx") is None else "mlx"

@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--backend", default=None, choices=["mlx", "torch"],
-                   help="default: mlx, or torch with --quantize")
+                   help="default: mlx where installed; torch with --quantize or without MLX")
     p.add_argument("--quantize", default=None, choices=["int8"],
                    help="int8 base products on an x86 CPU (torch back end); adapters stay in float32 beside them")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="torch back end device")
@@ -115,7 +115,9 @@ def main(argv=None):
             raise UserError(f"--adapter {name}=...: {name!r} names the base model here; give the adapter another name")
 
     print(f"loading {base} with {len(adapters)} adapter(s): {', '.join(adapters) or 'none'}", file=sys.stderr)
-    backend = args.backend or ("torch" if args.quantize else "mlx")
+    from .load import default_inference_backend
+
+    backend = args.backend or default_inference_backend(args.quantize)
     worker = start_worker(base, adapters, backend, args.dtype, args.device, args.max_batch, args.max_pending,
                           args.quantize)
     limits = Limits(args.max_upload_mb, args.max_minutes * 60)

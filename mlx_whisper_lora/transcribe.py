@@ -19,7 +19,7 @@ from .files import check_writable
 from .formats.adapter_files import read_adapter_config
 from .inference import transcriber
 from .inference.timing import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS
-from .load import load_for_inference
+from .load import default_inference_backend, load_for_inference
 
 __all__ = ["transcribe", "transcribe_many", "load_for_inference", "main"]
 
@@ -37,11 +37,9 @@ def transcribe_many(audios, model=None, **options) -> list:
 
 
 def loaded(model):
-    """`model` itself, or the MLX model it names."""
+    """`model` itself, or the model it names in the default engine (MLX where installed, else PyTorch)."""
     if model is None or isinstance(model, (str, Path)):
-        from .backend_mlx.load import load_model
-
-        return load_model(model)
+        return load_for_inference(None if model is None else str(model), None, backend=default_inference_backend())
     return model
 
 
@@ -75,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-timestamps", default="0", help="comma-separated start,end,... seconds to transcribe")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--backend", default=None, choices=["mlx", "torch"],
-                   help="inference back end (default: mlx; torch with --quantize int8)")
+                   help="inference back end (default: mlx where installed; torch with --quantize int8 or without MLX)")
     p.add_argument("--quantize", default=None, choices=["int8"],
                    help="int8 matrix products on an x86 CPU (PyTorch's kernels): faster, WER within noise")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="torch back end device (default: cuda if available)")
@@ -131,7 +129,7 @@ def main(argv=None):
     from .formats.transcript_writers import FORMATS, write_results
 
     args = build_parser().parse_args(argv)
-    args.backend = args.backend or ("torch" if args.quantize else "mlx")
+    args.backend = args.backend or default_inference_backend(args.quantize)
     if not args.audio and args.model is None and args.adapter_path is None:
         args.adapter_path, args.compare_base = str(DEMO_ADAPTER), not (args.vad or args.quantize)  # the demo
     if args.compare_base and not args.adapter_path:

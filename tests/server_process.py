@@ -16,13 +16,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(*args, timeout: float = 180):
+def start_server(*args, timeout: float = 180, python: str = sys.executable):
     """`python -m mlx_whisper_lora.serve ARGS` on a free loopback port; returns (process, base url)."""
     import httpx
 
     port = free_port()
     log = open(Path(tempfile.gettempdir()) / f"serve-{port}.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "mlx_whisper_lora.serve", "--port", str(port), *args],
+    proc = subprocess.Popen([python, "-m", "mlx_whisper_lora.serve", "--port", str(port), *args],
                             stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + timeout

@@ -22,7 +22,7 @@ class _PlantedModel:
         self.aligned = set(aligned)
         self.alignment_heads = list(heads)
 
-    def embed_audio(self, mel):
+    def encode_audio(self, mel):
         return mel
 
     def alignment_scores(self, tokens, audio_features, heads):

@@ -12,12 +12,24 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mlx_whisper_lora"
 CLI_FILES = ("lora.py", "fuse.py", "transcribe.py", "convert.py", "serve.py")
-FRAMEWORK_FREE = ("text", "formats", "tuner", "scoring", "recipes", "preparing", "data/labels.py", "data/manifests.py", "files.py", "errors.py")
-# The two places a framework-free layer may touch one, and why.
+FRAMEWORK_FREE = ("text", "formats", "tuner", "scoring", "recipes", "preparing", "data", "inference", "files.py", "errors.py")
+# Which framework each room may import (lazy imports included); a module not named here imports neither, so
+# the torch engine runs where MLX is not installed, and the reverse.
+FRAMEWORKS = {
+    "backend_mlx": {"mlx"},
+    "backend_torch": {"torch"},
+    "adapter_bank/layer_mlx.py": {"mlx"},
+    "adapter_bank/layer_torch.py": {"torch"},
+}
+# The places a module may touch another framework, and why.
 FRAMEWORK_EXCEPTIONS = {
     ("formats/checkpoint.py", "torch"),  # .pt and pytorch_model.bin files are torch pickles (read with weights_only)
-    ("tuner/backend_choice.py", "mlx"),  # --backend auto asks MLX whether it has a GPU here
+    ("tuner/backend_choice.py", "mlx"),  # --backend auto asks MLX whether it has a GPU here (when MLX is installed)
     ("tuner/backend_choice.py", "torch"),  # ... and, where MLX runs on CUDA, whether PyTorch sees that GPU
+    ("data/audio.py", "mlx"),  # pad_or_trim pads an MLX array when given one (MLX is imported only then)
+    ("inference/vad_chunks.py", "torch"),  # silero-vad is a torch model
+    ("adapter_bank/bank.py", "mlx"),  # an MLX model's dense weights are read in MLX (only for an MLX model)
+    ("backend_mlx/export_verify.py", "torch"),  # the transformers and PEFT exports are verified in transformers
 }
 
 
@@ -140,6 +152,25 @@ def test_cli_files_are_thin():
     for file in CLI_FILES:
         lines = len((PACKAGE / file).read_text().splitlines())
         assert lines <= 200, f"{file} has {lines} lines; move library code out of it"
+
+
+def allowed_frameworks(relative: str) -> set:
+    room = next((key for key in FRAMEWORKS if relative == key or relative.startswith(key + "/")), None)
+    return FRAMEWORKS.get(room, set())
+
+
+def test_each_module_imports_only_its_rooms_framework():
+    """MLX only in MLX's rooms, PyTorch only in torch's (inference/ and data/ in neither: they hand numpy
+    to either engine), so `pip install 'mlx-whisper-lora[torch]'` runs without MLX (tests/test_without_mlx.py)."""
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE).as_posix()
+        for target, _ in imports(path):
+            root = target.split(".")[0]
+            if root in ("mlx", "torch") and root not in allowed_frameworks(relative) \
+                    and (relative, root) not in FRAMEWORK_EXCEPTIONS:
+                offenders.append(f"{relative} imports {target}")
+    assert not offenders, offenders
 
 
 @pytest.mark.parametrize("where", FRAMEWORK_FREE)

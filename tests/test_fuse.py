@@ -37,7 +37,7 @@ def adapted(tiny_en_checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mel():
-    return pad_or_trim(log_mel_spectrogram(load_audio(ASSETS / "demo.flac"), 80), 3000, axis=0)[None]
+    return mx.array(pad_or_trim(log_mel_spectrogram(load_audio(ASSETS / "demo.flac"), 80), 3000, axis=0)[None])
 
 
 @pytest.fixture(scope="module")

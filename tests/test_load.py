@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def inputs(jfk):
-    mel = pad_or_trim(log_mel_spectrogram(load_audio(jfk)), 3000, axis=0)[None]
+    mel = mx.array(pad_or_trim(log_mel_spectrogram(load_audio(jfk)), 3000, axis=0)[None])
     tokens = mx.array([[50257, 50362, 843, 523, 616, 5891, 3399, 1265, 407, 644]])
     return mel, tokens
 

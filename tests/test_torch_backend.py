@@ -56,7 +56,7 @@ TEXTS = ["Whisper can be adapted to your own voice.", "THIS SHORT CLIP WAS SPOKE
 
 @pytest.fixture(scope="module")
 def mel():
-    return pad_or_trim(log_mel_spectrogram(load_audio(ASSETS / "demo.flac"), 80), 3000, axis=0)[None]
+    return mx.array(pad_or_trim(log_mel_spectrogram(load_audio(ASSETS / "demo.flac"), 80), 3000, axis=0)[None])
 
 
 @pytest.fixture(scope="module")

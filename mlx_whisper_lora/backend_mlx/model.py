@@ -18,6 +18,7 @@ from ..formats.dims import ModelDimensions
 from ..formats.model_metadata import ModelMetadata, default_alignment_heads
 from . import cpu_kernels
 from .training import chunked_attention, cpu_softmax
+from .decoding import NumpyDecoding
 
 KVCache = Tuple[mx.array, mx.array]
 
@@ -292,7 +293,7 @@ class TextDecoder(nn.Module):
         return cached[1]
 
 
-class Whisper(ModelMetadata, nn.Module):
+class Whisper(ModelMetadata, NumpyDecoding, nn.Module):
     def __init__(self, dims: ModelDimensions, dtype: mx.Dtype = mx.float32):
         super().__init__()
         self.init_metadata(dims)
@@ -321,18 +322,19 @@ class Whisper(ModelMetadata, nn.Module):
     def dtype(self) -> mx.Dtype:
         return self.decoder.ln.weight.dtype  # layer norms are never quantized
 
-    def embed_audio(self, mel: mx.array) -> mx.array:
-        """Audio states for inference (uses the fast CPU kernels on the CPU device)."""
-        return self.encoder(mel.astype(self.dtype), fast_kernels=mx.default_device() == mx.cpu)
+    def embed_audio(self, mel) -> mx.array:
+        """Audio states for inference (uses the fast CPU kernels on the CPU device); `mel`: MLX or numpy."""
+        return self.encoder(mx.array(mel).astype(self.dtype), fast_kernels=mx.default_device() == mx.cpu)
 
     def logits(self, tokens: mx.array, audio_features: mx.array) -> mx.array:
         return self.decoder(tokens, audio_features)[0]
 
-    def alignment_scores(self, tokens: np.ndarray, audio_features: mx.array, heads=None) -> Tuple[np.ndarray, np.ndarray]:
+    def alignment_scores(self, tokens: np.ndarray, audio_features, heads=None) -> Tuple[np.ndarray, np.ndarray]:
         """For word timing (inference/timing.py): float32 logits (tokens, vocab) of one token sequence
         (1, n) and the pre-softmax cross-attention scores of the given (layer, head) pairs (heads,
         tokens, audio positions); heads default to the model's alignment heads."""
-        logits, _, cross_qk = self.decoder(mx.array(np.asarray(tokens, dtype=np.int32)), audio_features, scores=True)
+        logits, _, cross_qk = self.decoder(mx.array(np.asarray(tokens, dtype=np.int32)), self._features(audio_features),
+                                           scores=True)
         pairs = self.alignment_heads.tolist() if heads is None else [list(h) for h in heads]
         qk = mx.stack([cross_qk[layer][0, head] for layer, head in pairs])
         return np.array(logits[0].astype(mx.float32)), np.array(qk.astype(mx.float32))

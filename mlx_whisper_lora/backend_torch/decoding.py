@@ -1,91 +1,45 @@
-"""Decoding with the torch model: greedy 30 s windows, and a bridge that lets the MLX port's
-decoder and long-form transcriber (beam search, fallback, timestamps) drive the torch model.
+"""The torch Whisper's side of the decoding seam (inference/decoding_model.py): numpy in and out, so
+the one decoder in inference/decoding.py (greedy, sampling, beam search, fallback, timestamps, word
+timing) drives it, and nothing here needs MLX.
 
-Both keep a self-attention cache and compute the cross-attention keys and values (adapters
-included) once per window, as the MLX decoder does.
+The decoder keeps a self-attention cache and computes the cross-attention keys and values (adapters
+included) once per window.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
-import mlx.core as mx
 import numpy as np
 import torch
 
-from ..inference.decoding import DecodingOptions, SuppressBlank, SuppressTokens, looping_rows, suppressed_ids
-from ..text.tokenizer import get_tokenizer
+from ..inference.decoding import DecodingOptions, decode
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-@torch.no_grad()
 def greedy_decode(model, mel: Optional[torch.Tensor], language: Optional[str] = "en", task: str = "transcribe",
                   sample_len: Optional[int] = None, features: Optional[torch.Tensor] = None,
                   stop_loops_at: Optional[float] = None) -> List[str]:
     """Texts of greedy, timestamp-free decoding of log-mel windows (batch, 3000, n_mels), or of
-    their encoder states `features` when those are at hand. `stop_loops_at`: as DecodingOptions'."""
-    model.eval()
-    tok = get_tokenizer(model.is_multilingual, model.num_languages, language=language, task=task,
-                        model_dir=model.folder)
-    initial = list(tok.sot_sequence) + [tok.no_timestamps]
-    options = DecodingOptions(language=language, task=task, without_timestamps=True)
-    filters = [SuppressBlank(tok, len(initial)), SuppressTokens(suppressed_ids(options, tok))]
-    device = next(model.parameters()).device
+    their encoder states `features` when those are at hand (inference/decoding.py's decoder).
+    `stop_loops_at`: as DecodingOptions'."""
+    decoding = TorchDecodingModel(model)
+    options = DecodingOptions(language=language, task=task, without_timestamps=True, temperature=0.0,
+                              sample_len=sample_len, stop_loops_at=stop_loops_at, finished_rows_leave=True)
     if features is None:
-        features = model.embed_audio(mel.to(device))
-    cache = model.decoder.new_cache(features.to(device))
-    tokens = np.array([initial] * features.shape[0], dtype=np.int64)
-    rows = np.arange(features.shape[0])  # the rows still decoding, in the cache's order
-    new = tokens
-    for _ in range(sample_len or model.dims.n_text_ctx // 2):
-        logits, cache = model.decoder.step(torch.from_numpy(new).to(device), cache)
-        logits = logits[:, -1].float().cpu().numpy()
-        for f in filters:
-            f.apply(logits, tokens[rows])
-        nxt = np.full(len(tokens), tok.eot, dtype=np.int64)
-        nxt[rows] = logits.argmax(-1)
-        tokens = np.concatenate([tokens, nxt[:, None]], axis=1)
-        going = nxt[rows] != tok.eot
-        if stop_loops_at is not None and going.any():
-            going[going] = ~looping_rows(tok, tokens[rows[going], len(initial):], stop_loops_at)
-        if not going.any():
-            break
-        if not going.all():  # finished rows leave the batch: their keys and values are read no more
-            cache = keep_rows(cache, torch.from_numpy(np.flatnonzero(going)).to(device))
-            rows = rows[going]
-        new = nxt[rows][:, None]
-    return [tok.decode([t for t in row[len(initial):] if t != tok.eot]).strip() for row in tokens.tolist()]
+        features = decoding.encode_audio(mel)
+    return [r.text for r in decode(decoding, None, options, audio_features=_numpy32(features))]
 
 
-def keep_rows(cache: list, index: torch.Tensor) -> list:
-    """The decoding cache of those rows alone, self- and cross-attention alike."""
-    return [tuple(t.index_select(0, index) for t in layer) for layer in cache]
-
-
-class _DecoderBridge:
-    def __init__(self, bridge: "TorchDecodingModel"):
-        self.bridge = bridge
-
-    def __call__(self, tokens: mx.array, xa: mx.array, kv_cache=None, fast_kernels: bool = False):
-        b = self.bridge
-        with torch.no_grad(), b.autocast():
-            if kv_cache is None:
-                kv_cache = b.model.decoder.new_cache(b.to_torch(xa))
-            logits, kv_cache = b.model.decoder.step(torch.from_numpy(np.array(tokens).astype(np.int64)).to(b.device),
-                                                    kv_cache)
-        return mx.array(logits.float().cpu().numpy()), kv_cache, None
-
-    def select_rows(self, kv_cache, rows):
-        return self.bridge.model.decoder.select_rows(kv_cache, rows)
+def _numpy32(x) -> np.ndarray:
+    return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)
 
 
 class TorchDecodingModel:
-    """The torch Whisper seen through the interface `inference.decoding` and `inference.transcriber`
-    call (embed_audio, logits, decoder with a cache), so `transcribe --backend torch` shares the
-    long-form logic instead of copying it. Arrays cross as numpy: audio features once per window,
-    logits once per step."""
+    """The torch Whisper behind the interface `inference/` decodes and aligns through; arrays cross as
+    numpy: audio features once per window, the last position's logits once per step."""
 
     def __init__(self, model, dtype: str = "float32"):
         self.model = model.eval()
@@ -95,7 +49,6 @@ class TorchDecodingModel:
         self.punctuation = model.punctuation
         self.device = next(model.parameters()).device
         self.dtype = DTYPES[dtype]
-        self.decoder = _DecoderBridge(self)
 
     @property
     def is_multilingual(self) -> bool:
@@ -110,13 +63,28 @@ class TorchDecodingModel:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def to_torch(self, x: mx.array) -> torch.Tensor:
-        return torch.from_numpy(np.array(x.astype(mx.float32))).to(self.device)
+    def to_torch(self, x) -> torch.Tensor:
+        if isinstance(x, torch.Tensor):
+            return x.to(self.device)
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
 
-    def embed_audio(self, mel: mx.array) -> mx.array:
+    def encode_audio(self, mel) -> np.ndarray:
         with torch.no_grad(), self.autocast():
-            features = self.model.embed_audio(self.to_torch(mel))
-        return mx.array(features.float().cpu().numpy())
+            return _numpy32(self.model.embed_audio(self.to_torch(mel)))
+
+    def decode_step(self, tokens: np.ndarray, audio_features, cache=None, positions: Sequence[int] = (-1,)):
+        with torch.no_grad(), self.autocast():
+            if cache is None:
+                cache = self.model.decoder.new_cache(self.to_torch(audio_features))
+            ids = torch.from_numpy(np.asarray(tokens, dtype=np.int64)).to(self.device)
+            logits, cache = self.model.decoder.step(ids, cache)
+        return _numpy32(logits[:, list(positions)]), cache
+
+    def select_rows(self, cache, rows, audio_too: bool = False) -> list:
+        if not audio_too:
+            return self.model.decoder.select_rows(cache, rows)
+        idx = torch.as_tensor(np.asarray(rows), dtype=torch.long, device=self.device)
+        return [tuple(t.index_select(0, idx) for t in layer) for layer in cache]
 
     @property
     def alignment_heads(self):
@@ -125,15 +93,12 @@ class TorchDecodingModel:
     def set_alignment_heads(self, heads) -> None:
         self.model.set_alignment_heads(heads)
 
-    def alignment_scores(self, tokens: np.ndarray, audio_features: mx.array, heads=None):
-        """The MLX model's `alignment_scores`: float32 logits (tokens, vocab) and the chosen heads'
-        cross-attention scores (heads, tokens, audio positions), as numpy."""
+    def alignment_scores(self, tokens: np.ndarray, audio_features, heads=None):
+        """Float32 logits (tokens, vocab) and the chosen heads' cross-attention scores (heads, tokens,
+        audio positions), as numpy."""
         with torch.no_grad(), self.autocast():
             logits, scores = self.model.decoder.cross_attention_scores(
                 torch.from_numpy(np.asarray(tokens, dtype=np.int64)).to(self.device), self.to_torch(audio_features))
         pairs = self.model.alignment_heads if heads is None else heads
         qk = torch.stack([scores[int(layer)][0, int(head)] for layer, head in pairs])
         return logits[0].float().cpu().numpy(), qk.float().cpu().numpy()
-
-    def logits(self, tokens: mx.array, audio_features: mx.array) -> mx.array:
-        return self.decoder(tokens, audio_features)[0]

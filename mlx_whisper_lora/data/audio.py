@@ -1,4 +1,5 @@
-"""Audio loading and Whisper's log-mel front end (computed in MLX).
+"""Audio loading and Whisper's log-mel front end (computed in numpy, so that either engine, and a machine
+without MLX, reads the same frames; numpy 2's float32 FFT keeps pace with MLX's on the CPU).
 
 Matches openai-whisper's `log_mel_spectrogram`: 400-point periodic Hann STFT with hop 160 and
 reflect padding, power spectrum, Slaney mel filters (as librosa builds them), log10 clamped to
@@ -13,7 +14,6 @@ import subprocess
 from pathlib import Path
 from typing import Union
 
-import mlx.core as mx
 import numpy as np
 
 from ..errors import UserError
@@ -115,7 +115,7 @@ def finite(audio: np.ndarray, name) -> np.ndarray:
 
 
 def pad_or_trim(array, length: int = N_SAMPLES, axis: int = -1):
-    """Pad with zeros or cut `array` along `axis` to `length` (numpy or MLX)."""
+    """Pad with zeros or cut `array` along `axis` to `length` (numpy, or an MLX array)."""
     n = array.shape[axis]
     if n > length:
         idx = [slice(None)] * array.ndim
@@ -124,7 +124,11 @@ def pad_or_trim(array, length: int = N_SAMPLES, axis: int = -1):
     if n < length:
         widths = [(0, 0)] * array.ndim
         widths[axis] = (0, length - n)
-        return mx.pad(array, widths) if isinstance(array, mx.array) else np.pad(array, widths)
+        if isinstance(array, np.ndarray):
+            return np.pad(array, widths)
+        import mlx.core as mx  # an MLX array (training code pads its own): only then is MLX needed
+
+        return mx.pad(array, widths)
     return array
 
 
@@ -163,34 +167,48 @@ def mel_filters(n_mels: int, sr: int = SAMPLE_RATE, n_fft: int = N_FFT) -> np.nd
 
 
 @functools.lru_cache(maxsize=None)
-def hann_window(n: int) -> mx.array:
+def hann_window(n: int) -> np.ndarray:
     k = np.arange(n)
-    return mx.array((0.5 - 0.5 * np.cos(2 * np.pi * k / n)).astype(np.float32))  # periodic
+    return (0.5 - 0.5 * np.cos(2 * np.pi * k / n)).astype(np.float32)  # periodic
 
 
-def log_mel_spectrogram(audio, n_mels: int = 80, padding: int = 0) -> mx.array:
-    """Whisper's log-mel features of mono 16 kHz audio: (frames, n_mels), float32.
+FRAMES_PER_BLOCK = 3000  # the STFT runs this many frames at a time: its complex spectrum stays small
 
-    `audio` is a path, a numpy array or an MLX array; `padding` zeros are appended first.
+
+def log10_mel_power(frames: np.ndarray, n_mels: int) -> np.ndarray:
+    """log10 of the mel power of strided frames (n, N_FFT), floored at 1e-10, float32 (n, n_mels);
+    blockwise, so a long file's spectrum never exists whole."""
+    out = np.empty((len(frames), n_mels), dtype=np.float32)
+    filters = mel_filters(n_mels).T
+    window = hann_window(N_FFT)
+    for a in range(0, len(frames), FRAMES_PER_BLOCK):
+        spectrum = np.fft.rfft(frames[a:a + FRAMES_PER_BLOCK] * window)  # complex64 from float32 (numpy >= 2)
+        power = (spectrum.real ** 2 + spectrum.imag ** 2).astype(np.float32, copy=False)
+        np.log10(np.maximum(power @ filters, 1e-10), out=out[a:a + FRAMES_PER_BLOCK])
+    return out
+
+
+def strided_frames(x: np.ndarray, n_frames: int) -> np.ndarray:
+    """The first `n_frames` N_FFT-sample frames of `x`, HOP_LENGTH apart (a view: no copy)."""
+    return np.lib.stride_tricks.sliding_window_view(x, N_FFT)[::HOP_LENGTH][:n_frames]
+
+
+def log_mel_spectrogram(audio, n_mels: int = 80, padding: int = 0) -> np.ndarray:
+    """Whisper's log-mel features of mono 16 kHz audio: (frames, n_mels), float32 numpy.
+
+    `audio` is a path or an array (numpy, or anything numpy reads: an MLX or torch CPU array);
+    `padding` zeros are appended first.
     """
     if isinstance(audio, (str, Path)):
         audio = load_audio(audio)
-    x = mx.array(audio) if not isinstance(audio, mx.array) else audio
-    x = x.astype(mx.float32)
+    x = np.asarray(audio, dtype=np.float32).reshape(-1)
     if padding > 0:
-        x = mx.pad(x, [(0, padding)])
+        x = np.pad(x, (0, padding))
     half = N_FFT // 2
     if x.shape[0] <= half:
-        x = mx.pad(x, [(0, half + 1 - x.shape[0])])
-    # Reflect padding as torch.stft(center=True) does.
-    prefix = x[1 : half + 1][::-1]
-    suffix = x[-(half + 1) : -1][::-1]
-    x = mx.concatenate([prefix, x, suffix])
-    n_frames = 1 + (x.shape[0] - N_FFT) // HOP_LENGTH
-    frames = mx.as_strided(x, shape=(n_frames, N_FFT), strides=(HOP_LENGTH, 1))
-    spectrum = mx.fft.rfft(frames * hann_window(N_FFT))
-    power = mx.square(mx.abs(spectrum[:-1]))  # Whisper drops the last frame
-    mel = power @ mx.array(mel_filters(n_mels)).T
-    log_spec = mx.log10(mx.maximum(mel, 1e-10))
-    log_spec = mx.maximum(log_spec, log_spec.max() - 8.0)
+        x = np.pad(x, (0, half + 1 - x.shape[0]))
+    x = np.pad(x, (half, half), mode="reflect")  # as torch.stft(center=True) pads
+    n_frames = (x.shape[0] - N_FFT) // HOP_LENGTH  # Whisper drops the last frame
+    log_spec = log10_mel_power(strided_frames(x, n_frames), n_mels)
+    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
     return (log_spec + 4.0) / 4.0

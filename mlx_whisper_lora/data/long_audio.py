@@ -17,10 +17,9 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
-import mlx.core as mx
 import numpy as np
 
-from .audio import (HOP_LENGTH, N_FFT, SAMPLE_RATE, AudioError, check_header, finite, hann_window, mel_filters)
+from .audio import HOP_LENGTH, N_FFT, SAMPLE_RATE, AudioError, check_header, finite, log10_mel_power, strided_frames
 
 LONG_FILE_SECONDS = 600  # files longer than this take the windowed path
 FFMPEG_LONG_FILE_BYTES = 20 << 20  # a compressed file this big is long (about 20 min at 128 kbit/s)
@@ -46,13 +45,12 @@ class SampleFile:
 
 class WindowedLogMel:
     """The log-mel of the samples in `samples` followed by `padding` zeros, sliced like an array of
-    shape (frames, n_mels): `mel[a:b]` is an mx.array."""
+    shape (frames, n_mels): `mel[a:b]` is a float32 numpy array."""
 
     def __init__(self, samples: SampleFile, n_mels: int, padding: int = 0):
         self.samples, self.file, self.n_samples, self.n_mels = samples, samples.file, samples.n_samples, n_mels
         self.length = self.n_samples + padding  # the signal: the audio, then zeros
         self.shape = (self.length // HOP_LENGTH, n_mels)
-        self.filters = mx.array(mel_filters(n_mels)).T
         self.peak = max(float(self._log10_mel(a, min(a + 3000, self.shape[0])).max())
                         for a in range(0, self.shape[0], 3000))
 
@@ -74,20 +72,18 @@ class WindowedLogMel:
             out[inside] = block[index[inside] - low]
         return out
 
-    def _log10_mel(self, a: int, b: int) -> mx.array:
-        samples = mx.array(self._samples(a * HOP_LENGTH, (b - 1) * HOP_LENGTH + N_FFT))
-        frames = mx.as_strided(samples, shape=(b - a, N_FFT), strides=(HOP_LENGTH, 1))
-        power = mx.square(mx.abs(mx.fft.rfft(frames * hann_window(N_FFT))))
-        return mx.log10(mx.maximum(power @ self.filters, 1e-10))
+    def _log10_mel(self, a: int, b: int) -> np.ndarray:
+        samples = self._samples(a * HOP_LENGTH, (b - 1) * HOP_LENGTH + N_FFT)
+        return log10_mel_power(strided_frames(samples, b - a), self.n_mels)
 
-    def __getitem__(self, key) -> mx.array:
+    def __getitem__(self, key) -> np.ndarray:
         if not isinstance(key, slice) or key.step not in (None, 1):
             raise TypeError("a WindowedLogMel is sliced by frame ranges (mel[a:b])")
         a, b, _ = key.indices(self.shape[0])
         if b <= a:
-            return mx.zeros((0, self.n_mels), dtype=mx.float32)
-        log_spec = mx.maximum(self._log10_mel(a, b), self.peak - 8.0)
-        return (log_spec + 4.0) / 4.0
+            return np.zeros((0, self.n_mels), dtype=np.float32)
+        log_spec = np.maximum(self._log10_mel(a, b), np.float32(self.peak - 8.0))
+        return (log_spec + np.float32(4.0)) / np.float32(4.0)
 
     def close(self) -> None:
         self.samples.close()

@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-import mlx.core as mx
 import numpy as np
 
 from ..text.tokenizer import Tokenizer
@@ -44,7 +43,7 @@ class HeadChoice:
 def _scores(model, item: AlignmentItem, heads: Sequence[Head], features=None) -> np.ndarray:
     """Cross-attention scores of `heads` over the item's text; `features`: its encoder states when at hand."""
     if features is None:
-        features = model.embed_audio(mx.array(item.mel[None]))
+        features = model.encode_audio(item.mel[None])
     tokens = np.array([timing.alignment_inputs(item.tokenizer, item.text_tokens)])
     return model.alignment_scores(tokens, features, list(heads))[1]
 
@@ -82,7 +81,7 @@ def select_heads(model, items: Sequence[AlignmentItem], reference: Sequence[Opti
     current = model_heads(model)
     keep = keep or len(current)
     every = [(layer, head) for layer in range(dims.n_text_layer) for head in range(dims.n_text_head)]
-    features = [model.embed_audio(mx.array(item.mel[None])) for item in items]  # once per item: the costly part
+    features = [model.encode_audio(item.mel[None]) for item in items]  # once per item: the costly part
     per_head = np.zeros(len(every))
     counted = 0
     for item, ref, feats in zip(items, reference, features):

@@ -1,7 +1,9 @@
 """Decode one 30-second window (or a batch of them): greedy, sampling, or beam search.
 
-The network runs in MLX; choosing the next token (suppression, timestamp rules, log-softmax, beam
-bookkeeping) runs in numpy on the last position's logits, which is cheap and easy to read.
+The network runs in either engine behind inference/decoding_model.py; choosing the next token
+(suppression, timestamp rules, log-softmax, beam bookkeeping) runs in numpy on the last position's
+logits, which is cheap and easy to read. This is the one decoder: transcription, the training loop's
+validation and test decoding, and both engines go through it.
 """
 
 from __future__ import annotations
@@ -10,14 +12,14 @@ import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 
-import mlx.core as mx
 import numpy as np
 
 from ..data.audio import CHUNK_LENGTH, N_FRAMES
 from ..text.tokenizer import Tokenizer, get_tokenizer
+from .decoding_model import require_decoding_model
 
-if TYPE_CHECKING:  # annotations only: any model with this interface decodes (the torch bridge too)
-    from ..backend_mlx.model import Whisper
+if TYPE_CHECKING:
+    from .decoding_model import DecodingModel
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,9 @@ class DecodingOptions:
     # greedy/sampling: a row whose text so far compresses past this ratio is a repetition loop and stops
     # there (its text is the loop so far), instead of keeping the whole batch going to sample_len
     stop_loops_at: Optional[float] = None
+    # greedy: a row that ended leaves the batch (its cache rows are dropped, the rest decode faster); off where
+    # something outside the decoder holds per-row state (the server's adapter bank selects an adapter per row)
+    finished_rows_leave: bool = False
 
 
 @dataclass
@@ -84,13 +89,13 @@ def _logsumexp(x: np.ndarray) -> float:
 
 
 def detect_language(
-    model: Whisper, audio_features: mx.array, tokenizer: Tokenizer
+    model: DecodingModel, audio_features: np.ndarray, tokenizer: Tokenizer
 ) -> Tuple[List[str], List[Dict[str, float]]]:
     """Most likely language per audio, and the probability of every language, from one decoder step."""
     if not model.is_multilingual:
         return ["en"] * audio_features.shape[0], [{"en": 1.0}] * audio_features.shape[0]
-    tokens = mx.array([[tokenizer.sot]] * audio_features.shape[0])
-    logits = np.array(model.logits(tokens, audio_features)[:, 0].astype(mx.float32))
+    tokens = np.full((audio_features.shape[0], 1), tokenizer.sot, dtype=np.int64)
+    logits = model.decode_step(tokens, audio_features, None, positions=(0,))[0][:, 0]
     lang_tokens = np.array(tokenizer.all_language_tokens)
     probs = np.exp(_log_softmax(logits[:, lang_tokens]))
     codes = tokenizer.all_language_codes
@@ -181,7 +186,8 @@ def _text_tokens(tokenizer: Tokenizer, value) -> List[int]:
 class _Run:
     """State of one decode call over a batch: the model's caches and the per-row token lists."""
 
-    def __init__(self, model: Whisper, tokenizer: Tokenizer, options: DecodingOptions, audio_features: mx.array):
+    def __init__(self, model: DecodingModel, tokenizer: Tokenizer, options: DecodingOptions,
+                 audio_features: np.ndarray):
         self.model = model
         self.tokenizer = tokenizer
         self.options = options
@@ -212,15 +218,21 @@ class _Run:
         self.filters = filters
         self.audio_features = audio_features
         self.cache = None
-        self.fast_kernels = mx.default_device() == mx.cpu
 
-    def step(self, new_tokens: np.ndarray, rows: Optional[np.ndarray] = None) -> np.ndarray:
-        """Feed new tokens (rows, n) and return float32 logits of every fed position (rows, n, vocab)."""
-        if rows is not None and self.cache is not None:
-            self.cache = self.model.decoder.select_rows(self.cache, rows)
-        logits, self.cache, _ = self.model.decoder(mx.array(new_tokens.astype(np.int32)), self.audio_features, self.cache,
-                                                   fast_kernels=self.fast_kernels)
-        return logits
+    def first_step(self, tokens: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Feed the start sequences (rows, n): (no-speech probabilities, float32 logits of the last position)."""
+        logits, self.cache = self.model.decode_step(tokens, self.audio_features, None,
+                                                    positions=(self.sot_index, tokens.shape[1] - 1))
+        no_speech = np.exp(_log_softmax(logits[:, 0]))[:, self.tokenizer.no_speech]
+        return no_speech, logits[:, 1]
+
+    def step(self, new_tokens: np.ndarray, rows: Optional[np.ndarray] = None, audio_too: bool = False) -> np.ndarray:
+        """Feed one new token per row (rows, 1), after keeping only the cache `rows` (in that order) when
+        given (`audio_too`: as DecodingModel.select_rows); float32 logits of the new position (rows, vocab)."""
+        if rows is not None:
+            self.cache = self.model.select_rows(self.cache, rows, audio_too)
+        logits, self.cache = self.model.decode_step(new_tokens, self.audio_features, self.cache)
+        return logits[:, -1]
 
     def filtered_logits(self, logits_last: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         logits = logits_last.astype(np.float32, copy=True)
@@ -229,30 +241,30 @@ class _Run:
         return logits
 
 
-def _no_speech_probs(logits: mx.array, run: _Run) -> np.ndarray:
-    sot_logits = np.array(logits[:, run.sot_index].astype(mx.float32))
-    return np.exp(_log_softmax(sot_logits))[:, run.tokenizer.no_speech]
-
-
 def _sample_or_greedy(run: _Run, n_audio: int, n_group: int, temperature: float, rng) -> Tuple[List[List[List[int]]], np.ndarray, np.ndarray]:
-    """Returns per audio the n_group sampled sequences, their summed log-probs, and no-speech probs."""
+    """Returns per audio the n_group sampled sequences, their summed log-probs, and no-speech probs.
+    Rows that ended are fed end-of-text to the end, except greedy ones with `finished_rows_leave` (sampled
+    rows stay so that the random draws do not depend on when rows end)."""
     eot = run.tokenizer.eot
     rows = n_audio * n_group
     tokens = np.tile(np.array(run.initial, dtype=np.int64), (rows, 1))
-    logits = run.step(tokens)
-    no_speech = _no_speech_probs(logits, run)[::n_group]
+    no_speech, last = run.first_step(tokens)
+    no_speech = no_speech[::n_group]
     sum_logprobs = np.zeros(rows)
     finished = np.zeros(rows, dtype=bool)
-    last = np.array(logits[:, -1].astype(mx.float32))
+    live = np.arange(rows)  # the rows the cache holds, in its order: `last` is theirs
     for _ in range(run.sample_len):
-        logits = run.filtered_logits(last, tokens)
+        logits = run.filtered_logits(last, tokens[live])
         logprobs = _log_softmax(logits)  # scores are at temperature 1, as openai-whisper keeps them
         if temperature == 0:
-            nxt = logits.argmax(axis=-1)
+            pick = logits.argmax(axis=-1)
         else:
             # Gumbel-max: the same distribution as categorical sampling at this temperature.
-            nxt = (logits / temperature + rng.gumbel(size=logits.shape)).argmax(axis=-1)
-        chosen = logprobs[np.arange(rows), nxt]
+            pick = (logits / temperature + rng.gumbel(size=logits.shape)).argmax(axis=-1)
+        nxt = np.full(rows, eot, dtype=np.int64)
+        nxt[live] = pick
+        chosen = np.zeros(rows)
+        chosen[live] = logprobs[np.arange(len(live)), pick]
         sum_logprobs += np.where(finished, 0.0, chosen)
         nxt = np.where(finished, eot, nxt)
         tokens = np.concatenate([tokens, nxt[:, None]], axis=1)
@@ -263,7 +275,12 @@ def _sample_or_greedy(run: _Run, n_audio: int, n_group: int, temperature: float,
                                         run.options.stop_loops_at)]] = True
         if finished.all() or tokens.shape[1] > run.model.dims.n_text_ctx - 1:
             break
-        last = np.array(run.step(nxt[:, None])[:, -1].astype(mx.float32))
+        if temperature == 0 and run.options.finished_rows_leave and finished[live].any():
+            order = np.flatnonzero(~finished[live])
+            live = live[order]
+            last = run.step(nxt[live][:, None], rows=order, audio_too=True)
+        else:
+            last = run.step(nxt[live][:, None])
     seqs = []
     for a in range(n_audio):
         group = []
@@ -281,9 +298,8 @@ def _beam_search(run: _Run, n_audio: int, beam_size: int, patience: float):
     max_candidates = max(1, int(round(beam_size * patience)))
     rows = n_audio * beam_size
     tokens = np.tile(np.array(run.initial, dtype=np.int64), (rows, 1))
-    logits = run.step(tokens)
-    no_speech = _no_speech_probs(logits, run)[::beam_size]
-    last = np.array(logits[:, -1].astype(mx.float32))
+    no_speech, last = run.first_step(tokens)
+    no_speech = no_speech[::beam_size]
     sum_logprobs = np.zeros(rows)
     finished: List[Dict[Tuple[int, ...], float]] = [{} for _ in range(n_audio)]
     done = [False] * n_audio
@@ -335,7 +351,7 @@ def _beam_search(run: _Run, n_audio: int, beam_size: int, patience: float):
         sum_logprobs = np.array(new_scores, dtype=np.float64)
         if tokens.shape[1] > run.model.dims.n_text_ctx - 1:
             break
-        last = np.array(run.step(np.array(new_tokens)[:, None], rows=order)[:, -1].astype(mx.float32))
+        last = run.step(np.array(new_tokens)[:, None], rows=order)
     seqs, scores = [], []
     for a in range(n_audio):
         found = dict(finished[a])
@@ -363,20 +379,22 @@ def _rank(seqs: List[List[int]], logprobs: Sequence[float], length_penalty: Opti
 
 
 def decode(
-    model: Whisper,
-    mel: mx.array,
+    model: DecodingModel,
+    mel: Optional[np.ndarray],
     options: DecodingOptions = DecodingOptions(),
     tokenizer: Optional[Tokenizer] = None,
-    audio_features: Optional[mx.array] = None,
+    audio_features: Optional[np.ndarray] = None,
 ) -> List[DecodingResult]:
-    """Decode log-mel windows (batch, frames, n_mels) or one (frames, n_mels); one result per window."""
+    """Decode log-mel windows (batch, frames, n_mels) or one (frames, n_mels), or their encoder states
+    `audio_features`; one result per window."""
+    model = require_decoding_model(model)
     single = mel is not None and mel.ndim == 2
     if audio_features is None:
         if single:
             mel = mel[None]
         if mel.shape[1] != N_FRAMES:
             raise ValueError(f"decode expects {N_FRAMES}-frame windows; pad or trim the mel first")
-        audio_features = model.embed_audio(mel)
+        audio_features = model.encode_audio(np.asarray(mel))
     n_audio = audio_features.shape[0]
     if options.beam_size is not None and options.temperature > 0:
         raise ValueError("beam search is deterministic: use temperature 0 with beam_size")
@@ -398,7 +416,7 @@ def decode(
         idx = [i for i, l in enumerate(languages) if l == lang]
         tok = get_tokenizer(model.is_multilingual, model.num_languages, language=lang, task=options.task,
                             model_dir=model.folder) if tokenizer is None or model.is_multilingual else tokenizer
-        feats = audio_features if len(idx) == n_audio else audio_features[mx.array(idx)]
+        feats = audio_features if len(idx) == n_audio else audio_features[np.array(idx)]
         for j, r in zip(idx, _decode_same_language(model, tok, options, feats, lang)):
             r.language_probs = language_probs[j]
             results[j] = r
@@ -413,7 +431,7 @@ def _decode_same_language(model, tokenizer, options, audio_features, language) -
         n_group = options.best_of
     else:
         n_group = 1
-    feats = mx.repeat(audio_features, n_group, axis=0) if n_group > 1 else audio_features
+    feats = np.repeat(audio_features, n_group, axis=0) if n_group > 1 else audio_features
     run = _Run(model, tokenizer, options, feats)
     if options.beam_size is not None:
         seqs, scores, no_speech = _beam_search(run, n_audio, options.beam_size, options.patience or 1.0)

@@ -131,11 +131,9 @@ def _resumed_after_pile_up(timed) -> Optional[int]:
 def window_words(model, tokenizer, audio: np.ndarray, words: Sequence[str], features=None):
     """(word, start, end) seconds inside one window of at most 30 s of `audio` for each of `words`, forced;
     `features`: the window's encoder states when already computed."""
-    import mlx.core as mx
-
     if features is None:
         mel = log_mel_spectrogram(pad_or_trim(audio, N_SAMPLES), model.dims.n_mels)[:N_FRAMES]
-        features = model.embed_audio(mx.array(np.asarray(mel))[None])
+        features = model.encode_audio(mel[None])
     return _chunk_times(words, find_alignment(model, tokenizer, tokenizer.encode(" " + " ".join(words)), features,
                                               min(len(audio), N_SAMPLES) // 160))
 

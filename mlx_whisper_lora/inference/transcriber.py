@@ -1,8 +1,8 @@
 """Transcribe audio of any length: slide a 30-second window, decode it with temperature fallback,
 cut segments at predicted timestamps, and condition each window on the text before it.
 
-The model is the MLX Whisper, or the torch one behind the same interface
-(backend_torch/decoding.py: TorchDecodingModel). CLI: `python -m mlx_whisper_lora.transcribe`.
+The model is either engine's Whisper behind inference/decoding_model.py (numpy in and out).
+CLI: `python -m mlx_whisper_lora.transcribe`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple, Union
 
-import mlx.core as mx
 import numpy as np
 
 from ..text.case_style import render as render_case
@@ -27,12 +26,13 @@ from ..data.audio import (
 from ..data.long_audio import open_long_audio
 from . import timing
 from .decoding import DecodingOptions, DecodingResult, decode, detect_language
+from .decoding_model import require_decoding_model
 from ..errors import UserError
 from ..text.languages import language_code
 from ..text.tokenizer import get_tokenizer
 
-if TYPE_CHECKING:  # annotations only: decoding drives any model with this interface (the torch one too)
-    from ..backend_mlx.model import Whisper
+if TYPE_CHECKING:
+    from .decoding_model import DecodingModel as Whisper
 
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
@@ -66,7 +66,7 @@ def _options_at(options: DecodingOptions, t: float) -> DecodingOptions:
 
 def decode_with_fallback(
     model: Whisper,
-    audio_features: mx.array,
+    audio_features: np.ndarray,
     options: DecodingOptions,
     rules: FallbackRules = FallbackRules(),
     first: Optional[DecodingResult] = None,
@@ -183,7 +183,7 @@ class _FileTranscription:
     """The sliding-window state of one audio file: where the next window starts, the segments so
     far, and the tokens that condition the next window."""
 
-    def __init__(self, model: Whisper, mel: mx.array, options: DecodingOptions, tokenizer, clips,
+    def __init__(self, model: Whisper, mel: np.ndarray, options: DecodingOptions, tokenizer, clips,
                  initial_prompt: Optional[str], rules: FallbackRules, condition_on_previous_text: bool,
                  verbose: Optional[bool], words: WordOptions = WordOptions(), carry_initial_prompt: bool = False,
                  hotwords: Optional[str] = None):
@@ -211,7 +211,7 @@ class _FileTranscription:
                 self.seek = max(self.seek, self.clips[self.clip_index][0])
         return self.clip_index >= len(self.clips)
 
-    def window(self) -> Tuple[mx.array, int]:
+    def window(self) -> Tuple[np.ndarray, int]:
         frames = min(N_FRAMES, self.clips[self.clip_index][1] - self.seek)
         return pad_or_trim(self.mel[self.seek : self.seek + frames], N_FRAMES, axis=0), frames
 
@@ -359,7 +359,7 @@ def _padded_mel(model: Whisper, audio):
 
 
 def _release(mel) -> None:
-    """Close a windowed log-mel's temporary file (an mx.array has nothing to close)."""
+    """Close a windowed log-mel's temporary file (an array has nothing to close)."""
     close = getattr(mel, "close", None)
     if close is not None:
         close()
@@ -391,7 +391,7 @@ def _prepare(model, mel, settings: _Settings, clip_timestamps="0", first_feature
     if language is None and clips:
         if first_features is None:
             start, end = clips[0]
-            first_features = model.embed_audio(pad_or_trim(mel[start : start + min(N_FRAMES, end - start)], N_FRAMES, axis=0)[None])
+            first_features = model.encode_audio(pad_or_trim(mel[start : start + min(N_FRAMES, end - start)], N_FRAMES, axis=0)[None])
         language = detect_language(model, first_features, get_tokenizer(True, model.num_languages, model_dir=folder))[0][0]
         if settings.verbose:
             print(f"Detected language: {language}")
@@ -465,7 +465,7 @@ def transcription_settings(
 
 
 def transcribe(
-    audio: Union[str, Path, np.ndarray, mx.array],
+    audio: Union[str, Path, np.ndarray],
     model: Whisper,
     *,
     clip_timestamps: Union[str, Sequence[float]] = "0",
@@ -480,6 +480,7 @@ def transcribe(
     such as language, task, beam_size) as `transcription_settings` lists them, shared with `transcribe_many`.
     `model` is a loaded Whisper (`mlx_whisper_lora.transcribe.transcribe` also takes a name).
     """
+    model = require_decoding_model(model)
     settings = transcription_settings(model, **options)
     verbose = settings.verbose
     state, feats = _prepare(model, _padded_mel(model, audio), settings, clip_timestamps)
@@ -494,7 +495,7 @@ def transcribe(
         while not state.done:
             window, frames = state.window()
             if feats is None:
-                feats = model.embed_audio(window[None])
+                feats = model.encode_audio(window[None])
             result = decode_with_fallback(model, feats, state.window_options(), settings.rules)
             advanced = state.accept(result, frames, feats)
             feats = None
@@ -528,6 +529,7 @@ def transcribe_many(
     (into `audios`) of the files it covers, in batch order: the server's adapter bank uses it to apply
     each file's own adapter (adapter_bank/bank.py).
     """
+    model = require_decoding_model(model)
     select = select_rows or (lambda indices: None)
     settings = transcription_settings(model, **options)
     verbose = settings.verbose
@@ -545,7 +547,7 @@ def transcribe_many(
             # One encoder pass for the first window of every file in the batch.
             firsts = [pad_or_trim(m[: min(N_FRAMES, m.shape[0] - N_FRAMES)], N_FRAMES, axis=0) for m in mels]
             select(chunk)
-            feats = model.embed_audio(mx.stack(firsts))
+            feats = model.encode_audio(np.stack(firsts))
             states = []
             for j, m in enumerate(mels):
                 select([chunk[j]])
@@ -556,7 +558,7 @@ def transcribe_many(
                 rows = [j for j in batchable if states[j].options.language == lang]
                 opts = _options_at(states[rows[0]].window_options(), rules.temperatures[0])
                 select([chunk[j] for j in rows])
-                decoded = decode(model, None, opts, audio_features=feats[mx.array(rows)])
+                decoded = decode(model, None, opts, audio_features=feats[np.array(rows)])
                 first_results.update(zip(rows, decoded))
             _later_windows(model, states, chunk, feats, first_results, rules, select)
             for j, state in enumerate(states):
@@ -586,7 +588,7 @@ def _later_windows(model, states, files, feats, first_results, rules, select) ->
         missing = [j for j in live if j not in features]
         if missing:
             select([files[j] for j in missing])
-            embedded = model.embed_audio(mx.stack([windows[j][0] for j in missing]))
+            embedded = model.encode_audio(np.stack([windows[j][0] for j in missing]))
             features.update({j: embedded[k : k + 1] for k, j in enumerate(missing)})
         groups: List[Tuple[DecodingOptions, List[int]]] = []
         for j in (j for j in live if decoded.get(j) is None):
@@ -596,7 +598,7 @@ def _later_windows(model, states, files, feats, first_results, rules, select) ->
         for options, rows in groups:
             if len(rows) > 1:  # a lone row is decoded by decode_with_fallback itself
                 select([files[j] for j in rows])
-                batch = mx.concatenate([features[j] for j in rows])
+                batch = np.concatenate([features[j] for j in rows])
                 decoded.update(zip(rows, decode(model, None, _options_at(options, rules.temperatures[0]),
                                                 audio_features=batch)))
         for j in live:

@@ -24,7 +24,9 @@ CUDA_REASON = ("the PyTorch back end is faster than MLX's CUDA back end on NVIDI
 
 
 def mlx_accelerated() -> str:
-    """'metal' or 'cuda' when MLX runs on a GPU here, else ''."""
+    """'metal' or 'cuda' when MLX runs on a GPU here, else '' (also when MLX is not installed)."""
+    if importlib.util.find_spec("mlx") is None:
+        return ""
     import mlx.core as mx
 
     try:
@@ -61,6 +63,8 @@ def choose_backend(requested: str, device: str = None) -> Tuple[str, str]:
         return "torch", CUDA_REASON
     if gpu:
         return "mlx", f"MLX runs on {gpu} here"
+    if importlib.util.find_spec("mlx") is None:
+        return "torch", "MLX is not installed here"
     if importlib.util.find_spec("torch") is None:
         return "mlx", "PyTorch is not installed (pip install 'mlx-whisper-lora[torch]' for the faster CPU back end)"
     return "torch", CPU_REASON
