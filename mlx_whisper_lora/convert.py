@@ -14,6 +14,9 @@ from .errors import UserError, cli_entry
 
 def convert(src: str, save_path: str, dtype: str = "float16", quantize: bool = False,
             q_bits: int = 4, q_group_size: int = 64, export_format: str = "mlx"):
+    from .load import require_mlx
+
+    require_mlx("convert")
     from .backend_mlx.load import load_model, quantize_model, save_hf, save_model
 
     if export_format == "hf":

@@ -29,6 +29,9 @@ def fuse(model_name: Optional[str], adapter_path, save_path, export_format: str 
          base_path: Optional[str] = None, verify: int = 0, adapter_scale: float = 1.0) -> Path:
     """Load base + adapters and write the result in `export_format`; returns the folder written.
     `verify`: decode that many held-out clips here and in the export's runtime, and print how they agree."""
+    from .load import require_mlx
+
+    require_mlx("fuse")
     from .backend_mlx.adapters import load_adapters
     from .backend_mlx.export import check_export_options, export_model
     from .backend_mlx.load import load_model

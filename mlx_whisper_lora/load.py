@@ -72,11 +72,15 @@ def load_for_inference(model_name: Optional[str], adapter_path: Optional[str], d
 
 
 
-def require_mlx() -> None:
-    """A UserError naming the way out when MLX is not installed (a Windows or Linux GPU box with the torch engine)."""
+def require_mlx(what: str = "") -> None:
+    """A UserError naming the way out when MLX is not installed (a Windows or Linux GPU box with the torch engine).
+    `what`: a command that runs in MLX only (its error then says so instead of suggesting --backend torch)."""
     import importlib.util
 
     if importlib.util.find_spec("mlx") is None:
+        if what:
+            raise UserError(f"{what} runs in the MLX engine for now and MLX is not installed here: "
+                            "pip install 'mlx-whisper-lora[mlx]' (Linux, macOS)")
         raise UserError("MLX is not installed here: use --backend torch (pip install 'mlx-whisper-lora[torch]'), "
                         "or install MLX (pip install 'mlx-whisper-lora[mlx]')")
 

@@ -32,14 +32,14 @@ def prepare(inputs: Sequence[str], output: Path, model_name: Optional[str] = Non
     """Prepare every recording INPUT names into `output`; returns the report (also written as prepare_report.json).
     A recording that cannot be prepared is reported in one line and left out; the others are still prepared."""
     from .preparing.recording import prepare_recording
-    from .load import load_for_inference
+    from .load import default_inference_backend, load_for_inference
 
     recordings = find_recordings(inputs, log)
     if not recordings:
         raise UserError(f"no audio files found in {', '.join(inputs)} ({', '.join(AUDIO_SUFFIXES)})")
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    model = load_for_inference(model_name or default_aligner(language), None)
+    model = load_for_inference(model_name or default_aligner(language), None, backend=default_inference_backend())
     if not model.is_multilingual and language not in (None, "en"):
         raise UserError(f"--model {model_name}: an English-only model cannot align --language {language}; "
                         "use a multilingual one (base, small, ...)")

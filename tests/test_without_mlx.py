@@ -62,6 +62,15 @@ def test_the_first_command_prints_what_the_mlx_engine_prints(python, tmp_path):
     assert (tmp_path / "torch" / "demo.txt").read_text() == (tmp_path / "mlx" / "demo.txt").read_text()
 
 
+def test_fuse_says_it_needs_mlx_in_one_line(python, tmp_path):
+    """Exports still run in the MLX engine: without MLX, one line naming the install, no traceback."""
+    adapter = ROOT / "mlx_whisper_lora" / "assets" / "demo_adapter"
+    done = subprocess.run([python, "-m", "mlx_whisper_lora.fuse", "--adapter-path", str(adapter), "--save-path",
+                           str(tmp_path / "fused")], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    assert "pip install 'mlx-whisper-lora[mlx]'" in done.stderr
+
+
 @pytest.mark.slow
 def test_english_transcripts_equal_the_mlx_engines(python, shared_data, tiny_en, tmp_path):
     from mlx_whisper_lora.inference.transcriber import transcribe

@@ -23,13 +23,13 @@ from ..data.windows import snap
 def timed_parts(clips: List[Utterance], aligner: str, log: Callable, progress: bool = True) -> List[Utterance]:
     """`clips` with `sentences` (start, end, text) inside each packable clip that holds more than one."""
     from ..inference.forced_alignment import window_words
-    from ..load import load_for_inference
+    from ..load import default_inference_backend, load_for_inference
     from ..text.tokenizer import get_tokenizer
 
     todo = [i for i, u in enumerate(clips) if packable(u) and u.text.strip() and len(u.text.split()) > 1]
     if not todo:
         return clips
-    model = load_for_inference(aligner, None)
+    model = load_for_inference(aligner, None, backend=default_inference_backend())
     tokenizers = {}
     out = list(clips)
     split = 0

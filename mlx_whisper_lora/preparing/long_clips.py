@@ -26,12 +26,12 @@ def split_long_clips(clips: List[Utterance], aligner: str, folder: Path, limit: 
     cannot be aligned is named in one line and left out. `aligner`: the model whose word timestamps align."""
     import soundfile as sf
 
-    from ..load import load_for_inference
+    from ..load import default_inference_backend, load_for_inference
     from .recordings import Recording
     from .recording import prepare_recording
 
     folder.mkdir(parents=True, exist_ok=True)
-    model = load_for_inference(aligner, None)
+    model = load_for_inference(aligner, None, backend=default_inference_backend())
     windows: List[Utterance] = []
     failed = 0
     for number, clip in enumerate(clips):
