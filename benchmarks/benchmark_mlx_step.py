@@ -9,7 +9,8 @@ of every attention): logits at every position against only at the target positio
 projection's loss (`positions`), the cross-attention's keys and values recomputed against cached
 (`cross_kv`, computed once before timing as the cache holds them), and both; both with MLX ops only (no numpy
 kernels: a GPU's path) eager and compiled (training/compiled_step.py, the labels bucketed). Encoder and decoder (log-mels
-in): the encoder's self-attention as plain softmax products against blockwise (chunked_attention.py), and the plain step compiled. Prints
+in): the encoder's self-attention as plain softmax products against blockwise (chunked_attention.py), the plain step compiled, and the plain step in passes of ENCODER_ROWS_PER_PASS rows
+(as the engine runs a training encoder's batch). Prints
 the median seconds per step and MLX's peak memory (mx.get_peak_memory) of each, and the ratio to the plain
 path. Random tokens and log-mels: the arithmetic does not depend on the values.
 """
@@ -35,9 +36,11 @@ def main(argv=None):
     import mlx.nn as nn
     import mlx.optimizers as optim
     import numpy as np
+    from mlx.utils import tree_map
 
     from mlx_whisper_lora.backend_mlx.adapters import apply_adapters
-    from mlx_whisper_lora.backend_mlx.engine import loss_fn, set_blockwise_attention, target_positions
+    from mlx_whisper_lora.backend_mlx.engine import (ENCODER_ROWS_PER_PASS, loss_fn, set_blockwise_attention,
+                                                     target_positions)
     from mlx_whisper_lora.backend_mlx.load import load_model
     from mlx_whisper_lora.backend_mlx.model import Whisper
     from mlx_whisper_lora.backend_mlx.training.compiled_step import CompiledStep
@@ -74,7 +77,7 @@ def main(argv=None):
         mask[i, 3: n - rng.integers(0, n // 3)] = 1  # a prefix not counted, ragged ends (padding)
     positions = target_positions(mask)
 
-    def stepper(model, audio, states, mlx_only=False, compiled=False, blockwise=None, **paths):
+    def stepper(model, audio, states, mlx_only=False, compiled=False, blockwise=None, rows_per_pass=0, **paths):
         """A function running one step of this path: (loss, gradients), evaluated."""
         if compiled:  # the compiled step (training/compiled_step.py): MLX ops only, the labels bucketed
             compiled_step = CompiledStep(model, optim.AdamW(learning_rate=0.0), lambda m, a, i, t, kv, pos, w: loss_fn(
@@ -83,6 +86,22 @@ def main(argv=None):
 
             def step(model):
                 (loss, _), grads = compiled_step.loss_and_grad(audio, labels, paths.get("cross_kv"))
+                return loss, grads
+        elif rows_per_pass:  # as MLXBackend.accumulate_gradients with ENCODER_ROWS_PER_PASS: passes of rows
+            grad_of = nn.value_and_grad(model, lambda m, a, i, t, pos: loss_fn(m, a, i, t, None, states,
+                                                                               positions=pos)[0])
+
+            def step(model):
+                loss, grads, total = 0.0, None, float(mask.sum())
+                for s in range(0, b, rows_per_pass):
+                    part = slice(s, s + rows_per_pass)
+                    share = float(mask[part].sum()) / total
+                    part_loss, part_grads = grad_of(model, audio[part], inputs[part], targets[part],
+                                                    target_positions(mask[part]))
+                    part_grads = tree_map(lambda g: g * share, part_grads)
+                    grads = part_grads if grads is None else tree_map(lambda x, y: x + y, grads, part_grads)
+                    loss = loss + part_loss * share
+                    mx.eval(loss, grads)
                 return loss, grads
         else:
             step = nn.value_and_grad(model, lambda m: loss_fn(m, audio, inputs, targets, mx.array(mask), states,
@@ -128,7 +147,8 @@ def main(argv=None):
         model = model_for(False)
         mels = mx.array(rng.normal(0, 1, (b, model.dims.n_audio_ctx * 2, model.dims.n_mels)).astype(np.float32))
         paths = {"plain": {"blockwise": False}, "blockwise attention": {"blockwise": True},
-                 "plain, compiled": {"blockwise": False, "compiled": True}}
+                 "plain, compiled": {"blockwise": False, "compiled": True},
+                 f"passes of {ENCODER_ROWS_PER_PASS} rows": {"blockwise": False, "rows_per_pass": ENCODER_ROWS_PER_PASS}}
         rows += timed("encdec", {name: stepper(model, mels, False, positions=positions, **p)
                                  for name, p in paths.items()})
     load = os.getloadavg()[0]

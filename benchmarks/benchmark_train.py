@@ -341,7 +341,7 @@ def main(argv=None):
                             data=str(data), work=str(work), n_mels=models["dims"]["n_mels"], **models)
                 tic = time.perf_counter()
                 if system == "mlx-tune":
-                    command = [args.mlx_tune_python, str(ROOT / "scripts" / "mlx_tune_worker.py"),
+                    command = [args.mlx_tune_python, str(ROOT / "benchmarks" / "mlx_tune_worker.py"),
                                json.dumps(mlx_tune_spec(spec, data))]
                 else:
                     command = [sys.executable, __file__, "--worker", json.dumps(spec)]

@@ -208,10 +208,13 @@ class _Examples:
         return [False] * len(indices)
 
 
-def test_a_training_encoder_step_in_passes_of_rows_equals_one_pass():
+@pytest.mark.parametrize("compiled", ["0", "1"])
+def test_a_training_encoder_step_in_passes_of_rows_equals_one_pass(compiled, monkeypatch):
     """ENCODER_ROWS_PER_PASS: the batch in passes (here 2, 2 and 1 rows), each pass's gradients weighted by its
-    share of the tokens, is the step over the whole batch."""
+    share of the tokens, is the step over the whole batch; eager and compiled (a GPU's default)."""
     from types import SimpleNamespace
+
+    monkeypatch.setenv("MLX_WHISPER_LORA_COMPILED_STEP", compiled)
 
     from mlx_whisper_lora.backend_mlx.engine import ENCODER_ROWS_PER_PASS, MLXBackend
 
@@ -228,7 +231,7 @@ def test_a_training_encoder_step_in_passes_of_rows_equals_one_pass():
     for rows in (None, 2):
         backend = MLXBackend(_model(["query", "value"], freeze_encoder=False))
         backend.start_training(args)
-        assert backend.rows_per_pass == ENCODER_ROWS_PER_PASS
+        assert backend.rows_per_pass == ENCODER_ROWS_PER_PASS and (backend.compiled is not None) == (compiled == "1")
         backend.rows_per_pass = rows
         loss, n = backend.accumulate_gradients(_Examples(mels), list(range(5)), None, labels, 0.5)
         results.append((loss, n, dict(tree_flatten(backend.grads))))
