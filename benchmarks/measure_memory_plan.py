@@ -93,10 +93,28 @@ def worker(spec: dict) -> None:
     result = run(merge_options(cli, None), lambda m: print(m, file=sys.stderr, flush=True))["train"]
     out = {"process_peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20),
            "peak_rss_gb": hiwater_gb(), "plan": result.get("memory_plan"),
-           "rss_at_start_gb": mlx_peak["rss_at_start_gb"], "mlx_active_at_start_gb": mlx_peak.get("mlx_active_at_start_gb")}
+           "rss_at_start_gb": mlx_peak["rss_at_start_gb"],
+           "mlx_active_at_start_gb": mlx_peak.get("mlx_active_at_start_gb")}
     if spec["backend"] == "mlx":
         out["mlx_peak_gb"] = mlx_peak["gb"]
     print("RESULT " + json.dumps(out), flush=True)
+
+
+def random_model(folder: Path, dims: dict) -> Path:
+    """A model folder of these dims with random weights (seed 0), written once."""
+    if not (folder / "config.json").exists():
+        sys.path.insert(0, str(ROOT))
+        import mlx.core as mx
+
+        import mlx_whisper_lora  # noqa: F401
+        from mlx_whisper_lora.backend_mlx.load import save_model
+        from mlx_whisper_lora.backend_mlx.model import ModelDimensions, Whisper
+
+        mx.random.seed(0)
+        model = Whisper(ModelDimensions(**dims))
+        mx.eval(model.parameters())
+        save_model(model, folder)
+    return folder
 
 
 def main(argv=None) -> None:
@@ -125,15 +143,13 @@ def main(argv=None) -> None:
     skip = set(filter(None, args.skip.split(",")))
     rows = []
     for dims in args.dims.split(","):
-        model_folder = args.work / f"model_{dims}"
-        if not (model_folder / "model" / "config.json").exists():
-            bt.prepare_models(argparse.Namespace(dims=dims, model="tiny.en"), model_folder)
+        model = "tiny.en" if dims == "model" else str(random_model(args.work / f"model_{dims}", bt.RANDOM_DIMS[dims]))
         for backend in args.backends.split(","):
             for config in args.configs.split(","):
                 for batch in args.batch_sizes.split(","):
                     if f"{dims}:{backend}:{config}:{batch}" in skip:
                         continue
-                    spec = {"model": str(model_folder / "model"), "data": str(data), "backend": backend,
+                    spec = {"model": model, "data": str(data), "backend": backend,
                             "config": config, "batch_size": int(batch), "iters": args.iters, "dtype": args.dtype,
                             "grad_checkpoint": args.grad_checkpoint,
                             "out": str(args.work / f"run_{dims}_{backend}_{config}_{batch}_{os.getpid()}")}
@@ -150,7 +166,8 @@ def main(argv=None) -> None:
                            "peak_rss_gb": round(r["peak_rss_gb"], 3),
                            "process_peak_rss_gb": round(r["process_peak_rss_gb"], 3),
                            "rss_at_start_gb": round(r["rss_at_start_gb"], 3),
-                           "mlx_active_at_start_gb": r["mlx_active_at_start_gb"] and round(r["mlx_active_at_start_gb"], 3),
+                           "mlx_active_at_start_gb": r["mlx_active_at_start_gb"] and
+                           round(r["mlx_active_at_start_gb"], 3),
                            "mlx_peak_gb": round(r["mlx_peak_gb"], 3) if "mlx_peak_gb" in r else None}
                     if row["estimate_gb"]:
                         row["error_pct"] = round(100 * (row["estimate_gb"] / row["peak_rss_gb"] - 1), 1)

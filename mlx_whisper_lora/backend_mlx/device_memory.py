@@ -32,4 +32,5 @@ def device_memory() -> Optional[Tuple[int, str]]:
             return int(info[key]), what
     import os
 
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "of the system's memory (MLX reports none for its GPU)"
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return memory, "of the system's memory (MLX reports none for its GPU)"

@@ -22,9 +22,11 @@ decoder width, L_a/L_t: layers, H: heads, V: vocabulary, e: bytes of an activati
   - the loss over the frozen output projection: `loss_copies` x min(B x T, 512) x V x 4 (the engines form
     the logits of 512 target rows at a time, and keep none of them);
   - with the encoder trained: `encoder` x B x F x D_a x e per layer (one layer's, plus each layer's input,
-    with `--grad-checkpoint`), the decoder's cross-attention keys and values, and the (B, H_a, F, F) float32
-    self-attention matrices where the engine materializes them (`attention_copies` per layer: MLX on a CPU
-    without `--grad-checkpoint`; torch's bf16 products on a CPU with bf16 dot products);
+    with `--grad-checkpoint`; B: the rows of one pass where the engine takes the batch in passes,
+    `rows_per_pass`, the MLX engine's ENCODER_ROWS_PER_PASS), the decoder's cross-attention keys and values,
+    and the (B, H_a, F, F) float32 self-attention matrices where the engine materializes them
+    (`attention_copies` per layer: MLX on a CPU without `--grad-checkpoint`; torch's bf16 products on a CPU
+    with bf16 dot products);
   - encoding a batch for the cache (no gradient): `encode` x B x F x D_a x e of one layer at a time, and
     `encode_kv_copies` of the batch's cross-attention keys and values (torch forms them for the batch, then
     keeps a copy of each utterance's).
@@ -67,8 +69,8 @@ RUNTIME_GB = 0.6  # the process besides the weights when its resident memory can
 # What each engine keeps, in the units of the module docstring; measured (benchmarks/measure_memory_plan.py).
 ENGINES: Dict[str, Dict[str, float]] = {
     "torch": dict(trainable_copies=4, decoder=24, cross_weights=1.5, cross_kv_copies=0, loss_copies=2,
-                  encoder=24, encoder_cross_kv=2, encode=10, encode_kv_copies=1, attention_copies=1,
-                  cpu_runtime_gb=0.12),
+                  encoder=24, encoder_cross_kv=2, encode=10, encode_kv_copies=0.5, attention_copies=1,
+                  cpu_runtime_gb=0.25),
     "mlx": dict(trainable_copies=5, decoder=24, cross_weights=1.5, cross_kv_copies=1, loss_copies=2,
                 encoder=24, encoder_cross_kv=2, encode=10, encode_kv_copies=0, attention_copies=1,
                 cpu_runtime_gb=0.15),
@@ -97,6 +99,7 @@ class TrainingShape:
     bits: Optional[int] = None
     grad_checkpoint: bool = False
     attention_matrices: bool = False  # the trained encoder's self-attention keeps its (F x F) matrices
+    rows_per_pass: Optional[int] = None  # with the encoder trained, the engine's step takes this many rows at a time
     on_cpu: bool = True
 
 
@@ -140,6 +143,7 @@ def estimate(shape: TrainingShape) -> Dict[str, float]:
     dims = shape.dims
     e = DTYPE_BYTES[shape.dtype]
     b, t, f = shape.batch_size, max(1, shape.tokens), dims.n_audio_ctx
+    step_rows = min(b, shape.rows_per_pass) if shape.train_encoder and shape.rows_per_pass else b
     da, dt, la, lt = dims.n_audio_state, dims.n_text_state, dims.n_audio_layer, dims.n_text_layer
     total, linear = parameter_counts(dims)
     wbytes = DTYPE_BYTES[shape.weights_dtype]
@@ -155,17 +159,18 @@ def estimate(shape: TrainingShape) -> Dict[str, float]:
         states = min(cap, shape.cached_utterances * (per_utterance + extras))
         states += min(cap / 8, shape.valid_utterances * (per_utterance + extras))
 
-    decoder = lt * (c["decoder"] * b * t * dt * e + c["cross_weights"] * b * dims.n_text_head * t * f * 4)
-    decoder += c["cross_kv_copies"] * lt * 2 * b * f * dt * e
-    loss = c["loss_copies"] * min(b * t, LOSS_ROWS) * dims.n_vocab * 4
+    r = step_rows  # the rows one pass of the step holds at a time
+    decoder = lt * (c["decoder"] * r * t * dt * e + c["cross_weights"] * r * dims.n_text_head * t * f * 4)
+    decoder += c["cross_kv_copies"] * lt * 2 * r * f * dt * e
+    loss = c["loss_copies"] * min(r * t, LOSS_ROWS) * dims.n_vocab * 4
     encode = c["encode"] * b * f * da * e + c["encode_kv_copies"] * (extras * b if cached else 0)
     step = decoder + loss
     if shape.train_encoder:
-        layer = c["encoder"] * b * f * da * e
-        attention = c["attention_copies"] * b * dims.n_audio_head * f * f * 4 if shape.attention_matrices else 0
+        layer = c["encoder"] * r * f * da * e
+        attention = c["attention_copies"] * r * dims.n_audio_head * f * f * 4 if shape.attention_matrices else 0
         kept_layers = 1 if shape.grad_checkpoint else la
-        encoder = kept_layers * (layer + attention) + (la * b * f * da * e if shape.grad_checkpoint else 0)
-        step += encoder + c["encoder_cross_kv"] * lt * b * f * dt * e
+        encoder = kept_layers * (layer + attention) + (la * r * f * da * e if shape.grad_checkpoint else 0)
+        step += encoder + c["encoder_cross_kv"] * lt * r * f * dt * e
     return {"weights": weights, "trainable": trainable, "states": states, "step": max(step, encode)}
 
 
@@ -403,7 +408,18 @@ def run_shape(backend, config, tokens: int, cached: int, valid: int, on_cpu: boo
         cached_utterances=int(cached), valid_utterances=int(valid), cache_memory_gb=float(config.cache_memory_gb),
         dtype=dtype, weights_dtype=dtype if backend.name == "mlx" else "float32",
         bits=int(config.bits) if config.bits else None, grad_checkpoint=bool(config.grad_checkpoint),
-        attention_matrices=attention_matrices(backend, config, on_cpu), on_cpu=on_cpu)
+        attention_matrices=attention_matrices(backend, config, on_cpu), rows_per_pass=rows_per_pass(backend),
+        on_cpu=on_cpu)
+
+
+def rows_per_pass(backend) -> Optional[int]:
+    """The rows a training encoder's step takes at a time: the MLX engine's ENCODER_ROWS_PER_PASS (None: the
+    whole batch, as the torch engine does)."""
+    if backend.name != "mlx":
+        return None
+    from ..backend_mlx import engine
+
+    return getattr(engine, "ENCODER_ROWS_PER_PASS", None)
 
 
 def attention_matrices(backend, config, on_cpu: bool) -> bool:
