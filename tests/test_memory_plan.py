@@ -68,6 +68,27 @@ def test_auto_keeps_the_global_batch_and_picks_the_largest_that_fits():
                 assert plan.batch_size == 1 and "does not fit either" in plan.chosen
 
 
+def test_processes_agree_on_the_batch_and_on_a_refusal():
+    """Data-parallel: auto takes the largest batch that fits in every process; a refusal anywhere stops all."""
+    import numpy as np
+
+    class World:  # this process and another whose memory fits only batches up to 4 (of 2 processes)
+        parallel, size = True, 2
+
+        def sum(self, values):
+            values = np.asarray(values, dtype=np.int32)
+            other = np.array([1 if b <= 4 else 0 for b in (2, 4, 8)], dtype=np.int32)
+            return values + other
+
+        def all_agree(self, flag):  # the other process refuses
+            return False
+
+    plan = auto_batch(shape(batch_size=1), 1000 * GB, "", 1, 2, 0.5 * GB, World())
+    assert (plan.batch_size, plan.grad_accumulation_steps) == (4, 2) and plan.shape.batch_size == 2
+    with pytest.raises(UserError, match="another process's memory plan refused"):
+        make_plan(shape(), 1000 * GB, "", 8, 1, 2, 0.5 * GB, log=lambda m: None, world=World())
+
+
 def test_each_term_grows_with_what_it_depends_on():
     base = memory_plan.estimate(shape())
     assert memory_plan.estimate(shape(batch_size=16))["step"] > base["step"]

@@ -57,6 +57,8 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional, Tuple
 
+import numpy as np
+
 from ..formats.adapter_config import parse_modules
 from ..formats.dims import ModelDimensions
 from .run_config import DEFAULT_BATCH  # the global batch of --batch-size auto is this x --grad-accumulation-steps
@@ -305,15 +307,21 @@ def divisors(n: int) -> List[int]:
 
 
 def auto_batch(shape: TrainingShape, limit: float, limit_source: str, accumulation: int, processes: int,
-               resident: Optional[float]) -> Plan:
+               resident: Optional[float], world=None) -> Plan:
     """--batch-size auto: of the batches dividing the global batch (DEFAULT_BATCH x accumulation), the largest
-    whose estimate fits, with the accumulation that keeps the global batch; the smallest when none fits."""
+    whose estimate fits, with the accumulation that keeps the global batch; the smallest when none fits. In a
+    data-parallel run (`world`: tuner/distributed.py's World) the largest that fits in every process."""
     global_batch = DEFAULT_BATCH * accumulation
-    best = None
-    for batch in [b for b in divisors(global_batch) if b % processes == 0] or [global_batch]:
-        plan = plan_for(replace(shape, batch_size=per_process(batch, processes)), limit, limit_source, batch,
-                        global_batch // batch, resident)
-        if best is None or plan.fits:
+    plans = [plan_for(replace(shape, batch_size=per_process(batch, processes)), limit, limit_source, batch,
+                      global_batch // batch, resident)
+             for batch in [b for b in divisors(global_batch) if b % processes == 0] or [global_batch]]
+    fits = [plan.fits for plan in plans]
+    if world is not None and world.parallel:
+        counts = world.sum(np.array(fits, dtype=np.int32))
+        fits = [int(count) == world.size for count in counts]
+    best = plans[0]
+    for plan, fit in zip(plans, fits):
+        if fit:
             best = plan
     best.chosen = (f"--batch-size auto chose {best.batch_size} with --grad-accumulation-steps "
                    f"{best.grad_accumulation_steps} (a global batch of {global_batch})")
@@ -375,19 +383,25 @@ def refusal(plan: Plan, flags: List[str]) -> str:
 
 def make_plan(shape: TrainingShape, limit: float, limit_source: str, batch_option, accumulation: int,
               processes: int = 1, resident: Optional[float] = None, bf16: bool = True, bits_ok: bool = True,
-              log: Callable[[str], None] = print) -> Plan:
-    """The plan of a run, logged; raises UserError when it is refused. `batch_option`: --batch-size
-    (an integer, or "auto"); `shape.batch_size` is then set from it."""
+              log: Callable[[str], None] = print, world=None) -> Plan:
+    """The plan of a run, logged; raises UserError when it is refused (in a data-parallel run, `world`, in
+    every process when in one). `batch_option`: --batch-size (an integer, or "auto"); `shape.batch_size` is
+    then set from it."""
     from ..errors import UserError
 
     if batch_option == "auto":
-        plan = auto_batch(shape, limit, limit_source, accumulation, processes, resident)
+        plan = auto_batch(shape, limit, limit_source, accumulation, processes, resident, world)
     else:
         batch = int(batch_option)
         plan = plan_for(replace(shape, batch_size=per_process(batch, processes)), limit, limit_source, batch,
                         accumulation, resident)
     log(plan.line())
-    if plan.refused:
+    refused = plan.refused
+    if world is not None and world.parallel:
+        refused = not world.all_agree(not refused)
+    if refused and not plan.refused:
+        raise UserError("another process's memory plan refused the run (its message says what would fit)")
+    if refused:
         raise UserError(refusal(plan, fitting_flags(plan, processes, resident, bf16, bits_ok)))
     if not plan.fits:
         log("warning: the estimate is above the memory there is, within its tolerance; training starts, and may "
@@ -447,6 +461,7 @@ def settle(backend, config, longest_tokens: int, cached: int, valid: int, log: C
     resident = process_resident_bytes() if on_cpu else None
     bf16 = backend.name == "torch" or not on_cpu
     bits_ok = backend.name == "mlx" or getattr(backend, "device", "cpu") == "cuda"
-    plan = make_plan(shape, limit, source, config.batch_size, int(config.grad_accumulation_steps),
-                     world_of(backend).size, resident, bf16, bits_ok, log)
+    world = world_of(backend)
+    plan = make_plan(shape, limit, source, config.batch_size, int(config.grad_accumulation_steps), world.size,
+                     resident, bf16, bits_ok, log, world)
     return replace(config, batch_size=plan.batch_size, grad_accumulation_steps=plan.grad_accumulation_steps), plan
