@@ -284,3 +284,22 @@ def test_a_half_precision_step_keeps_float32_adapters_and_the_float32_loss(dtype
     unit = 2.0 ** -8 if dtype == mx.bfloat16 else 2.0 ** -11
     assert losses[dtype] != losses[mx.float32]  # computed in the half type, not in float32
     assert losses[dtype] == pytest.approx(losses[mx.float32], rel=8 * unit)
+
+
+def test_cached_keys_per_utterance_equal_the_stacked_ones():
+    """The training cache's keys and values are read per utterance (lists, MLXBackend.cross_kv), not stacked
+    into a batch-sized copy: the same loss and gradients as over stacked arrays."""
+    model = _model(["query", "key", "value", "out"])
+    states, inputs, targets, mask = _batch()
+    stacked = [tuple(mx.stop_gradient(a) for a in p) for p in model.decoder.base_cross_kv(states)]
+    per_row = [([k[j] for j in range(k.shape[0])], [v[j] for j in range(v.shape[0])]) for k, v in stacked]
+
+    def run(kv):
+        loss, grads = nn.value_and_grad(model, lambda m: loss_fn(m, states, inputs, targets, mx.array(mask), True,
+                                                                 cross_kv=kv, positions=target_positions(mask))[0])(model)
+        return loss, dict(tree_flatten(grads))
+
+    (loss, grads), (row_loss, row_grads) = run(stacked), run(per_row)
+    assert row_loss.item() == pytest.approx(loss.item(), rel=1e-6)
+    for name, g in grads.items():  # the same products, batched or row by row: float32 units of the largest value
+        assert float(mx.abs(row_grads[name] - g).max()) <= 1e-5 * float(mx.abs(g).max()) + 1e-9, name

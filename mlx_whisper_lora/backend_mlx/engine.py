@@ -185,9 +185,9 @@ class MLXBackend:
         return audio, True, self.cross_kv(audio, [None] * len(indices))
 
     def cross_kv(self, audio: mx.array, kept: list) -> Optional[list]:
-        """Per layer, the batch's base cross-attention (keys, values): those kept in the cache, the
-        others computed now from their states, once a step and without gradient (None when the key or
-        value projections train)."""
+        """Per layer, the batch's base cross-attention (keys, values): those kept in the cache (as lists of
+        each utterance's arrays), the others computed now from their states, once a step and without
+        gradient (None when the key or value projections train)."""
         if not self.model.decoder.cross_kv_cacheable():
             return None
         if all(kv is None for kv in kept):
@@ -198,8 +198,9 @@ class MLXBackend:
             fresh = self.model.decoder.base_cross_kv(audio[mx.array(missing)].astype(self.model.dtype))
             for n, j in enumerate(missing):
                 kept[j] = [(k[n], v[n]) for k, v in fresh]
-        return [(mx.stack([kv[layer][0] for kv in kept]), mx.stack([kv[layer][1] for kv in kept]))
-                for layer in range(len(kept[0]))]
+        # per utterance, not stacked: a stacked copy of the batch's keys and values would be held to the end of
+        # the backward pass (0.92 GB for small dims at batch 8; docs/benchmarks.md)
+        return [([kv[layer][0] for kv in kept], [kv[layer][1] for kv in kept]) for layer in range(len(kept[0]))]
 
     # ---- steps
     def start_training(self, args) -> None:

@@ -93,24 +93,30 @@ class MultiHeadAttention(nn.Module):
         out = (w @ v).transpose(0, 2, 1, 3).reshape(b, n_q, -1)
         return self.out(out), (k, v), qk
 
-    def attend_cached(self, x: mx.array, xa: mx.array, base_kv: KVCache) -> mx.array:
+    def attend_cached(self, x: mx.array, xa: mx.array, base_kv) -> mx.array:
         """Cross-attention of `x` over audio states `xa` whose frozen base keys and values were computed
         before (`base_keys_values`, kept by the training cache). An adapter on the key or value adds
         s * (xa @ A) @ B; it enters through the rank-r term (xa @ A): its product with the queries or
         the attention weights is taken before the (frames, state) delta would be formed, which is what
-        recomputing the keys and values costs every step otherwise (the same numbers, reassociated)."""
+        recomputing the keys and values costs every step otherwise (the same numbers, reassociated).
+        `base_kv` is stacked (batch, heads, frames, head_dim) arrays or, per utterance, lists of (heads, frames,
+        head_dim) arrays as the training cache keeps them: read in place, without a batch-sized copy."""
         base_k, base_v = base_kv
         scale = self._scale(x)
         q = self._heads(self.query(x)) * scale
         b, h, n, dh = q.shape
-        frames = base_k.shape[2]
-        scores = q @ base_k.swapaxes(-1, -2)
+        per_row = isinstance(base_k, (list, tuple))  # each utterance's cached arrays, not a stacked copy
+        frames = (base_k[0] if per_row else base_k).shape[-2]
+        if per_row:
+            scores = mx.stack([q[j] @ base_k[j].swapaxes(-1, -2) for j in range(b)])
+        else:
+            scores = q @ base_k.swapaxes(-1, -2)
         if getattr(self.key, "additive", False):
             low, up = self.key.low_rank_terms(xa)  # (batch, frames, r), (r, state)
             q_up = q @ up.reshape(-1, h, dh).transpose(1, 2, 0)  # (batch, heads, n, r)
             scores = scores + (q_up.reshape(b, h * n, -1) @ low.swapaxes(1, 2)).reshape(b, h, n, frames) * scale
         w = cpu_softmax.softmax(scores).astype(q.dtype)
-        out = w @ base_v
+        out = mx.stack([w[j] @ base_v[j] for j in range(b)]) if per_row else w @ base_v
         if getattr(self.value, "additive", False):
             low, up = self.value.low_rank_terms(xa)
             mixed = (w.reshape(b, h * n, frames) @ low).reshape(b, h, n, -1)  # (batch, heads, n, r)
