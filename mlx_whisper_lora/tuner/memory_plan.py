@@ -68,7 +68,9 @@ TOLERANCE = 0.25  # the estimate's measured error stays within this (docs/benchm
 LOSS_ROWS = 512  # rows of logits the frozen-head loss forms at a time (both engines' BLOCK_ROWS)
 RUNTIME_GB = 0.6  # the process besides the weights when its resident memory cannot be read (measured: Linux, tiny.en)
 
-# What each engine keeps, in the units of the module docstring; measured (benchmarks/measure_memory_plan.py).
+# What each engine keeps, in the units of the module docstring; measured (benchmarks/measure_memory_plan.py, the
+# table in docs/benchmarks.md; MLX: the engine from 57e926b on, a training encoder's step in passes of 2 rows).
+# When an engine changes what it keeps, measure again with that script and change the numbers here.
 ENGINES: Dict[str, Dict[str, float]] = {
     "torch": dict(trainable_copies=4, decoder=24, cross_weights=1.5, cross_kv_copies=0, loss_copies=2,
                   encoder=24, encoder_cross_kv=2, encode=10, encode_kv_copies=0.5, attention_copies=1,
@@ -184,7 +186,7 @@ class Plan:
     terms: Dict[str, float]  # bytes, the device's terms plus, on a CPU, "process" (the rest of the process)
     limit: float  # bytes
     limit_source: str
-    batch_size: int  # the global batch per step (all processes)
+    batch_size: int  # --batch-size: one micro-step's rows over all processes
     grad_accumulation_steps: int
     chosen: str = ""  # what --batch-size auto chose, in words
 
