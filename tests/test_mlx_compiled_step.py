@@ -17,7 +17,7 @@ from mlx_whisper_lora.backend_mlx.engine import loss_fn
 from mlx_whisper_lora.backend_mlx.training.host_kernels import mlx_ops_only, numpy_allowed
 
 from numerics import MLX_FACTOR, assert_float32_close
-from test_mlx_training_paths import DIMS, _batch, _loss_and_grads, _model
+from test_mlx_training_paths import DIMS, _batch, _loss_and_grads, _model, exact_loss_and_grads
 
 
 def _compiled(model, smoothing=0.0):
@@ -60,10 +60,7 @@ def test_compiled_loss_and_gradients_equal_the_eager_ones(modules, smoothing):
     grads = dict(tree_flatten(grads))
     assert count.item() == mask.sum()
     eager_loss, eager_grads = _loss_and_grads(model, states, inputs, targets, mask, False, smoothing)
-    exact_model = _model(modules, mx.float64)
-    with mx.stream(mx.cpu):
-        exact_loss, exact_grads = _loss_and_grads(exact_model, states.astype(mx.float64), inputs, targets, mask,
-                                                  False, smoothing)
+    exact_loss, exact_grads = exact_loss_and_grads(modules, states, inputs, targets, mask, smoothing)
     assert_float32_close(loss, exact_loss, eager_loss, "loss", MLX_FACTOR)
     assert set(grads) == set(eager_grads)
     for name in eager_grads:
@@ -115,9 +112,8 @@ def test_the_loop_with_the_compiled_step_trains_and_resumes_as_the_eager_one(tin
     resumed run (a new optimizer state tree) continues as a straight one."""
     import json
 
-    from mlx_whisper_lora.backend_mlx.adapters import load_weights_into, trainable_weights
-    from mlx_whisper_lora.formats.adapter_files import read_adapter_tensors
-    from test_trainer import _adapted, _run
+    from mlx_whisper_lora.backend_mlx.adapters import trainable_weights
+    from test_trainer import _adapted, _run, straight_and_resumed
 
     read = lambda p: [e["train_loss"] for e in map(json.loads, (p / "metrics.jsonl").read_text().splitlines())  # noqa: E731
                       if "train_loss" in e]
@@ -125,14 +121,8 @@ def test_the_loop_with_the_compiled_step_trains_and_resumes_as_the_eager_one(tin
     eager = _adapted(tiny_en_checkpoint)
     _run(eager, tmp_path / "e", iters=4)
     monkeypatch.setenv(compiled_step.ENV_VAR, "1")
-    straight = _adapted(tiny_en_checkpoint)
-    _run(straight, tmp_path / "a", iters=4)
-    interrupted = _adapted(tiny_en_checkpoint)
-    _run(interrupted, tmp_path / "b", iters=2)
-    resumed = _adapted(tiny_en_checkpoint)
-    resume_file = tmp_path / "b" / "adapters.safetensors"
-    load_weights_into(resumed, read_adapter_tensors(resume_file), resume_file)
-    assert _run(resumed, tmp_path / "b", iters=4, resume=resume_file)["start_step"] == 2
+    straight, resumed, summary = straight_and_resumed(tiny_en_checkpoint, tmp_path)
+    assert summary["start_step"] == 2
     # the first step's loss is the same computation with MLX's exps instead of numpy's: equal to float32 rounding
     # (two eager runs of this test on the loaded 2-core machine read 1.64425 and 1.64433: the BLAS's threads);
     # later losses follow Adam's first updates, about lr * sign(gradient), which turns a rounding difference in a

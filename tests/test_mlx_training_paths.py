@@ -50,6 +50,13 @@ def _batch(dtype=mx.float32):
     return states, mx.array(tokens[:, :-1]), mx.array(tokens[:, 1:]), mask
 
 
+def exact_loss_and_grads(modules, states, inputs, targets, mask, smoothing=0.0):
+    """The reference: the plain computation in float64 on the CPU stream (same adapters: same seed)."""
+    exact_model = _model(modules, mx.float64)
+    with mx.stream(mx.cpu):
+        return _loss_and_grads(exact_model, states.astype(mx.float64), inputs, targets, mask, False, smoothing)
+
+
 def _loss_and_grads(model, states, inputs, targets, mask, fast: bool, smoothing=0.0):
     def f(m):
         if fast:
@@ -71,10 +78,7 @@ def test_cached_keys_and_target_position_loss_equal_the_plain_computation(module
     states, inputs, targets, mask = _batch()
     fast_loss, fast_grads = _loss_and_grads(model, states, inputs, targets, mask, True, smoothing)
     plain_loss, plain_grads = _loss_and_grads(model, states, inputs, targets, mask, False, smoothing)
-    exact_model = _model(modules, mx.float64)
-    with mx.stream(mx.cpu):
-        exact_loss, exact_grads = _loss_and_grads(exact_model, states.astype(mx.float64), inputs, targets, mask,
-                                                  False, smoothing)
+    exact_loss, exact_grads = exact_loss_and_grads(modules, states, inputs, targets, mask, smoothing)
     assert_float32_close(fast_loss, exact_loss, plain_loss, "loss", MLX_FACTOR)
     assert set(fast_grads) == set(plain_grads) and any("cross_attn.value" in k for k in fast_grads)
     for name in plain_grads:

@@ -75,18 +75,24 @@ def _adapted(checkpoint):
     return model
 
 
-def test_resume_continues_step_optimizer_and_batch_order(tiny_en_checkpoint, tmp_path):
-    straight = _adapted(tiny_en_checkpoint)
-    _run(straight, tmp_path / "a", iters=4)
-    interrupted = _adapted(tiny_en_checkpoint)
-    _run(interrupted, tmp_path / "b", iters=2)
-    resumed = _adapted(tiny_en_checkpoint)
-    resume_file = tmp_path / "b" / "adapters.safetensors"
+def straight_and_resumed(checkpoint, tmp_path):
+    """Four steps straight (in tmp_path/a), and two steps then resumed to four (in tmp_path/b): (straight model,
+    resumed model, the resumed run's summary)."""
     from mlx_whisper_lora.backend_mlx.adapters import load_weights_into
     from mlx_whisper_lora.formats.adapter_files import read_adapter_tensors
 
+    straight = _adapted(checkpoint)
+    _run(straight, tmp_path / "a", iters=4)
+    interrupted = _adapted(checkpoint)
+    _run(interrupted, tmp_path / "b", iters=2)
+    resumed = _adapted(checkpoint)
+    resume_file = tmp_path / "b" / "adapters.safetensors"
     load_weights_into(resumed, read_adapter_tensors(resume_file), resume_file)
-    summary = _run(resumed, tmp_path / "b", iters=4, resume=resume_file)
+    return straight, resumed, _run(resumed, tmp_path / "b", iters=4, resume=resume_file)
+
+
+def test_resume_continues_step_optimizer_and_batch_order(tiny_en_checkpoint, tmp_path):
+    straight, resumed, summary = straight_and_resumed(tiny_en_checkpoint, tmp_path)
     assert summary["start_step"] == 2 and summary["steps"] == 4
     a, b = trainable_weights(straight), trainable_weights(resumed)
     # the same MLX kernels on the same values in the same order, the state read back bit for bit: identical
