@@ -29,4 +29,11 @@ if [ -z "${MWL_NO_BROWSER:-}" ] && ! command -v chromium >/dev/null 2>&1 && comm
   apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 \
     && apt-get install -y -q chromium >/dev/null 2>&1) || echo "setup: chromium not installed; the browser test will skip"
 fi
+# The ONNX export's browser test runs transformers.js (npm's @huggingface/transformers with onnxruntime-web) from
+# .cache/npm (git-ignored), served locally: no CDN at test time. --ignore-scripts: onnxruntime-node's download of
+# native binaries is not needed in a browser. Without npm that test skips.
+if command -v npm >/dev/null 2>&1 && [ ! -f .cache/npm/node_modules/@huggingface/transformers/package.json ]; then
+  npm install --no-save --ignore-scripts --no-audit --no-fund --prefix .cache/npm "@huggingface/transformers@^4.3" \
+    >/dev/null 2>&1 || echo "setup: transformers.js not installed (npm); the ONNX browser test will skip"
+fi
 echo "setup: ready (.venv)"

@@ -20,6 +20,7 @@ FRAMEWORKS = {
     "backend_torch": {"torch"},
     "adapter_bank/layer_mlx.py": {"mlx"},
     "adapter_bank/layer_torch.py": {"torch"},
+    "export/onnx.py": {"torch"},  # the ONNX graphs are traced by torch.onnx over the transformers model
 }
 # The places a module may touch another framework, and why.
 FRAMEWORK_EXCEPTIONS = {
