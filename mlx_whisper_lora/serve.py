@@ -1,18 +1,21 @@
 """Serve Whisper and its adapters over OpenAI's audio API (FastAPI + uvicorn).
 
     python -m mlx_whisper_lora.serve [--model M] [--adapter NAME=PATH ...] [--host 127.0.0.1] [--port 8000]
-                                     [--backend mlx|torch] [--quantize int8]
+                                     [--backend mlx|torch] [--quantize int8] [--api-key KEY ...]
+                                     [--admin-key KEY --adapter-root DIR] [--drain-seconds 30]
 
 One base model is loaded once; every adapter is applied to it per request (`model` = the adapter's
 name, or the base's), so one process serves many voices, languages or customers. Requests that
 arrive together are decoded as one batch, adapters mixed (adapter_bank/bank.py). The demo page
 is at http://HOST:PORT/. With no --adapter, the bundled demo adapter is served as "demo".
+docs/serving.md lists the endpoints (/v1/..., /health, /ready, /metrics) and what each flag guards.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Dict, Optional
 
 from .errors import UserError, cli_entry
@@ -41,6 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest upload accepted (default: 25, as OpenAI)")
     p.add_argument("--max-minutes", type=float, default=120.0, help="longest audio accepted (default: 120)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--api-key", action="append", default=[], metavar="KEY",
+                   help="every /v1/ request needs Authorization: Bearer KEY (repeat for more keys; also "
+                        "MLX_WHISPER_LORA_API_KEY, comma-separated)")
+    p.add_argument("--allow-no-auth", action="store_true",
+                   help="serve a non-loopback --host with no API key (refused otherwise)")
+    p.add_argument("--admin-key", action="append", default=[], metavar="KEY",
+                   help="enables POST /v1/adapters and DELETE /v1/adapters/NAME for this key (also "
+                        "MLX_WHISPER_LORA_ADMIN_KEY); without it they answer 403")
+    p.add_argument("--adapter-root", default=None, metavar="DIR",
+                   help="the only folder adapters may be added from at run time (POST /v1/adapters)")
+    p.add_argument("--drain-seconds", type=float, default=30.0,
+                   help="on SIGTERM: how long requests in flight may take to finish (default: 30)")
     return p
 
 
@@ -100,9 +115,19 @@ def main(argv=None):
     try:
         import fastapi  # noqa: F401
         import python_multipart  # noqa: F401  (uploads)
-        import uvicorn
+        import prometheus_client  # noqa: F401  (/metrics)
+        import uvicorn  # noqa: F401
     except ImportError as e:
         raise UserError(f"serving needs {e.name.replace('_', '-')}: pip install 'mlx-whisper-lora[serve]'") from None
+    from .serving.auth import ADMIN_KEY_ENV, API_KEY_ENV, Keys, check_exposure, keys_from
+
+    keys = Keys(keys_from(args.api_key, API_KEY_ENV), keys_from(args.admin_key, ADMIN_KEY_ENV))
+    check_exposure(args.host, keys.api, args.allow_no_auth)
+    adapter_root = None
+    if args.adapter_root:
+        adapter_root = Path(args.adapter_root).resolve()
+        if not adapter_root.is_dir():
+            raise UserError(f"--adapter-root {args.adapter_root}: no such folder")
     adapters = adapter_paths(args.adapter)
     if not adapters and not args.no_demo_adapter and args.model in (None, "tiny.en"):
         adapters = {"demo": DEMO_ADAPTER}
@@ -121,15 +146,18 @@ def main(argv=None):
     worker = start_worker(base, adapters, backend, args.dtype, args.device, args.max_batch, args.max_pending,
                           args.quantize)
     limits = Limits(args.max_upload_mb, args.max_minutes * 60)
-    app = create_app(worker, base, limits)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: listening on {args.host}, not only on this machine; there is no authentication",
-              file=sys.stderr)
+    app = create_app(worker, base, limits, keys, adapter_root)
+    if not keys.api:
+        print(f"note: no --api-key: anyone who reaches {args.host}:{args.port} may use the API", file=sys.stderr)
     print(f"serving on http://{args.host}:{args.port}/ (demo page), API at /v1/audio/transcriptions", file=sys.stderr)
+    from .serving.lifecycle import log_access_to_stderr, serve
+
+    log_access_to_stderr(args.log_level)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        serve(app, args.host, args.port, args.log_level, args.drain_seconds)
     finally:
-        worker.stop()
+        worker.stop(timeout=max(1.0, args.drain_seconds))
+    print("stopped", file=sys.stderr)
     return 0
 
 

@@ -8,16 +8,15 @@ import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import mlx_whisper_lora  # noqa: F401  (before mlx: the fast BLAS)
 import mlx.core as mx
 import numpy as np
 import pytest
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_flatten
 
 from mlx_whisper_lora.assets_dir import ASSETS
-from mlx_whisper_lora.backend_mlx.adapters import apply_adapters, load_adapters, save_adapters
+from mlx_whisper_lora.backend_mlx.adapters import load_adapters
 from mlx_whisper_lora.backend_mlx.load import load_model
 from mlx_whisper_lora.formats.adapter_config import AdapterConfig
 from mlx_whisper_lora.adapter_bank.bank import BASE, AdapterBank
@@ -25,26 +24,10 @@ from mlx_whisper_lora.adapter_bank.bank import BASE, AdapterBank
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
+from server_process import make_adapter  # noqa: E402  (tests/server_process.py)
+
 DEMO_ADAPTER = ASSETS / "demo_adapter"
 CLIP = ASSETS / "demo.flac"
-
-
-def make_adapter(folder: Path, kind: str, rank: int, seed: int, modules=None, freeze_encoder=True) -> Path:
-    """Real adapter files (our format) with seeded weights that change the transcript a little."""
-    model = load_model("tiny.en")
-    config = AdapterConfig(fine_tune_type=kind, rank=rank, alpha=2.0 * rank, freeze_encoder=freeze_encoder,
-                           base_model="tiny.en", modules=modules)
-    apply_adapters(model, config)
-    rng = np.random.default_rng(seed)
-    updated = []
-    for name, value in tree_flatten(model.trainable_parameters()):
-        if name.endswith("lora_b"):
-            updated.append((name, mx.array(rng.normal(0, 0.01, value.shape).astype(np.float32))))
-        elif name.endswith(".m"):
-            updated.append((name, value * mx.array(rng.uniform(0.97, 1.03, value.shape).astype(np.float32))))
-    model.update(tree_unflatten(updated))
-    save_adapters(model, config, folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +131,7 @@ def test_worker_batches_requests_for_different_adapters_and_matches_one_at_a_tim
 
 
 # ---------------------------------------------------------------- the HTTP server, as a user starts it
-from server_process import start_server  # noqa: E402  (tests/server_process.py)
+from server_process import cli_text, start_server  # noqa: E402  (tests/server_process.py)
 
 
 @pytest.fixture(scope="module")
@@ -157,14 +140,6 @@ def server(adapters):
     yield url
     proc.terminate()
     proc.wait(timeout=30)
-
-
-def cli_text(clip, adapter, out_dir) -> str:
-    from mlx_whisper_lora.transcribe import main
-
-    args = [str(clip), "--output-dir", str(out_dir), "--output-format", "json", "--verbose", "False"]
-    main(args + (["--adapter-path", str(adapter)] if adapter else ["--model", "tiny.en"]))
-    return json.loads((Path(out_dir) / f"{Path(clip).stem}.json").read_text())["text"]
 
 
 def test_concurrent_requests_for_the_base_and_two_adapters_equal_the_cli(server, adapters, shared_data, tmp_path):
@@ -227,6 +202,7 @@ def test_bad_uploads_get_json_errors_and_the_server_keeps_serving(server):
              data={"response_format": "verbose_json", "timestamp_granularities[]": "word"})
     body = r.json()
     assert body["duration"] == pytest.approx(8.1, abs=0.1) and body["words"][0]["start"] < body["words"][-1]["end"]
+    assert body["language"] == "english"  # as OpenAI names it (not "en")
     assert body["segments"] and {"start", "end", "text", "avg_logprob"} <= set(body["segments"][0])
     r = post(files={"file": ("demo.flac", data)}, data={"response_format": "vtt"})
     assert r.text.startswith("WEBVTT")

@@ -75,6 +75,19 @@ class AdapterBank:
             self.selection.version += 1
         return adapter
 
+    def remove(self, name: str) -> None:
+        """Unload adapter `name`: its terms leave every bank layer (the wrapped layers stay, computing the base)."""
+        if name is BASE:
+            raise UserError("the base model cannot be removed")
+        with self.lock:
+            self.check(name)
+            for layer in self._layers.values():
+                layer.bank.terms.pop(name, None)
+            del self.adapters[name]
+            self.selection.version += 1
+            if name in self.selection.rows:
+                self.select([BASE])
+
     def _updates(self, config: AdapterConfig, weights: Dict[str, np.ndarray], path) -> Dict[str, LayerUpdate]:
         names = _module_names(self.modules)
         wanted = {}
@@ -92,6 +105,8 @@ class AdapterBank:
             weight = _dense_numpy(base, self.backend)
             a = np.asarray(weights[f"{key}.lora_a"], np.float32)
             b = np.asarray(weights[f"{key}.lora_b"], np.float32) * config.scale
+            if not (np.isfinite(a).all() and np.isfinite(b).all()):
+                raise AdapterError(f"adapters in {path}: {key} holds NaN or infinite weights (a diverged training run?)")
             if a.shape != (weight.shape[1], config.rank) or b.shape != (config.rank, weight.shape[0]):
                 raise AdapterError(f"adapters in {path}: {key} has shapes {a.shape}, {b.shape}; the model's layer is "
                                    f"{weight.shape[::-1]} at rank {config.rank} (another base model?)")
@@ -99,6 +114,8 @@ class AdapterBank:
             if config.fine_tune_type == "dora":
                 adapted = weight.astype(np.float32) + (a @ b).T
                 rescale = np.asarray(weights[f"{key}.m"], np.float32) / np.linalg.norm(adapted, axis=1)
+                if not np.isfinite(rescale).all():
+                    raise AdapterError(f"adapters in {path}: {key} holds NaN or infinite magnitudes (DoRA's m)")
             updates[key] = LayerUpdate(a, b, rescale)
         return updates
 

@@ -470,10 +470,13 @@ def transcribe(
     *,
     clip_timestamps: Union[str, Sequence[float]] = "0",
     progress: Optional[bool] = None,
+    on_segments: Optional[Callable[[List[dict]], None]] = None,
     **options,
 ) -> dict:
     """Transcribe (or translate) audio of any length; returns {"text", "segments", "language"}, and
     per segment "words" [{"word", "start", "end", "probability"}] with word_timestamps=True.
+    `on_segments(segments)`, when given, is called with each window's new segments as soon as they are
+    decoded (they are final then): the server streams them to its client.
 
     The keyword arguments are openai-whisper's (and mlx-whisper's), with its defaults: `clip_timestamps`
     here, the rest (verbose, temperature, word_timestamps, initial_prompt, ..., and DecodingOptions fields
@@ -497,7 +500,10 @@ def transcribe(
             if feats is None:
                 feats = model.encode_audio(window[None])
             result = decode_with_fallback(model, feats, state.window_options(), settings.rules)
+            known = len(state.segments)
             advanced = state.accept(result, frames, feats)
+            if on_segments is not None and len(state.segments) > known:
+                on_segments(state.result()["segments"][known:])
             feats = None
             if bar:
                 bar.update(max(0, min(advanced, total - bar.n)))

@@ -1,9 +1,11 @@
-"""The HTTP API, OpenAI's audio endpoints on FastAPI: /v1/audio/transcriptions, /v1/audio/translations,
-/v1/models, and the demo page at /.
+"""The HTTP API, OpenAI's audio endpoints on FastAPI: /v1/audio/transcriptions (streamed with
+stream=true, sse.py), /v1/audio/translations, /v1/models, adapters added and removed at run time
+(adapter_admin.py), /health, /ready and /metrics (metrics.py), and the demo page at /.
 
 Every error is a JSON body in OpenAI's shape ({"error": {"message", "type", "param", "code"}}) with a
 4xx status for the client's mistakes (not audio, empty, too large, unknown model, bad option), so
 a bad upload never takes the server down. The model runs on the worker thread (worker.py).
+With API keys (auth.py) every /v1/ request needs one; while draining (SIGTERM) /v1/ answers 503.
 """
 
 import asyncio
@@ -16,14 +18,20 @@ from typing import List, Optional
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from ..assets_dir import DEMO_CLIP
 from ..data.audio import SAMPLE_RATE
 from ..errors import UserError
 from ..adapter_bank.bank import BASE
-from .worker import CallOptions, ServerBusy, Worker, fallback_temperatures
+from ..text.languages import LANGUAGES
+from .adapter_admin import add_admin_routes
+from .api_error import ApiError, error_body
+from .auth import Keys
+from .metrics import Metrics, Observed
+from .sse import stream_transcription
+from .worker import AdapterGone, CallOptions, ServerBusy, Worker, fallback_temperatures
 
 STATIC = Path(__file__).resolve().parent / "static"
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
@@ -40,23 +48,29 @@ class Limits:
         return int(self.max_upload_mb * 2**20)
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: Optional[str] = None, code: Optional[str] = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-
-
-def create_app(worker: Worker, base_name: str, limits: Limits = Limits()):
+def create_app(worker: Worker, base_name: str, limits: Limits = Limits(), keys: Keys = Keys(),
+               adapter_root: Optional[Path] = None):
     """The FastAPI app over a started worker; `base_name` is the id the base model is served under.
+    `app.state.draining = True` (serve.py sets it on SIGTERM) refuses new /v1/ requests with 503.
     (No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations.)"""
 
     app = FastAPI(title="mlx-whisper-lora", description="OpenAI-compatible Whisper transcription with LoRA adapters")
+    app.state.draining = False
     created = int(time.time())
+    metrics = Metrics(worker)
 
-    def error_body(status, message, param=None, code=None, kind=None):
-        kind = kind or ("invalid_request_error" if status < 500 else "server_error")
-        return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "param": param,
-                                                                   "code": code}})
+    @app.middleware("http")
+    async def gate(request: Request, call_next):
+        path = request.url.path
+        if path.startswith("/v1/") and app.state.draining:
+            return error_body(503, "the server is shutting down; retry on another instance", None, "shutting_down")
+        if path.startswith("/v1/") and not path.startswith("/v1/adapters") \
+                and not keys.allows(request.headers.get("authorization")):
+            return error_body(401, "a valid API key is needed: send Authorization: Bearer KEY (the server's "
+                                   "--api-key)", None, "invalid_api_key")
+        return await call_next(request)
+
+    app.add_middleware(Observed, metrics=metrics)  # outermost: 401s and 503s are logged and counted too
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, e: ApiError):
@@ -104,9 +118,12 @@ def create_app(worker: Worker, base_name: str, limits: Limits = Limits()):
                                 f"{limits.max_seconds / 60:.0f} min (--max-minutes)", "file", "audio_too_long")
         return audio
 
-    async def handle(task: str, file: UploadFile, model: Optional[str], language: Optional[str], prompt: Optional[str],
-                     response_format: str, temperature: float, granularities: List[str],
-                     hotwords: Optional[str] = None):
+    async def handle(request: Request, task: str, file: UploadFile, model: Optional[str], language: Optional[str],
+                     prompt: Optional[str], response_format: str, temperature: float, granularities: List[str],
+                     hotwords: Optional[str] = None, stream: bool = False):
+        request.state.model = model or base_name
+        request.state.response_format = response_format
+        request.state.stream = stream or None
         if response_format not in RESPONSE_FORMATS:
             raise ApiError(400, f"response_format {response_format!r}: use one of {', '.join(RESPONSE_FORMATS)}",
                            "response_format")
@@ -127,17 +144,30 @@ def create_app(worker: Worker, base_name: str, limits: Limits = Limits()):
             except ValueError as e:
                 raise ApiError(400, str(e), "language") from None
         audio = await run_in_threadpool(decode_audio, await read_upload(file), file.filename)
+        request.state.audio_seconds = audio.size / SAMPLE_RATE
         options = CallOptions(task=task, language=language, initial_prompt=prompt or None,
                               temperature=fallback_temperatures(temperature), word_timestamps=words,
                               hotwords=(hotwords or "").strip() or None)
+
+        def submit(on_segments=None):
+            try:
+                return worker.submit(audio, adapter, options, on_segments)
+            except ServerBusy as e:
+                raise ApiError(429, str(e), None, "server_busy") from None
+            except UserError as e:  # the adapter was removed since adapter_for looked
+                raise ApiError(404, str(e), "model", "model_not_found") from None
+
+        if stream:
+            return stream_transcription(submit, request.scope.setdefault("state", {}))
+        started = time.perf_counter()
         try:
-            future = worker.submit(audio, adapter, options)
-        except ServerBusy as e:
-            raise ApiError(429, str(e), None, "server_busy") from None
-        try:
-            result = await asyncio.wrap_future(future)
+            result = await asyncio.wrap_future(submit())
+        except AdapterGone as e:
+            raise ApiError(404, str(e), "model", "model_not_found") from None
         except UserError as e:
             raise ApiError(400, str(e)) from None
+        finally:
+            request.state.decode_seconds = time.perf_counter() - started
         return render(result, response_format, task, audio.size / SAMPLE_RATE, words)
 
     def render(result: dict, response_format: str, task: str, duration: float, words: bool):
@@ -153,7 +183,8 @@ def create_app(worker: Worker, base_name: str, limits: Limits = Limits()):
             return PlainTextResponse(out.getvalue(), media_type="text/vtt" if response_format == "vtt" else "text/plain")
         segments = [{k: s[k] for k in ("id", "seek", "start", "end", "text", "tokens", "temperature", "avg_logprob",
                                        "compression_ratio", "no_speech_prob")} for s in result["segments"]]
-        body = {"task": task, "language": result["language"], "duration": round(duration, 3), "text": result["text"],
+        language = LANGUAGES.get(result["language"], result["language"])  # OpenAI names it: "english"
+        body = {"task": task, "language": language, "duration": round(duration, 3), "text": result["text"],
                 "segments": segments}
         if words:
             body["words"] = [{"word": w["word"], "start": w["start"], "end": w["end"], "probability": w["probability"]}
@@ -161,22 +192,23 @@ def create_app(worker: Worker, base_name: str, limits: Limits = Limits()):
         return JSONResponse(body)
 
     @app.post("/v1/audio/transcriptions")
-    async def transcriptions(file: UploadFile = File(...), model: Optional[str] = Form(None),
+    async def transcriptions(request: Request, file: UploadFile = File(...), model: Optional[str] = Form(None),
                              language: Optional[str] = Form(None), prompt: Optional[str] = Form(None),
                              response_format: str = Form("json"), temperature: float = Form(0.0),
                              timestamp_granularities: List[str] = Form([], alias="timestamp_granularities[]"),
                              timestamp_granularities_plain: List[str] = Form([], alias="timestamp_granularities"),
-                             hotwords: Optional[str] = Form(None)):
-        return await handle("transcribe", file, model, language, prompt, response_format, temperature,
-                            timestamp_granularities + timestamp_granularities_plain, hotwords)
+                             hotwords: Optional[str] = Form(None), stream: bool = Form(False)):
+        return await handle(request, "transcribe", file, model, language, prompt, response_format, temperature,
+                            timestamp_granularities + timestamp_granularities_plain, hotwords, stream)
 
     @app.post("/v1/audio/translations")
-    async def translations(file: UploadFile = File(...), model: Optional[str] = Form(None),
+    async def translations(request: Request, file: UploadFile = File(...), model: Optional[str] = Form(None),
                            prompt: Optional[str] = Form(None), response_format: str = Form("json"),
                            temperature: float = Form(0.0), hotwords: Optional[str] = Form(None)):
         if not worker.bank.model.is_multilingual:
             raise ApiError(400, f"{base_name} is English-only; translation needs a multilingual model", "model")
-        return await handle("translate", file, model, None, prompt, response_format, temperature, [], hotwords)
+        return await handle(request, "translate", file, model, None, prompt, response_format, temperature, [],
+                            hotwords)
 
     @app.get("/v1/models")
     async def models():
@@ -189,7 +221,23 @@ def create_app(worker: Worker, base_name: str, limits: Limits = Limits()):
 
     @app.get("/health")
     async def health():
+        """Alive: the process answers (a load balancer's liveness probe)."""
         return {"status": "ok", "base": base_name, "adapters": sorted(worker.bank.adapters)}
+
+    @app.get("/ready")
+    async def ready():
+        """Ready for traffic: the model is loaded, the queue has room, and the server is not draining."""
+        why = ("draining" if app.state.draining else "model not loaded" if not worker.ready
+               else "queue full" if worker.pending >= worker.max_pending else None)
+        body = {"status": why or "ready", "queue_depth": worker.pending, "max_pending": worker.max_pending}
+        return JSONResponse(body, status_code=503 if why else 200)
+
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    add_admin_routes(app, worker, keys, adapter_root, {base_name, *BASE_ALIASES})
 
     @app.get("/")
     async def demo_page():
