@@ -1,46 +1,48 @@
-"""Convert any supported Whisper checkpoint to an MLX folder (optionally cast or quantized), or to a
-transformers folder (for example the base a PEFT adapter loads on).
+"""Convert any supported Whisper checkpoint to another format (optionally cast or quantized): an MLX
+folder by default, or any whole-model format `fuse` writes (the same names, one registry).
 
-python -m mlx_whisper_lora.convert SRC --save-path DST [--dtype float16|float32|bfloat16]
-                                   [-q --q-bits 4|8 --q-group-size 64] [--export-format mlx|hf]
+python -m mlx_whisper_lora.convert SRC --save-path DST [--export-format NAME] [--dtype D]
+                                   [-q --q-bits N --q-group-size 64]
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Optional
 
-from .errors import UserError, cli_entry
+from .errors import cli_entry
+from .export.registry import DTYPES, FORMATS, NAMES, help_lines
 
 
-def convert(src: str, save_path: str, dtype: str = "float16", quantize: bool = False,
+def convert(src: str, save_path: str, dtype: Optional[str] = None, quantize: bool = False,
             q_bits: int = 4, q_group_size: int = 64, export_format: str = "mlx"):
-    from .load import require_mlx
+    """`quantize`: the format's own quantization of `q_bits` bits (mlx int4/int8, ct2 int8, ggml q4_0/q5_0/q8_0)."""
+    from .export.registry import quantization_for_bits
+    from .recipes.export_run import convert_checkpoint
 
-    require_mlx("convert")
-    from .backend_mlx.load import load_model, quantize_model, save_hf, save_model
+    quantization = quantization_for_bits(export_format, q_bits) if quantize else None
+    return convert_checkpoint(src, save_path, export_format, dtype, quantization, q_group_size)
 
-    if export_format == "hf":
-        if quantize:
-            raise UserError("-q/--quantize writes MLX quantized weights; a transformers folder holds floats")
-        return save_hf(load_model(src), save_path, "float16" if dtype == "float16" else "float32")
-    model = load_model(src, dtype=dtype)
-    if quantize:
-        quantize_model(model, bits=q_bits, group_size=q_group_size)
-    return save_model(model, save_path)
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mlx_whisper_lora.convert", description=" ".join(__doc__.split("\n\n")[0].split()))
+    p.add_argument("src", help="MLX/transformers/CTranslate2 folder, .pt file, hub id or short name")
+    p.add_argument("--save-path", required=True, help="output folder")
+    p.add_argument("--dtype", default=None, choices=DTYPES,
+                   help="weights (default: " + ", ".join(f"{k} {f.default_dtype}" for k, f in FORMATS.items()) + ")")
+    p.add_argument("-q", "--quantize", action="store_true", help="quantize in the format's own scheme (see --q-bits)")
+    p.add_argument("--q-bits", type=int, default=4,
+                   choices=sorted({b for f in FORMATS.values() for b in (f.bits or {})}),
+                   help="bits a weight: " + "; ".join(f"{k} {', '.join(f'{b}={q}' for b, q in f.bits.items())}"
+                                                      for k, f in FORMATS.items() if f.bits) + " (default 4)")
+    p.add_argument("--q-group-size", type=int, default=64, choices=[32, 64, 128], help="MLX quantization's group")
+    p.add_argument("--export-format", default="mlx", choices=NAMES, help=help_lines())
+    return p
 
 
 @cli_entry
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m mlx_whisper_lora.convert", description=__doc__.splitlines()[0])
-    p.add_argument("src", help="MLX/transformers/CTranslate2 folder, .pt file, hub id or short name")
-    p.add_argument("--save-path", required=True, help="output MLX folder")
-    p.add_argument("--dtype", default="float16", choices=["float16", "float32", "bfloat16"])
-    p.add_argument("-q", "--quantize", action="store_true", help="quantize linear and embedding layers")
-    p.add_argument("--q-bits", type=int, default=4, choices=[4, 8])
-    p.add_argument("--q-group-size", type=int, default=64, choices=[32, 64, 128])
-    p.add_argument("--export-format", default="mlx", choices=["mlx", "hf"],
-                   help="mlx: an MLX folder; hf: a transformers folder (float32 unless --dtype float16)")
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     out = convert(args.src, args.save_path, args.dtype, args.quantize, args.q_bits, args.q_group_size, args.export_format)
     print(f"saved {out}")
     return 0

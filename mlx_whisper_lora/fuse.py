@@ -1,16 +1,12 @@
 """Bake adapters into a standalone model for the runtime you serve with, or export them for PEFT.
 
-    python -m mlx_whisper_lora.fuse --adapter-path adapters --save-path fused_model                  # MLX
-    python -m mlx_whisper_lora.fuse --adapter-path adapters --save-path hf_model --export-format hf
-    python -m mlx_whisper_lora.fuse --adapter-path adapters --save-path peft_adapter --export-format peft
-    python -m mlx_whisper_lora.fuse --adapter-path adapters --save-path ct2_model --export-format ct2 [--quantize int8]
-    python -m mlx_whisper_lora.fuse --adapter-path adapters --save-path ggml_model --export-format ggml [--quantize q5_0]
+    python -m mlx_whisper_lora.fuse --adapter-path adapters --save-path fused_model            # an MLX folder
+    python -m mlx_whisper_lora.fuse --adapter-path adapters --save-path out --export-format NAME [--quantize Q]
 
-mlx: a folder PyPI mlx-whisper loads with its defaults (float16). hf: a transformers folder (config,
-generation and preprocessor configs, tokenizer) for `pipeline(...)` and `generate(...)`. peft: an adapter
-for `PeftModel.from_pretrained`, with its base written as a transformers folder (`--base-path`). ct2: a
-faster-whisper folder. ggml: ggml-model.bin for whisper.cpp. Every folder gets a model card (README.md).
-`--verify [N]` then runs N held-out clips here and in the export's runtime and prints how they agree.
+The formats, what each writes and the dtypes and quantizations it takes come from one registry
+(mlx_whisper_lora/export/formats/, one file a format): `--help` lists them. Every folder gets a model card
+(README.md) saying how to load it. `--verify [N]` then runs N held-out clips here and in the export's
+runtime and prints how they agree.
 """
 
 from __future__ import annotations
@@ -20,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from .backend_mlx.export import DEFAULT_DTYPES, EXPORT_FORMATS
 from .errors import UserError, cli_entry
+from .export.registry import DTYPES, FORMATS, NAMES, QUANTIZATIONS, help_lines
 
 
 def fuse(model_name: Optional[str], adapter_path, save_path, export_format: str = "mlx",
@@ -29,13 +25,9 @@ def fuse(model_name: Optional[str], adapter_path, save_path, export_format: str 
          base_path: Optional[str] = None, verify: int = 0, adapter_scale: float = 1.0) -> Path:
     """Load base + adapters and write the result in `export_format`; returns the folder written.
     `verify`: decode that many held-out clips here and in the export's runtime, and print how they agree."""
-    from .load import require_mlx
-
-    require_mlx("fuse")
-    from .backend_mlx.adapters import load_adapters
-    from .backend_mlx.export import check_export_options, export_model
-    from .backend_mlx.load import load_model
+    from .export.registry import check_export_options
     from .formats.adapter_files import read_adapter_config
+    from .recipes.export_run import export_adapted
 
     check_export_options(export_format, dtype, quantize)  # before the (slow) load
     adapter_path = Path(adapter_path)
@@ -45,21 +37,11 @@ def fuse(model_name: Optional[str], adapter_path, save_path, export_format: str 
     if Path(save_path).resolve() == adapter_folder.resolve():
         raise UserError(f"--save-path {save_path} is the adapter folder: the export would replace its "
                         "adapter_config.json (and the adapters would no longer load); pass another --save-path")
-    config = read_adapter_config(adapter_path)
-    name = model_name or config.base_model
+    name = model_name or read_adapter_config(adapter_path).base_model
     if not name:
         raise UserError(f"the adapters in {adapter_path} do not name their base model; pass --model")
-    model = load_model(name)
-    config = load_adapters(model, adapter_path, adapter_scale)
-    out = export_model(model, config, adapter_path, save_path, export_format, dtype, quantize, name, base_path,
-                       dequantize, log)
-    if verify:
-        from .backend_mlx.export_verify import verify_export
-
-        reference = load_model(name)
-        load_adapters(reference, adapter_path, adapter_scale)
-        verify_export(export_format, out, adapter_path, reference, verify, log)
-    return out
+    return export_adapted(name, adapter_path, save_path, export_format, dtype, quantize, base_path, dequantize,
+                          adapter_scale, verify, log)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,13 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="base model (default: the one named in adapter_config.json)")
     p.add_argument("--adapter-path", default="adapters", help="adapter folder (ours or a PEFT one)")
     p.add_argument("--save-path", default="fused_model", help="output folder")
-    p.add_argument("--export-format", default="mlx", choices=EXPORT_FORMATS)
+    p.add_argument("--export-format", default="mlx", choices=NAMES, help=help_lines())
     p.add_argument("--dequantize", action="store_true", help="write a floating-point model from a quantized base")
-    p.add_argument("--dtype", default=None, choices=["float16", "float32", "bfloat16"],
-                   help="weights of the export (default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_DTYPES.items()) + ")")
-    p.add_argument("--quantize", default=None, choices=["int8", "int4", "q8_0", "q5_0", "q4_0"],
-                   help="integer weights: mlx int8/int4 (MLX affine), ct2 int8 (with --dtype as the compute type), "
-                        "ggml q8_0/q5_0/q4_0 (whisper.cpp's)")
+    p.add_argument("--dtype", default=None, choices=DTYPES,
+                   help="weights of the export (default: " + ", ".join(f"{k} {f.default_dtype}" for k, f in FORMATS.items())
+                        + ")")
+    p.add_argument("--quantize", default=None, choices=QUANTIZATIONS,
+                   help="integer weights, in the format's own terms (see --export-format); ct2 keeps --dtype as the "
+                        "compute type")
     p.add_argument("--base-path", default=None,
                    help="peft: where the base model is written as a transformers folder (default: SAVE_PATH_base; "
                         "a hub id base is named as it is unless this is given)")

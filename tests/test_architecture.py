@@ -30,7 +30,7 @@ FRAMEWORK_EXCEPTIONS = {
     ("data/audio.py", "mlx"),  # pad_or_trim pads an MLX array when given one (MLX is imported only then)
     ("inference/vad_chunks.py", "torch"),  # silero-vad is a torch model
     ("adapter_bank/bank.py", "mlx"),  # an MLX model's dense weights are read in MLX (only for an MLX model)
-    ("backend_mlx/export_verify.py", "torch"),  # the transformers and PEFT exports are verified in transformers
+    ("export/formats/hf.py", "torch"),  # the transformers and PEFT exports are verified in transformers
 }
 
 

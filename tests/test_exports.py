@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from mlx_whisper_lora.backend_mlx.export_verify import plain as _plain
+from mlx_whisper_lora.export.verify import plain as _plain
 from mlx_whisper_lora.data.audio import load_audio
 
 from conftest import THREADS
@@ -314,12 +314,12 @@ def german(shared_data, tmp_path_factory):
 @pytest.mark.parametrize("fmt", ["mlx", "hf", "ct2", "ggml"])
 def test_german_base_adapter_in_every_runtime(german, fmt):
     """The multilingual paths (language tokens in generation_config, lang_ids in CT2, whisper.cpp's language)."""
-    from mlx_whisper_lora.backend_mlx.export_verify import _runner
+    from mlx_whisper_lora.export.registry import get_format
 
     work, adapters, audios, ours = german
     out = work / fmt
     _fuse(adapters, out, fmt, *(["--dtype", "float32"] if fmt == "mlx" else []))
-    run = _runner(fmt, out, "de")
+    run = get_format(fmt).runner(out, "de")
     if fmt == "hf":  # the same log-mel as this package (see the English transformers test for why)
         import torch
         import transformers

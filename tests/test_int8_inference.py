@@ -54,7 +54,7 @@ def test_int8_linear_equals_pytorchs_own_dynamic_quantization():
 
 
 def _plain(text):
-    from mlx_whisper_lora.backend_mlx.export_verify import plain
+    from mlx_whisper_lora.export.verify import plain
 
     return plain(text)
 

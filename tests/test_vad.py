@@ -44,7 +44,7 @@ def test_speech_chunks_hold_the_speech_in_windows_of_at_most_30_s(long_recording
 def test_vad_transcript_follows_sequential_decoding_in_the_files_time(tiny_en, long_recording):
     import jiwer
 
-    from mlx_whisper_lora.backend_mlx.export_verify import plain
+    from mlx_whisper_lora.export.verify import plain
     from mlx_whisper_lora.inference.vad_chunks import transcribe_vad
     from mlx_whisper_lora.transcribe import transcribe
 

@@ -62,13 +62,39 @@ def test_the_first_command_prints_what_the_mlx_engine_prints(python, tmp_path):
     assert (tmp_path / "torch" / "demo.txt").read_text() == (tmp_path / "mlx" / "demo.txt").read_text()
 
 
-def test_fuse_says_it_needs_mlx_in_one_line(python, tmp_path):
-    """Exports still run in the MLX engine: without MLX, one line naming the install, no traceback."""
+def test_fuse_without_mlx_writes_what_the_mlx_engine_writes(python, tmp_path):
+    """The torch engine folds the adapters in where MLX is not installed: the transformers export's weights equal
+    the MLX engine's within float32 rounding of W + scale * A @ B (each engine sums the rank-r product in its own
+    order), every other file is byte-equal, and the default MLX folder (float16) within one float16 step. MLX's
+    own quantization is refused in one line."""
+    import numpy as np
+
+    from mlx_whisper_lora.formats.safetensors_io import read_safetensors
+
     adapter = ROOT / "mlx_whisper_lora" / "assets" / "demo_adapter"
-    done = subprocess.run([python, "-m", "mlx_whisper_lora.fuse", "--adapter-path", str(adapter), "--save-path",
-                           str(tmp_path / "fused")], capture_output=True, text=True, timeout=300)
-    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
-    assert "pip install 'mlx-whisper-lora[mlx]'" in done.stderr
+    for python_, side in ((python, "torch"), (sys.executable, "mlx")):
+        for fmt, extra in (("hf", ["--dtype", "float32"]), ("mlx", [])):
+            run(python_, "mlx_whisper_lora.fuse", "--adapter-path", str(adapter), "--save-path",
+                str(tmp_path / side / fmt), "--export-format", fmt, *extra, cwd=tmp_path)
+    torch_hf, mlx_hf = (read_safetensors(tmp_path / side / "hf" / "model.safetensors") for side in ("torch", "mlx"))
+    assert torch_hf.keys() == mlx_hf.keys()
+    for name in mlx_hf:
+        bound = 1e-6 * max(1.0, float(np.abs(mlx_hf[name]).max()))
+        assert np.abs(torch_hf[name] - mlx_hf[name]).max() <= bound, name
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "preprocessor_config.json"):
+        assert (tmp_path / "torch" / "hf" / name).read_bytes() == (tmp_path / "mlx" / "hf" / name).read_bytes(), name
+    torch_mlx, mlx_mlx = (read_safetensors(tmp_path / side / "mlx" / "weights.safetensors") for side in ("torch", "mlx"))
+    assert torch_mlx.keys() == mlx_mlx.keys()
+    for name, value in mlx_mlx.items():
+        if value.dtype == np.float16:
+            step = np.spacing(np.abs(value).astype(np.float16)).astype(np.float32)
+            assert (np.abs(torch_mlx[name].astype(np.float32) - value.astype(np.float32)) <= step).all(), name
+        else:
+            assert np.array_equal(torch_mlx[name], value), name
+    refused = subprocess.run([python, "-m", "mlx_whisper_lora.fuse", "--adapter-path", str(adapter), "--save-path",
+                              str(tmp_path / "q"), "--quantize", "int4"], capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr, refused.stderr
+    assert "pip install 'mlx-whisper-lora[mlx]'" in refused.stderr
 
 
 @pytest.mark.slow

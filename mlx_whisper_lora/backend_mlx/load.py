@@ -6,9 +6,8 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -16,8 +15,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from ..errors import UserError
-from ..files import atomic_write, atomic_write_bytes, atomic_write_text
-from ..formats.checkpoint import EXTRAS_FILE, Checkpoint, ModelLoadError, resolve
+from ..formats.checkpoint import Checkpoint, ModelLoadError, resolve
 from ..formats.offline_models import DEFAULT_MODEL
 from .model import Whisper
 
@@ -81,38 +79,14 @@ def load_model(path_or_id: Union[str, Path, None] = None, dtype: Union[str, mx.D
 
 
 def save_model(model: Whisper, path: Union[str, Path], dtype: Union[str, mx.Dtype, None] = None) -> Path:
-    """Write an MLX folder (config.json + weights.safetensors) that this package and mlx-whisper load;
-    what mlx-whisper does not read (text style, source) goes to mlx_whisper_lora.json beside them.
+    """Write an MLX folder that this package and mlx-whisper load (export/mlx_folder.py says what is in it),
+    in `dtype` (default: the model's own)."""
+    from ..export.mlx_folder import save_mlx_folder
 
-    Alignment heads travel inside the weights file, as mlx-whisper's model attribute of that name.
-    The tokenizer vocabulary of the source folder is copied along when there is one.
-    """
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    weights = dict(tree_flatten(model.parameters()))
-    if dtype is not None:
-        dt = parse_dtype(dtype)
-        weights = {k: v.astype(dt) if mx.issubdtype(v.dtype, mx.floating) else v for k, v in weights.items()}
-    config = {**model.dims.to_dict(), "model_type": "whisper"}
-    quant = getattr(model, "quantization", None)
-    if quant:
-        config["quantization"] = quant
-    extras = {"source": model.source}
-    if model.case_style in ("upper", "lower"):
-        extras["case_style"] = model.case_style
-    if model.punctuation == "none":
-        extras["punctuation"] = "none"
-    extras["alignment_heads"] = model.alignment_heads.tolist()  # also in the weights, where mlx-whisper reads them
-    atomic_write(path / "weights.safetensors", lambda tmp: mx.save_safetensors(str(tmp), weights, metadata={"format": "mlx"}))
-    atomic_write_text(path / "config.json", json.dumps(config, indent=2) + "\n")
-    atomic_write_text(path / EXTRAS_FILE, json.dumps(extras, indent=2, default=str) + "\n")
-    folder = model.folder
-    if folder is not None:
-        for name in ("tokenizer.json", "vocab.json", "merges.txt"):
-            src = Path(folder) / name
-            if src.exists() and src.resolve() != (path / name).resolve():
-                atomic_write_bytes(path / name, src.read_bytes())
-    return path
+    if dtype is None:
+        floats = [v.dtype for _, v in tree_flatten(model.parameters()) if mx.issubdtype(v.dtype, mx.floating)]
+        dtype = floats[0] if floats else mx.float32
+    return save_mlx_folder(as_fused(model), path, str(parse_dtype(dtype)).rpartition(".")[2])
 
 
 def quantize_model(model: Whisper, bits: int = 4, group_size: int = 64) -> Whisper:
@@ -125,9 +99,25 @@ def quantize_model(model: Whisper, bits: int = 4, group_size: int = 64) -> Whisp
     return model
 
 
+def numpy_weights(model: Whisper) -> dict:
+    """Every parameter as numpy in MLX names (alignment heads left out): floats widened to float32 (numpy has no
+    bfloat16), quantized layers' packed integers as they are."""
+    return {k: np.array(v.astype(mx.float32) if mx.issubdtype(v.dtype, mx.floating) else v)
+            for k, v in tree_flatten(model.parameters()) if k != "alignment_heads"}
+
+
 def float_weights(model: Whisper) -> dict:
     """Every floating-point parameter as float32 numpy, in MLX names (alignment heads left out)."""
     return {k: np.array(v.astype(mx.float32)) for k, v in tree_flatten(model.parameters()) if k != "alignment_heads"}
+
+
+def as_fused(model: Whisper, adapter_tensors: Optional[dict] = None):
+    """The model as the framework-free export writers read it (export/fused_model.py)."""
+    from ..export.fused_model import FusedModel
+
+    return FusedModel(model.dims, numpy_weights(model), [tuple(map(int, h)) for h in model.alignment_heads.tolist()],
+                      str(model.source), model.folder, model.case_style, model.punctuation,
+                      getattr(model, "quantization", None) or None, dict(adapter_tensors or {}))
 
 
 def save_hf(model: Whisper, path: Union[str, Path], dtype: str = "float32") -> Path:

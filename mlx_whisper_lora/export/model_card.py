@@ -12,42 +12,6 @@ from ..formats.adapter_config import AdapterConfig
 # The PNG plots training and --test leave beside the adapters (tuner/reporting.py), copied into exports.
 PLOTS = {"training_curves.png": "training and validation loss", "test_scores.png": "test WER and CER"}
 
-LIBRARIES = {"mlx": "mlx", "hf": "transformers", "peft": "peft", "ct2": "ctranslate2", "ggml": "whisper.cpp"}
-
-LOADING = {
-    "mlx": """```python
-import mlx_whisper                      # PyPI mlx-whisper
-print(mlx_whisper.transcribe("speech.wav", path_or_hf_repo="{path}")["text"])
-# or: from mlx_whisper_lora.transcribe import transcribe; transcribe("speech.wav", "{path}")
-```""",
-    "hf": """```python
-from transformers import pipeline
-asr = pipeline("automatic-speech-recognition", model="{path}")
-print(asr("speech.wav", generate_kwargs={{"language": "{language}", "task": "transcribe"}})["text"])
-```""",
-    "peft": """```python
-from peft import PeftModel
-from transformers import WhisperForConditionalGeneration, WhisperProcessor
-base = WhisperForConditionalGeneration.from_pretrained("{base}")
-model = PeftModel.from_pretrained(base, "{path}")
-processor = WhisperProcessor.from_pretrained("{base}")
-```""",
-    "ct2": """```python
-from faster_whisper import WhisperModel
-model = WhisperModel("{path}")
-segments, info = model.transcribe("speech.wav", language="{language}", word_timestamps=True)
-print("".join(s.text for s in segments))
-```""",
-    "ggml": """```bash
-whisper-cli -m {path}/ggml-model.bin -l {language} -f speech.wav     # whisper.cpp
-```
-```python
-from pywhispercpp.model import Model
-print(" ".join(s.text for s in Model("{path}/ggml-model.bin").transcribe("speech.wav", language="{language}")))
-```""",
-}
-
-
 def style_note(config: AdapterConfig) -> Optional[str]:
     """How to apply the training data's text style to transcripts, or None when there is none to apply."""
     steps = []
@@ -63,11 +27,12 @@ def style_note(config: AdapterConfig) -> Optional[str]:
             + " and ".join(steps) + " after decoding to get the same text.")
 
 
-def model_card(fmt: str, path: Path, base_model: str, config: AdapterConfig, adapter_path: Path,
-               version: str, exported_as: str, base_path: Optional[str] = None) -> str:
+def model_card(record, path: Path, base_model: str, config: AdapterConfig, adapter_path: Optional[Path],
+               version: str, base_path: Optional[str] = None) -> str:
+    """The card of an export in `record`'s format (export/registry.py: its library, description and snippet)."""
     language = config.language or "en"
     run = config.run or {}
-    lines = ["---", f"library_name: {LIBRARIES[fmt]}", f"base_model: {base_model}",
+    lines = ["---", f"library_name: {record.library}", f"base_model: {base_model}",
              "pipeline_tag: automatic-speech-recognition",
              "tags:", "- whisper", "- automatic-speech-recognition", f"- {config.fine_tune_type}", "- mlx-whisper-lora"]
     if config.language:
@@ -76,14 +41,14 @@ def model_card(fmt: str, path: Path, base_model: str, config: AdapterConfig, ada
               f"Whisper `{base_model}` fine-tuned with mlx-whisper-lora {version} ({config.fine_tune_type}"
               + (f", rank {config.rank}, alpha {config.alpha:g}, modules {', '.join(config.modules)}"
                  if config.fine_tune_type != "full" else "")
-              + (", encoder frozen" if config.freeze_encoder else "") + f"), exported as {exported_as}.", ""]
+              + (", encoder frozen" if config.freeze_encoder else "") + f"), exported as {record.description}.", ""]
     lines += ["## Training", ""]
     for key, label in (("data", "data"), ("hf_dataset", "dataset"), ("train_split", "split"), ("iters", "steps"),
                        ("batch_size", "batch size"), ("learning_rate", "learning rate"), ("lr_schedule", "schedule")):
         if run.get(key) not in (None, ""):
             lines.append(f"- {label}: `{run[key]}`")
-    results = Path(adapter_path) / "test_results.json"
-    if results.exists():
+    results = Path(adapter_path) / "test_results.json" if adapter_path else None
+    if results is not None and results.exists():
         try:
             r = json.loads(results.read_text())
             lines += ["", "## Test results (this adapter, mlx-whisper-lora)", "",
@@ -91,7 +56,7 @@ def model_card(fmt: str, path: Path, base_model: str, config: AdapterConfig, ada
                       f"| {r['wer']:.2f} | {r['cer']:.2f} | {r['normalized_wer']:.2f} | {r['normalized_cer']:.2f} |"]
         except (ValueError, KeyError, TypeError):
             pass
-    shown = [name for name in PLOTS if (Path(adapter_path) / name).exists()]
+    shown = [name for name in PLOTS if adapter_path and (Path(adapter_path) / name).exists()]
     if shown:
         lines += ["", "## Curves", ""] + [f"![{PLOTS[name]}]({name})" for name in shown]
     note = style_note(config)
@@ -100,5 +65,5 @@ def model_card(fmt: str, path: Path, base_model: str, config: AdapterConfig, ada
     if config.alignment_heads:
         lines += ["", "## Word timestamps", "",
                   f"Alignment heads re-selected after training: `{config.alignment_heads}` (stored in this export)."]
-    lines += ["", "## Load it", "", LOADING[fmt].format(path=path, language=language, base=base_path or base_model), ""]
+    lines += ["", "## Load it", "", record.loading.format(path=path, language=language, base=base_path or base_model), ""]
     return "\n".join(lines)

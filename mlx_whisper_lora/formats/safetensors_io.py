@@ -93,3 +93,45 @@ def write_safetensors(path: Union[str, Path], tensors: Dict[str, np.ndarray], me
             raise OSError(number, os.strerror(number), str(tmp)) from None
 
     return atomic_write(path, write)
+
+
+def bfloat16_bits(array: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 as its uint16 bit pattern, rounded to nearest even (as MLX and PyTorch cast)."""
+    bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
+    rounded = bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
+    return (rounded >> np.uint32(16)).astype(np.uint16)
+
+
+def write_safetensors_bfloat16(path: Union[str, Path], tensors: Dict[str, np.ndarray],
+                               metadata: Optional[dict] = None) -> Path:
+    """Write floating-point tensors as bfloat16 (other dtypes as they are). By hand, because numpy, and so
+    safetensors.numpy, has no bfloat16: the format is a JSON header of dtypes, shapes and byte offsets,
+    then the raw little-endian bytes."""
+    names = {_numpy_dtype(kind): kind for kind in ("F16", "F32", "I8", "I16", "I32", "I64", "U8", "U16", "U32", "BOOL")}
+    header, blobs, offset = {}, [], 0
+    for name, value in tensors.items():
+        value = np.asarray(value)
+        if np.issubdtype(value.dtype, np.floating):
+            data, kind = bfloat16_bits(value), "BF16"
+        else:
+            data = np.ascontiguousarray(value)
+            kind = names.get(data.dtype.newbyteorder("<"))
+            if kind is None:
+                raise ValueError(f"unsupported dtype {data.dtype} for {name}")
+        raw = data.astype(data.dtype.newbyteorder("<"), copy=False).tobytes()
+        header[name] = {"dtype": kind, "shape": list(value.shape), "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    if metadata:
+        header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(text)))
+            f.write(text)
+            for blob in blobs:
+                f.write(blob)
+
+    return atomic_write(path, write)
