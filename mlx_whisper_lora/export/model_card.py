@@ -65,5 +65,6 @@ def model_card(record, path: Path, base_model: str, config: AdapterConfig, adapt
     if config.alignment_heads:
         lines += ["", "## Word timestamps", "",
                   f"Alignment heads re-selected after training: `{config.alignment_heads}` (stored in this export)."]
-    lines += ["", "## Load it", "", record.loading.format(path=path, language=language, base=base_path or base_model), ""]
+    lines += ["", "## Load it", "", record.loading.format(path=path, name=Path(path).name, language=language,
+                                                     base=base_path or base_model), ""]
     return "\n".join(lines)

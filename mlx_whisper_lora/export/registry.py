@@ -35,7 +35,7 @@ class ExportFormat:
     bits: Optional[Dict[int, str]] = None  # convert's -q --q-bits N: the quantization it means here
     text_style: bool = False  # the folder itself makes its runtime render the adapters' case and punctuation
     library: str = ""  # the model card's library_name
-    loading: str = ""  # the model card's snippet: {path}, {language}, {base} filled in
+    loading: str = ""  # the model card's snippet: {path}, {name} (the folder's), {language}, {base} filled in
     runtime: str = ""  # the pip package --verify runs the export in
     runtime_module: str = ""  # ... and its import name (checked before the slow part)
     runner: Optional[Runner] = None  # (folder, language) -> transcribe(16 kHz audio) -> text, greedy
