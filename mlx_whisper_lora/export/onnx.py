@@ -165,16 +165,14 @@ def _merge(cross_path: Path, decoder_path: Path, layers: int, out: Path) -> None
     for node in graph.node:
         node.input[:] = [cross_inputs.get(n, n) for n in node.input]
     kept = [i for i in graph.input if i.name not in cross_inputs]
-    head_dim = [d for d in cross.graph.output[0].type.tensor_type.shape.dim]
-    past_shape = ["batch_size", head_dim[1].dim_value, "encoder_sequence_length_out", head_dim[3].dim_value]
-    new_inputs = kept[:1] + [helper.make_tensor_value_info("encoder_hidden_states", TensorProto.FLOAT,
-                                                           ["batch_size", "encoder_sequence_length", None])]
+    cross_dims = cross.graph.output[0].type.tensor_type.shape.dim  # (batch, heads, time, head_dim)
+    past_shape = ["batch_size", cross_dims[1].dim_value, "encoder_sequence_length_out", cross_dims[3].dim_value]
+    new_inputs = kept[:1] + [cross.graph.input[0]]  # encoder_hidden_states (batch_size, encoder_sequence_length, d)
     new_inputs += kept[1:] + [helper.make_tensor_value_info(p, TensorProto.FLOAT, past_shape) for p in enc_past]
     new_inputs += [helper.make_tensor_value_info("use_cache_branch", TensorProto.BOOL, [1])]
     del graph.input[:]
     graph.input.extend(new_inputs)
-    graph.output.extend([helper.make_tensor_value_info(p, TensorProto.FLOAT, past_shape[:2] + [
-        "encoder_sequence_length_out", past_shape[3]]) for p in enc_present])
+    graph.output.extend([helper.make_tensor_value_info(p, TensorProto.FLOAT, past_shape) for p in enc_present])
     merged = helper.make_model(graph, opset_imports=dec.opset_import, producer_name="mlx_whisper_lora")
     merged.ir_version = dec.ir_version
     onnx.checker.check_model(merged)
