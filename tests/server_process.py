@@ -56,6 +56,7 @@ def stop_server(proc) -> int:
 def make_adapter(folder: Path, kind: str, rank: int, seed: int, modules=None, freeze_encoder=True,
                  model: str = "tiny.en", std: float = 0.01) -> Path:
     """Real adapter files (our format) with seeded weights that change the transcript a little (more with `std`)."""
+    import mlx_whisper_lora  # noqa: F401  (before mlx: the fast BLAS, as the server and the CLI have it)
     import mlx.core as mx
     from mlx.utils import tree_flatten, tree_unflatten
 
