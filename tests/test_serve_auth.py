@@ -1,5 +1,7 @@
 """API keys: every /v1/ request needs one once the server has any (401 in OpenAI's error shape otherwise),
-through OpenAI's own Python client; and a server reachable beyond this machine refuses to start without one."""
+through OpenAI's own Python client; and a server reachable beyond this machine refuses to start without one.
+The same server (keyed) answers a short streamed request, and says adapter administration is off without an
+admin key."""
 
 from __future__ import annotations
 
@@ -68,3 +70,21 @@ def test_listening_beyond_loopback_without_a_key_is_refused_in_one_line():
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert lines[0].startswith("error:") and "--api-key" in lines[0] and "--allow-no-auth" in lines[0]
     assert "Traceback" not in done.stderr
+
+
+def test_adapter_administration_is_disabled_without_an_admin_key(server):
+    r = httpx.post(server + "/v1/adapters", json={"name": "x", "path": "x"}, headers={"Authorization": f"Bearer {KEYS[0]}"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "admin_disabled" and "--admin-key" in r.text
+    r = httpx.delete(server + "/v1/adapters/x", headers={"Authorization": f"Bearer {KEYS[0]}"})
+    assert r.status_code == 403 and "--admin-key" in r.json()["error"]["message"]
+
+
+def test_a_short_clip_streams_as_openai_events_that_add_up_to_the_text(server, shared_data):
+    """(The 43 s recording, with the order of arrival, is tests/test_serve_streaming.py, slow.)"""
+    clip = librispeech_clips(shared_data, 1)[0]
+    with open(clip, "rb") as f:
+        events = list(client(server, KEYS[0]).audio.transcriptions.create(model="whisper-1", file=f, stream=True))
+    with open(clip, "rb") as f:
+        text = client(server, KEYS[0]).audio.transcriptions.create(model="whisper-1", file=f).text
+    assert [e.type for e in events] == ["transcript.text.delta"] * (len(events) - 1) + ["transcript.text.done"]
+    assert len(events) >= 2 and "".join(e.delta for e in events[:-1]) == events[-1].text == text
