@@ -50,7 +50,7 @@ def test_metrics_count_the_requests_sent_and_each_request_is_one_access_log_line
     counted = {labels: value for (name, labels), value in got.items() if name == "mlx_whisper_lora_requests_total"}
     assert counted == {(("model", "tiny.en"), ("response_format", "json"), ("status", "200")): 2,
                        (("model", "tiny.en"), ("response_format", "text"), ("status", "200")): 1,
-                       (("model", "nobody"), ("response_format", "json"), ("status", "404")): 1}, counted
+                       (("model", "unknown"), ("response_format", "unknown"), ("status", "404")): 1}, counted
     assert got[("mlx_whisper_lora_request_seconds_count", (("model", "tiny.en"),))] == 3
     assert got[("mlx_whisper_lora_audio_seconds_count", (("model", "tiny.en"),))] == 3
     assert got[("mlx_whisper_lora_audio_seconds_sum", (("model", "tiny.en"),))] == pytest.approx(3 * 2.53, abs=0.05)

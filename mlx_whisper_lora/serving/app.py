@@ -136,6 +136,7 @@ def create_app(worker: Worker, base_name: str, limits: Limits = Limits(), keys: 
         if words and response_format != "verbose_json":
             raise ApiError(400, "word timestamps need response_format verbose_json", "timestamp_granularities")
         adapter = adapter_for(model)
+        request.state.labels = (model or base_name, response_format)  # checked: safe as metric labels
         if language:
             from ..text.languages import language_code
 

@@ -3,8 +3,9 @@
 Both come from one ASGI middleware (`Observed`) that sees every response's status and last byte,
 so a streamed transcription is logged and timed when its last event is sent, not when it starts.
 Routes put what they know about a request (model, response format, audio and decode seconds) in
-`request.state`; the middleware reads it from the scope. Each app has its own registry, so two
-servers in one process (tests) do not share counters.
+`request.state`; the middleware reads it from the scope. Metric labels come only from checked
+values (`state["labels"]`, set once model and format are known good), else "unknown". Each app has
+its own registry, so two servers in one process (tests) do not share counters.
 """
 
 from __future__ import annotations
@@ -81,10 +82,12 @@ class Observed:
                             audio)
 
     def finish(self, scope, state: dict, status: int, seconds: float, audio: bool) -> None:
-        model = state.get("model") or ""
+        # labels only from checked values (a served model, a known format): a client's made-up model names
+        # must not grow the number of series without bound
+        model, response_format = state.get("labels") or ("unknown", "unknown")
         if audio:
             self.metrics.in_progress.dec()
-            self.metrics.requests.labels(model, str(status), state.get("response_format") or "").inc()
+            self.metrics.requests.labels(model, str(status), response_format).inc()
             self.metrics.latency.labels(model).observe(seconds)
             if status < 400 and state.get("audio_seconds") is not None:
                 self.metrics.audio.labels(model).observe(state["audio_seconds"])
