@@ -80,11 +80,11 @@ def make_adapter(folder: Path, kind: str, rank: int, seed: int, modules=None, fr
     return folder
 
 
-def cli_text(clip, adapter, out_dir) -> str:
-    """What `python -m mlx_whisper_lora.transcribe CLIP [--adapter-path ADAPTER]` writes as the text."""
+def cli_text(clip, adapter, out_dir, *more) -> str:
+    """What `python -m mlx_whisper_lora.transcribe CLIP [--adapter-path ADAPTER] [MORE]` writes as the text."""
     from mlx_whisper_lora.transcribe import main
 
-    args = [str(clip), "--output-dir", str(out_dir), "--output-format", "json", "--verbose", "False"]
+    args = [str(clip), "--output-dir", str(out_dir), "--output-format", "json", "--verbose", "False", *more]
     main(args + (["--adapter-path", str(adapter)] if adapter else ["--model", "tiny.en"]))
     return json.loads((Path(out_dir) / f"{Path(clip).stem}.json").read_text())["text"]
 

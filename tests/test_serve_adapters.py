@@ -124,3 +124,25 @@ def test_adapters_added_used_removed_and_readded_while_other_requests_run(server
     assert base_texts and all(text == expected["tiny.en"] for text in base_texts), base_texts
     for name in ("voice", "dora"):
         assert httpx.delete(server + f"/v1/adapters/{name}", headers=ADMIN).status_code == 200
+
+
+@pytest.mark.slow  # 53 s on 2 busy cores: a second server, on the torch engine
+def test_the_torch_engine_adds_streams_and_removes_adapters_as_the_mlx_engine_does(folders, shared_data, tmp_path):
+    pytest.importorskip("torch")
+    openai = pytest.importorskip("openai")
+    clip = librispeech_clips(shared_data, 1)[0]
+    expected = cli_text(clip, folders[0] / "voice", tmp_path, "--backend", "torch")
+    proc, url = start_server("--backend", "torch", "--no-demo-adapter", "--admin-key", "admin-key",
+                             "--adapter-root", str(folders[0]))
+    try:
+        assert add(url, "nan", "nan").status_code == 422 and add(url, "for_base", "for_base").status_code == 422
+        assert add(url, "voice", "voice").status_code == 201
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=300)
+        with open(clip, "rb") as f:
+            events = list(client.audio.transcriptions.create(model="voice", file=f, stream=True))
+        assert "".join(e.delta for e in events[:-1]) == events[-1].text == expected
+        assert transcribe(url, clip, "voice").json()["text"] == expected
+        assert httpx.delete(url + "/v1/adapters/voice", headers=ADMIN).status_code == 200
+        assert transcribe(url, clip, "voice").status_code == 404 and served(url) == ["tiny.en"]
+    finally:
+        assert stop_server(proc) == 0
