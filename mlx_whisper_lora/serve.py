@@ -128,6 +128,11 @@ def main(argv=None):
         adapter_root = Path(args.adapter_root).resolve()
         if not adapter_root.is_dir():
             raise UserError(f"--adapter-root {args.adapter_root}: no such folder")
+    if keys.admin and adapter_root is None:
+        print("note: --admin-key without --adapter-root: adapters can be removed at run time but not added",
+              file=sys.stderr)
+    if args.drain_seconds < 0:
+        raise UserError(f"--drain-seconds {args.drain_seconds:g}: use 0 or more")
     adapters = adapter_paths(args.adapter)
     if not adapters and not args.no_demo_adapter and args.model in (None, "tiny.en"):
         adapters = {"demo": DEMO_ADAPTER}

@@ -51,7 +51,7 @@ class Limits:
 def create_app(worker: Worker, base_name: str, limits: Limits = Limits(), keys: Keys = Keys(),
                adapter_root: Optional[Path] = None):
     """The FastAPI app over a started worker; `base_name` is the id the base model is served under.
-    `app.state.draining = True` (serve.py sets it on SIGTERM) refuses new /v1/ requests with 503.
+    `app.state.draining = True` (lifecycle.py sets it on SIGTERM) refuses new /v1/ requests with 503.
     (No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations.)"""
 
     app = FastAPI(title="mlx-whisper-lora", description="OpenAI-compatible Whisper transcription with LoRA adapters")
