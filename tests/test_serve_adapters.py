@@ -146,3 +146,35 @@ def test_the_torch_engine_adds_streams_and_removes_adapters_as_the_mlx_engine_do
         assert transcribe(url, clip, "voice").status_code == 404 and served(url) == ["tiny.en"]
     finally:
         assert stop_server(proc) == 0
+
+
+def test_requests_queued_before_a_removal_finish_and_those_queued_after_it_get_adapter_gone(shared_data):
+    """The worker's order, made deterministic: the thread is held while one request, the removal and another
+    request queue up behind it; the first is answered with the adapter, the second with AdapterGone (a 404)."""
+    from mlx_whisper_lora.adapter_bank.bank import AdapterBank
+    from mlx_whisper_lora.backend_mlx.load import load_model
+    from mlx_whisper_lora.data.audio import load_audio
+    from mlx_whisper_lora.serving.worker import AdapterGone, CallOptions, Worker
+
+    def load():
+        bank = AdapterBank(load_model("tiny.en"))
+        bank.add("voice", ASSETS / "demo_adapter")
+        return bank
+
+    worker = Worker(load, gather_seconds=0.0).start()
+    try:
+        audio = load_audio(str(librispeech_clips(shared_data, 1)[0]))
+        release = threading.Event()
+        held = worker.run_on_thread(lambda: release.wait(60))
+        before = worker.submit(audio, "voice", CallOptions(language="en"))
+        removal = worker.run_on_thread(lambda: worker.bank.remove("voice"))
+        after = worker.submit(audio, "voice", CallOptions(language="en"))
+        release.set()
+        assert held.result(timeout=60) is True
+        assert before.result(timeout=300)["text"].startswith(" To have")  # the adapter's capital: it was applied
+        removal.result(timeout=60)
+        with pytest.raises(AdapterGone, match="'voice' was removed"):
+            after.result(timeout=60)
+        assert "voice" not in worker.bank.adapters
+    finally:
+        worker.stop()
