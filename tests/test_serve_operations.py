@@ -1,11 +1,13 @@
 """Operating the server: /metrics in Prometheus's text format (parsed by prometheus-client's own parser) counts
-what was sent, /health and /ready answer, every request leaves one JSON access-log line, and SIGTERM with
-4 requests in flight lets all 4 finish, refuses new ones and exits 0."""
+what was sent, /health and /ready answer (/ready 503 while the queue is full or the server drains), every request
+leaves one JSON access-log line, and SIGTERM with 4 requests in flight lets all 4 finish, refuses new ones and
+exits 0."""
 
 from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -92,3 +94,35 @@ def test_sigterm_lets_the_requests_in_flight_finish_refuses_new_ones_and_exits_0
     assert proc.wait(timeout=120) == 0
     log = proc.log_path.read_text()
     assert "received SIGTERM: draining" in log and "Traceback" not in log
+
+
+def test_ready_is_503_while_the_queue_is_full_or_the_server_drains():
+    import numpy as np
+    from fastapi.testclient import TestClient
+
+    from mlx_whisper_lora.adapter_bank.bank import BASE, AdapterBank
+    from mlx_whisper_lora.backend_mlx.load import load_model
+    from mlx_whisper_lora.serving.app import create_app
+    from mlx_whisper_lora.serving.worker import CallOptions, Worker
+
+    worker = Worker(lambda: AdapterBank(load_model("tiny.en")), max_pending=1, gather_seconds=0.0).start()
+    try:
+        client = TestClient(create_app(worker, "tiny.en"))
+        assert client.get("/ready").json()["status"] == "ready"
+        release = threading.Event()
+        held = worker.run_on_thread(lambda: release.wait(60))
+        while worker.pending:  # the thread has taken the call: it is held now
+            time.sleep(0.01)
+        waiting = worker.submit(np.zeros(16000, np.float32), BASE, CallOptions(language="en"))
+        r = client.get("/ready")
+        assert r.status_code == 503 and r.json()["status"] == "queue full"
+        release.set()
+        held.result(timeout=60), waiting.result(timeout=120)
+        assert client.get("/ready").status_code == 200
+        client.app.state.draining = True
+        assert client.get("/ready").json()["status"] == "draining"
+        r = client.get("/v1/models")
+        assert r.status_code == 503 and r.json()["error"]["code"] == "shutting_down"
+        assert client.get("/health").status_code == 200  # alive all the while
+    finally:
+        worker.stop()
