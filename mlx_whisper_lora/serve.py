@@ -155,7 +155,7 @@ def main(argv=None):
     if not keys.api:
         print(f"note: no --api-key: anyone who reaches {args.host}:{args.port} may use the API", file=sys.stderr)
     print(f"serving on http://{args.host}:{args.port}/ (demo page), API at /v1/audio/transcriptions", file=sys.stderr)
-    from .serving.lifecycle import log_access_to_stderr, serve
+    from .serving.lifecycle import exit_now, log_access_to_stderr, serve
 
     log_access_to_stderr(args.log_level)
     try:
@@ -163,7 +163,7 @@ def main(argv=None):
     finally:
         worker.stop(timeout=max(1.0, args.drain_seconds))
     print("stopped", file=sys.stderr)
-    return 0
+    exit_now(0)  # (not `return 0`: see exit_now)
 
 
 if __name__ == "__main__":

@@ -45,3 +45,16 @@ def serve(app, host: str, port: int, log_level: str = "info", drain_seconds: flo
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def exit_now(code: int = 0) -> None:
+    """End the process once the drain is done, skipping the interpreter's teardown: MLX used on a thread other
+    than the main one (the worker's) can abort that teardown ("terminate called without an active exception",
+    exit code -6; 5 of 15 runs of a script doing 50 products on a thread, MLX 0.32.4), which would turn a clean drain into
+    a crash for the supervisor. Everything is answered, logged and flushed by then."""
+    import os
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
