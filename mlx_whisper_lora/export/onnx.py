@@ -179,6 +179,34 @@ def _merge(cross_path: Path, decoder_path: Path, layers: int, out: Path) -> None
     onnx.save(merged, str(out))
 
 
+def _store_transposes_once(path: Path) -> None:
+    """A large matrix stored beside its own transpose is stored once: the trace's constant folding writes the
+    output projection's matrix (the token embedding transposed: 80 MB in float32 for the 51,864-token vocabulary)
+    as a second initializer. The copy becomes a Transpose node of the other, which onnxruntime (and
+    onnxruntime-web) fold when the session loads. Run on the float file after quantizing: the int8 quantizer makes
+    only initializers int8 (and makes the two differently: uint8 for the lookup, int8 for the MatMul)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    large = [i for i in graph.initializer if len(i.dims) == 2 and i.dims[0] * i.dims[1] >= 1 << 20]
+    removed = set()
+    for init in large:
+        for other in large:
+            if (other is not init and other.name not in removed and init.name not in removed
+                    and list(other.dims) == list(init.dims)[::-1] and other.data_type == init.data_type
+                    and np.array_equal(numpy_helper.to_array(init), numpy_helper.to_array(other).T)):
+                removed.add(init.name)
+                graph.node.insert(0, helper.make_node("Transpose", [other.name], [init.name], perm=[1, 0],
+                                                      name=f"transpose_of_{other.name}"))
+                break
+    for init in [i for i in graph.initializer if i.name in removed]:
+        graph.initializer.remove(init)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
 def write_onnx(hf_folder: Path, save_path: Path, quantize: Optional[str] = None, log=print) -> Path:
     """Export the transformers Whisper folder `hf_folder` to `save_path` (see the module docstring for the
     layout); `quantize="int8"` also writes the dynamically quantized int8 variants. Returns `save_path`."""
@@ -193,6 +221,8 @@ def write_onnx(hf_folder: Path, save_path: Path, quantize: Optional[str] = None,
     head_dim = config.d_model // heads
     onnx_dir = save_path / "onnx"
     onnx_dir.mkdir(parents=True, exist_ok=True)
+    for stale in onnx_dir.glob(f"*{QUANTIZED_SUFFIX}.onnx"):  # a rewrite without int8 must not keep an older int8
+        stale.unlink()
     features = torch.zeros(1, config.num_mel_bins, 2 * config.max_source_positions)
     _export(encoder, (features,), onnx_dir / "encoder_model.onnx", ["input_features"], ["last_hidden_state"],
             {"input_features": {0: "batch_size"}, "last_hidden_state": {0: "batch_size"}})
@@ -222,7 +252,6 @@ def write_onnx(hf_folder: Path, save_path: Path, quantize: Optional[str] = None,
     # the whole config as transformers holds it, defaults included: transformers.js reads the JSON as it is and
     # needs what transformers only implies (is_encoder_decoder, for one)
     config.to_json_file(str(save_path / "config.json"), use_diff=False)
-    sizes = {p.name: p.stat().st_size for p in sorted(onnx_dir.glob("*.onnx"))}
     if quantize == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -231,7 +260,8 @@ def write_onnx(hf_folder: Path, save_path: Path, quantize: Optional[str] = None,
             # weights of MatMul and Gather (projections, embeddings) to int8; activations quantized per call
             quantize_dynamic(onnx_dir / f"{stem}.onnx", target, weight_type=QuantType.QInt8,
                              op_types_to_quantize=["MatMul", "Gather"])
-            sizes[target.name] = target.stat().st_size
+    _store_transposes_once(onnx_dir / "decoder_model_merged.onnx")
+    sizes = {p.name: p.stat().st_size for p in sorted(onnx_dir.glob("*.onnx"))}
     log("ONNX export: " + ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in sizes.items()))
     return save_path
 
