@@ -22,6 +22,7 @@ def hf_config(dims: ModelDimensions) -> dict:
     return {
         "architectures": ["WhisperForConditionalGeneration"],
         "model_type": "whisper",
+        "is_encoder_decoder": True,  # transformers implies it; transformers.js reads the JSON as written and needs it
         "vocab_size": dims.n_vocab,
         "num_mel_bins": dims.n_mels,
         "d_model": dims.n_audio_state,
