@@ -150,7 +150,14 @@ class MLXBackend:
     def encode(self, examples, indices, for_training: bool = True) -> list:
         """Each utterance's encoder states and, for training steps while the decoder's cross-attention
         keys and values carry no trained base weight, those keys and values (the torch engine's cache)."""
-        states = self.model.embed_audio(mx.array(examples.mels(indices))).astype(mx.float32)
+        mels = mx.array(examples.mels(indices))
+        # in passes of a few rows, each evaluated before the next: MLX's attention on the CPU forms every
+        # (rows, heads, 1500, 1500) score matrix, 0.86 GB a pass of 8 at --dims small, twice with the softmax
+        passes = []
+        for start in range(0, len(indices), ENCODER_ROWS_PER_PASS):
+            passes.append(self.model.embed_audio(mels[start:start + ENCODER_ROWS_PER_PASS]).astype(mx.float32))
+            mx.eval(passes[-1])
+        states = mx.concatenate(passes) if len(passes) > 1 else passes[0]
         kv = [None] * len(indices)
         if for_training and self.model.decoder.cross_kv_cacheable():
             # utterance by utterance: each keeps buffers of its own, which the cache can drop alone
