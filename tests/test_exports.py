@@ -40,14 +40,19 @@ def trained(shared_data, tmp_path_factory):
     # that changed the model, not the best one, and encoding the audio for the cache was most of this fixture's time
     train = (work / "data" / "train.jsonl").read_text().splitlines()
     (work / "data" / "train.jsonl").write_text("".join(line + "\n" for line in train[::4]))
-    (work / "data" / "valid.jsonl").unlink()  # nothing here reads a validation loss
+    (work / "data" / "valid.jsonl").unlink()  # nothing here reads a validation loss (and --valid-fraction 0 below:
+    # with a held-out slice the run would end with the best validation's adapters, maybe step 0's, the base model)
     adapters = work / "adapters"
     lora.main(["--train", "--model", "tiny.en", "--data", str(work / "data"), "--adapter-path", str(adapters),
                "--iters", "15", "--freeze-encoder", "--learning-rate", "1e-3", "--steps-per-eval", "1000",
                "--save-every", "0", "--no-progress", "--alignment-heads", "keep",
                # the settings the agreement figures in the README were measured with
                "--rank", "8", "--alpha", "16", "--lora-modules", "query", "value", "--lr-schedule", "constant",
-               "--warmup", "0"])
+               "--warmup", "0", "--valid-fraction", "0"])
+    from mlx_whisper_lora.formats.adapter_files import read_adapter_tensors
+
+    # the trained adapters, not step 0's (lora_b starts at zero: the base model)
+    assert max(float(np.abs(v).max()) for k, v in read_adapter_tensors(adapters).items() if k.endswith("lora_b")) > 0
     rows = [json.loads(line) for line in (work / "data" / "test.jsonl").read_text().splitlines()][:CLIPS]
     audios = [np.array(load_audio(r["audio"])) for r in rows]
     model = load_for_inference(None, str(adapters))
@@ -160,8 +165,10 @@ def test_faster_whisper_runs_the_ct2_export(trained):
 
 def test_whisper_cpp_runs_the_ggml_export(trained):
     """whisper.cpp computes its own log-mel of the zero-padded audio (as transformers' pipeline does), so
-    short clips reach the model with other padding frames: measured 17 of 20 clips agree (issue 13: 90%; the
-    base model itself: 14 of 20, see test_runtimes_that_pad_the_audio_differ_from_the_base_model_as_much)."""
+    short clips reach the model with other padding frames: the unchanged base model itself agrees on 14 of 20
+    (test_runtimes_that_pad_the_audio_differ_from_the_base_model_as_much), so the export is held to that: measured
+    15 of 20 with this fixture's trained adapter (2026-12-08; 17 of 20 before, when the fixture's run ended with the
+    best validation's adapters, near the base)."""
     pytest.importorskip("pywhispercpp")
     from pywhispercpp.model import Model
 
@@ -171,7 +178,7 @@ def test_whisper_cpp_runs_the_ggml_export(trained):
     model = Model(str(out / "ggml-model.bin"), n_threads=THREADS, print_progress=False, print_realtime=False)
     theirs = [" ".join(s.text.strip() for s in model.transcribe(a, language="en")) for a in audios]
     share, diff = _agreement(ours, theirs, "whisper.cpp")
-    assert share >= 0.8, diff
+    assert share >= 0.7, diff
 
 
 @pytest.mark.slow
