@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..adapter_bank.bank import BASE, AdapterBank
+from ..process_memory import release_free_heap
 
 
 class ServerBusy(UserError):
@@ -188,9 +189,7 @@ class Worker:
                 self._run_batch(options, group[start:start + self.max_batch])
 
     def _run_batch(self, options: CallOptions, batch: List[Job]) -> None:
-        from ..inference.transcriber import transcribe_many
-
-        from ..inference.transcriber import transcribe
+        from ..inference.transcriber import transcribe, transcribe_many
 
         live = [job for job in batch if job.future.set_running_or_notify_cancel()]
         for job in [job for job in live if job.adapter is not BASE and job.adapter not in self.bank.adapters]:
@@ -219,5 +218,6 @@ class Worker:
             return
         finally:
             self.bank.select([BASE])
+            release_free_heap()  # the batch's buffers, kept by glibc, back to the system (process_memory.py)
         for job, result in zip(live, results):
             job.future.set_result(result)

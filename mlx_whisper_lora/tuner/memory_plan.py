@@ -61,6 +61,7 @@ import numpy as np
 
 from ..formats.adapter_config import parse_modules
 from ..formats.dims import ModelDimensions
+from ..process_memory import release_free_heap
 from .run_config import DEFAULT_BATCH  # the global batch of --batch-size auto is this x --grad-accumulation-steps
 
 GB = 1 << 30  # as --cache-memory-gb and the loop's peak memory count
@@ -215,20 +216,6 @@ class Plan:
                 "terms_gb": {k: round(v / GB, 4) for k, v in self.terms.items()},
                 "batch_size": self.batch_size, "grad_accumulation_steps": self.grad_accumulation_steps,
                 "micro_batch": self.shape.batch_size, "tokens": self.shape.tokens}
-
-
-def release_free_heap() -> None:
-    """Give the C heap's free pages back to the system (glibc's malloc_trim), so that the resident memory read
-    next is what the process uses: loading a model leaves freed buffers resident (measured: 0.8 GB after
-    loading `--dims small` into the torch engine), which training would reuse and the plan would count twice."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def process_resident_bytes() -> Optional[int]:
