@@ -49,6 +49,7 @@ def _demo_data_written(data, restyle):
     return data
 
 
+@pytest.mark.slow  # the default suite's 15-minute budget (.ci/run, 2 cores)
 def test_all_caps_data_trains_lower_case_and_reports_upper_case(tmp_path, capsys):
     """CLI end to end on the bundled demo data upper-cased: the style is detected and recorded,
     labels are lower case, --test and transcribe render upper case, and the mlx fuse keeps it."""

@@ -30,6 +30,7 @@ def test_tiny_en_matches_faster_whisper_on_short_sets(tiny_en, shared_data):
     assert same / len(paths) >= 0.95, f"{same}/{len(paths)} identical after normalization"
 
 
+@pytest.mark.slow  # the default suite's 15-minute budget (.ci/run, 2 cores)
 def test_hotwords_prompt_the_decoder_as_faster_whisper_does(tiny_en, shared_data):
     """--hotwords: faster-whisper's option with its meaning (the words at the head of every window's prompt);
     the same words given to both on the same weights give the same transcripts, and they change them."""

@@ -53,6 +53,7 @@ def test_no_speech_fraction_is_checked():
         RunConfig(train=True, no_speech_fraction=1.0).check()
 
 
+@pytest.mark.slow  # the default suite's 15-minute budget (.ci/run, 2 cores)
 def test_training_mixes_the_clips_in_at_the_fraction(tmp_path, capsys):
     out = tmp_path / "adapters"
     main(["--train", "--iters", "1", "--batch-size", "4", "--freeze-encoder", "--no-speech-fraction", "0.2",

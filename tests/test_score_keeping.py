@@ -79,6 +79,7 @@ def test_base_beside_adapted_cached_and_general_data(tmp_path, capsys):
     assert len((out / "test_history.jsonl").read_text().splitlines()) == 2
 
 
+@pytest.mark.slow  # the default suite's 15-minute budget (.ci/run, 2 cores)
 def test_no_speech_clips_scored_for_base_and_adapted_and_cached(tmp_path, capsys, monkeypatch):
     """--train --test writes the words each model puts on the fixed no-speech clips, with and without the
     no-speech rule, the base model's cached for the next run. A few demo clips to train on and one to test on

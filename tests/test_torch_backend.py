@@ -107,7 +107,7 @@ def _adapted_pair(checkpoint, config):
     return mlx_model, torch_model
 
 
-@pytest.mark.parametrize("fine_tune_type", ["lora", "dora"])
+@pytest.mark.parametrize("fine_tune_type", ["lora", pytest.param("dora", marks=pytest.mark.slow)])  # dora: slow, budget
 def test_one_training_step_same_loss_and_lora_gradients(tiny_en_checkpoint, batch, fine_tune_type):
     config = AdapterConfig(rank=4, alpha=8, fine_tune_type=fine_tune_type)
     mlx_model, torch_model = _adapted_pair(tiny_en_checkpoint, config)

@@ -41,6 +41,7 @@ def test_speech_chunks_hold_the_speech_in_windows_of_at_most_30_s(long_recording
         assert inside >= 0.8 * (end - start) * SAMPLE_RATE, (start, end, chunks)
 
 
+@pytest.mark.slow  # the default suite's 15-minute budget (.ci/run, 2 cores)
 def test_vad_transcript_follows_sequential_decoding_in_the_files_time(tiny_en, long_recording):
     import jiwer
 

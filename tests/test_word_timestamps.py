@@ -117,6 +117,7 @@ def test_hallucination_silence_threshold_equals_openai(shared_data, tiny_en, ref
         assert abs(a["start"] - b["start"]) <= 0.021 and abs(a["end"] - b["end"]) <= 0.021
 
 
+@pytest.mark.slow  # the default suite's 15-minute budget (.ci/run, 2 cores)
 def test_words_in_every_decoding_mode(shared_data, tiny_en):
     """Beam search, forced fallback and batched decoding all return words that spell their segments."""
     paths = [shared_data / c for c in CLIPS]
