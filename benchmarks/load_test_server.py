@@ -10,7 +10,8 @@ loaded for --seconds, and stopped before the next starts, so the two never share
 
 Prints, for each system: throughput (audio seconds transcribed per wall second, and the ratio to the first
 system), p50/p95/p99 latency of the successful requests, errors by HTTP status, and the server's RSS (psutil,
-process and children, sampled every --rss-every seconds): after the first minute, at the end, and their ratio.
+process and children, sampled every --rss-every seconds): its peak in the first minute and in the last, and their
+ratio.
 
 Systems (--systems, comma-separated; the first is the reference of the ratios):
   ours               the MLX engine, float32 (the server's default)
@@ -247,8 +248,8 @@ def run_load(url: str, clips: List[dict], models: Sequence[str], clients: int = 
     Returns requests, ok, errors ({status or kind: count}), audio_seconds (of the successes), wall_seconds
     (from the first request to the last answer), throughput (audio_seconds / wall_seconds), latency p50/p95/p99
     and mean of the successes (s), per-model counts, empty transcripts, and with `server_pid` the RSS samples
-    [(t, bytes)], rss_first_minute (the first sample at `rss_after` s or later, or halfway for shorter runs),
-    rss_end and rss_ratio (end / first minute).
+    [(t, bytes)], rss_first_minute (the largest sample of the first `rss_after` s, or of the first half of shorter
+    runs), rss_end (the largest of the last as long) and rss_ratio (end / first minute).
     """
     import openai
 
@@ -327,10 +328,14 @@ def run_load(url: str, clips: List[dict], models: Sequence[str], clients: int = 
               "mean": sum(latencies) / len(latencies) if latencies else float("nan"),
               "per_model": {m: sum(r["model"] == m for r in ok) for m in models}}
     if samples:
+        # peaks per window: RSS swings with each batch (the server trims its heap after each), so two single
+        # samples compare a batch's top with an idle moment; the first minute's and the last minute's peaks do not
         after = min(rss_after, seconds / 2)
-        first = next((s for s in samples if s[0] >= after), samples[-1])
-        report.update(rss=[(round(t, 1), b) for t, b in samples], rss_first_minute=first[1], rss_first_minute_t=first[0],
-                      rss_end=samples[-1][1], rss_ratio=samples[-1][1] / first[1] if first[1] else float("nan"))
+        last = samples[-1][0]
+        first = max((b for t, b in samples if t <= after), default=samples[0][1])
+        end = max((b for t, b in samples if t >= last - after), default=samples[-1][1])
+        report.update(rss=[(round(t, 1), b) for t, b in samples], rss_first_minute=first, rss_first_minute_t=after,
+                      rss_end=end, rss_ratio=end / first if first else float("nan"))
     return report
 
 
