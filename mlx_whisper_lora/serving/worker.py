@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..adapter_bank.bank import BASE, AdapterBank
-from ..process_memory import release_free_heap
+from ..tuner.memory_plan import release_free_heap
 
 
 class ServerBusy(UserError):
@@ -218,6 +218,6 @@ class Worker:
             return
         finally:
             self.bank.select([BASE])
-            release_free_heap()  # the batch's buffers, kept by glibc, back to the system (process_memory.py)
+            release_free_heap()  # the batch's buffers, kept by glibc, back to the system
         for job, result in zip(live, results):
             job.future.set_result(result)

@@ -61,7 +61,6 @@ import numpy as np
 
 from ..formats.adapter_config import parse_modules
 from ..formats.dims import ModelDimensions
-from ..process_memory import release_free_heap
 from .run_config import DEFAULT_BATCH  # the global batch of --batch-size auto is this x --grad-accumulation-steps
 
 GB = 1 << 30  # as --cache-memory-gb and the loop's peak memory count
@@ -216,6 +215,22 @@ class Plan:
                 "terms_gb": {k: round(v / GB, 4) for k, v in self.terms.items()},
                 "batch_size": self.batch_size, "grad_accumulation_steps": self.grad_accumulation_steps,
                 "micro_batch": self.shape.batch_size, "tokens": self.shape.tokens}
+
+
+def release_free_heap() -> None:
+    """glibc's malloc_trim(0): every arena's free pages back to the system (nothing elsewhere). glibc keeps freed
+    blocks resident (and the torch engine asks it to, backend_torch/heap.py), so resident memory shows the largest
+    step or batch so far: the plan measures after this (loading `--dims small` into the torch engine left 0.8 GB of
+    freed buffers resident), and the server runs it after every batch, whose sizes vary with the requests (without
+    it its RSS doubled over 10 minutes of load, benchmarks/load_test_server.py)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def process_resident_bytes() -> Optional[int]:
